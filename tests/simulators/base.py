@@ -1,0 +1,274 @@
+"""What every vendor simulator shares: a real HTTP server on loopback, state, faults, a log.
+
+A simulator is a Flask app served by werkzeug in a daemon thread on 127.0.0.1 (port chosen by
+the OS). Tests reach its state directly (``sim.records``) and switch faults on with
+``sim.faults.add(...)``; every request is logged in ``sim.log`` so tests can count creates.
+
+Fault kinds (``Fault.kind``):
+
+* ``"error"``          answer ``status`` (e.g. 500, 503, 429 with ``retry_after``) without
+                       touching state.
+* ``"timeout"``        sleep ``delay`` seconds before handling (client times out; nothing is
+                       committed unless the client waits).
+* ``"lost_response"``  handle the request (state committed), then drop the connection
+                       without an answer: the client sees a reset.
+* ``"reset"``          drop the connection before handling (nothing committed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from flask import Flask, Response, request
+from standardwebhooks import Webhook
+from werkzeug.serving import BaseWSGIServer, make_server
+
+
+@dataclass
+class Fault:
+    kind: str
+    times: int = 1
+    status: int = 500
+    retry_after: float | None = None
+    delay: float = 5.0
+    methods: tuple[str, ...] = ()
+    path_contains: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        return self.path_contains in path
+
+
+class FaultPlan:
+    """Faults waiting to fire, in order; each fires ``times`` times then is gone."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self.fired: list[tuple[str, str, str]] = []
+
+    def add(self, kind: str, **kwargs: Any) -> Fault:
+        fault = Fault(kind=kind, **kwargs)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    self.fired.append((fault.kind, method, path))
+                    return fault
+        return None
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    query: str
+    body: Any
+    status: int
+    at: float
+
+
+class SlidingWindow:
+    """The vendor's own quota: at most ``limit`` requests in any ``window`` seconds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._hits: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def allow(self) -> tuple[bool, int, float]:
+        """(allowed, remaining, seconds until a slot frees)."""
+        now = time.monotonic()
+        with self._lock:
+            while self._hits and now - self._hits[0] >= self.window:
+                self._hits.popleft()
+            if len(self._hits) >= self.limit:
+                return False, 0, self.window - (now - self._hits[0])
+            self._hits.append(now)
+            return True, self.limit - len(self._hits), 0.0
+
+
+def _drop_connection() -> None:
+    """Close the client's socket without an answer (werkzeug exposes it in the environ)."""
+    sock = request.environ.get("werkzeug.socket")
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
+def sign_standard_webhook(secret: str, body: bytes, msg_id: str | None = None) -> dict[str, str]:
+    """Headers for a Standard Webhooks delivery of ``body`` signed with ``secret`` (whsec_…)."""
+    msg_id = msg_id or f"msg_{time.time_ns()}"
+    timestamp = time.time()
+    from datetime import UTC, datetime
+
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body.decode())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(timestamp)),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+class Simulator:
+    """Base of every vendor fake. Subclasses register routes in ``routes()``."""
+
+    name = "vendor"
+
+    def __init__(self, *, latency: float = 0.0, rate_limit: tuple[int, float] | None = None):
+        self.latency = latency
+        self.records: dict[str, dict[str, Any]] = {}
+        self.state_lock = threading.RLock()
+        self.faults = FaultPlan()
+        self.log: list[LoggedRequest] = []
+        self.quota = SlidingWindow(*rate_limit) if rate_limit else None
+        self.rate_limited = 0
+        #: Where this vendor sends its webhooks (None: it sends none).
+        self.webhook_url: str | None = None
+        #: Standard Webhooks secret used when the vendor is wired through its automation.
+        self.webhook_secret: str | None = None
+        #: "fat" sends the record, "thin" only {"id": …} (Standard Webhooks deliveries).
+        self.webhook_mode = "fat"
+        self.webhook_answers: list[int] = []
+        self._ids = itertools.count(1)
+        self._server: BaseWSGIServer | None = None
+        self._emitter = httpx.Client(timeout=10.0)
+        self.app = Flask(f"sim-{self.name}")
+        self.app.before_request(self._before)
+        self.app.after_request(self._after)
+        self.routes()
+
+    # -- to be provided by each vendor ---------------------------------------------------
+    def routes(self) -> None:
+        raise NotImplementedError
+
+    def check_auth(self) -> Response | None:
+        """Return an error response when the request is not authenticated as the vendor
+        requires, else None."""
+        return None
+
+    def quota_exceeded(self, retry_in: float) -> Response:
+        return self.json_response({"message": "Too Many Requests"}, 429,
+                                  {"Retry-After": str(max(1, round(retry_in)))})
+
+    # -- serving -------------------------------------------------------------------------
+    def start(self) -> Simulator:
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self._emitter.close()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "simulator not started"
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    @staticmethod
+    def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
+                      ) -> Response:
+        return Response(json.dumps(data), status=status, headers=headers or {},
+                        mimetype="application/json")
+
+    def requests_to(self, method: str, path_contains: str) -> list[LoggedRequest]:
+        return [r for r in self.log if r.method == method and path_contains in r.path]
+
+    def reset(self) -> None:
+        with self.state_lock:
+            self.records.clear()
+            self.log.clear()
+            self.faults.clear()
+            self.webhook_answers.clear()
+            self.rate_limited = 0
+
+    # -- webhooks ------------------------------------------------------------------------
+    def send_webhook(self, body: bytes, headers: dict[str, str]) -> int:
+        """Deliver one webhook now (synchronously); returns the receiver's status code."""
+        assert self.webhook_url, "no webhook_url set"
+        answer = self._emitter.post(self.webhook_url, content=body, headers=headers)
+        self.webhook_answers.append(answer.status_code)
+        return answer.status_code
+
+    def send_standard_webhook(self, payload: dict[str, Any]) -> int:
+        """A Standard Webhooks delivery, as a vendor's automation tool would send it."""
+        assert self.webhook_secret, "no webhook_secret set"
+        body = json.dumps(payload).encode()
+        return self.send_webhook(body, sign_standard_webhook(self.webhook_secret, body))
+
+    def emit_async(self, emit: Callable[[], Any]) -> None:
+        """Send a webhook after the current response, as vendors do."""
+        if self.webhook_url:
+            threading.Timer(0.05, emit).start()
+
+    # -- request hooks -------------------------------------------------------------------
+    def _before(self) -> Response | None:
+        if self.latency:
+            time.sleep(self.latency)
+        denied = self.check_auth()
+        if denied is not None:
+            return denied
+        if self.quota is not None:
+            allowed, _remaining, retry_in = self.quota.allow()
+            if not allowed:
+                self.rate_limited += 1
+                return self.quota_exceeded(retry_in)
+        fault = self.faults.take(request.method, request.full_path)
+        if fault is None:
+            return None
+        request.environ["sim.fault"] = fault
+        if fault.kind == "error":
+            headers = dict(fault.headers)
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(fault.retry_after)
+            return self.json_response({"message": f"simulated {fault.status}"}, fault.status,
+                                      headers)
+        if fault.kind == "timeout":
+            time.sleep(fault.delay)
+        if fault.kind == "reset":
+            _drop_connection()
+            return Response(status=599)
+        return None
+
+    def _after(self, response: Response) -> Response:
+        fault = request.environ.get("sim.fault")
+        body = request.get_json(silent=True)
+        self.log.append(LoggedRequest(request.method, request.path, request.query_string.decode(),
+                                      body, response.status_code, time.time()))
+        if fault is not None and fault.kind == "lost_response":
+            _drop_connection()
+        return response

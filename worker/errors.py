@@ -1,0 +1,96 @@
+"""oppsync's one exception tree; every failure is classified here or at the vendor boundary.
+
+    OppsyncError                 .reason: short text used in logs, metrics and dead letters
+    ├── ConfigError              startup stops and names the variable
+    ├── Rejected                 edge: bad signature, stale, unknown vendor (never queued)
+    ├── InvalidPayload           worker: schema-invalid input -> dead letter, no retry
+    └── VendorError              a vendor call failed
+        ├── Transient            retry with backoff (network, 5xx)
+        │   ├── RateLimited      429; carries the vendor's ``retry_after``
+        │   └── OutcomeUnknown   the request may have been committed (timeout after send,
+        │                        reset, 5xx): look before creating again
+        └── Permanent            4xx, auth failure -> dead letter with the vendor's answer
+
+A duplicate delivery or an echo of our own write is an outcome, not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OppsyncError(Exception):
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(OppsyncError):
+    reason = "config"
+
+
+class Rejected(OppsyncError):
+    """Input refused at the edge; ``status`` is the HTTP answer."""
+
+    reason = "rejected"
+
+    def __init__(self, message: str, *, status: int = 400, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+
+
+class InvalidPayload(OppsyncError):
+    """Input that validation refused; ``fields`` maps each bad field to why."""
+
+    reason = "invalid_payload"
+
+    def __init__(
+        self, message: str, *, fields: dict[str, Any] | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.fields = fields or {}
+
+
+class VendorError(OppsyncError):
+    reason = "vendor_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vendor: str,
+        status: int | None = None,
+        answer: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.vendor = vendor
+        self.status = status
+        self.answer = answer
+
+
+class Transient(VendorError):
+    reason = "transient"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class RateLimited(Transient):
+    reason = "rate_limited"
+
+
+class OutcomeUnknown(Transient):
+    reason = "outcome_unknown"
+
+
+class Permanent(VendorError):
+    reason = "permanent"
+
+    def __init__(self, message: str, *, field: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.field = field
