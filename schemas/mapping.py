@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from schemas.opportunity import SYNCED_FIELDS, Status
 
@@ -169,16 +177,17 @@ class MappingFileSchema(Schema):
         values=fields.Nested(_StatusTableSchema),
         load_default=dict,
     )
-    owners = fields.Dict(
-        keys=fields.Email(), values=fields.Nested(_OwnerSchema), load_default=dict
-    )
+    owners = fields.Dict(keys=fields.Email(), values=fields.Nested(_OwnerSchema), load_default=dict)
     ownership = fields.Dict(
         keys=fields.String(validate=validate.OneOf(SYNCED_FIELDS)),
         values=fields.String(validate=_vendor_field),
         load_default=dict,
     )
-    icloudready = fields.Dict(keys=fields.String(validate=validate.OneOf(["customer"])),
-                              values=fields.String(), load_default=dict)
+    icloudready = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(["customer"])),
+        values=fields.String(),
+        load_default=dict,
+    )
 
     @validates_schema
     def unique_stage_names(self, data: dict[str, Any], **_: Any) -> None:

@@ -87,9 +87,7 @@ class ContactSchema(Schema):
 
     name = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=MAX_NAME))
     email = fields.Email(allow_none=True, load_default=None, validate=validate.Length(max=MAX_NAME))
-    phone = fields.String(
-        allow_none=True, load_default=None, validate=validate.Length(max=40)
-    )
+    phone = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=40))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Contact:
@@ -113,7 +111,9 @@ class CanonicalOpportunitySchema(Schema):
         validate=validate.Range(min=0, max=Decimal("1e13")),
     )
     status = fields.Enum(Status, by_value=True, allow_none=True, load_default=None)
-    stage = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=MAX_NAME))
+    stage = fields.String(
+        allow_none=True, load_default=None, validate=validate.Length(max=MAX_NAME)
+    )
     close_date = fields.Date(allow_none=True, load_default=None)
     description = fields.String(
         allow_none=True, load_default=None, validate=validate.Length(max=MAX_TEXT)

@@ -20,24 +20,27 @@ names = st.builds(lambda a, b: f"{a.title()} {b}", _word, _word)
 person_names = st.builds(lambda a, b: f"{a.title()} {b.title()}", _word, _word)
 emails = st.builds(lambda a, b: f"{a}@{b}.example.com", _word, _word)
 phones = st.from_regex(r"\+61[0-9]{9}", fullmatch=True)
-amounts = st.decimals(min_value=0, max_value=10_000_000, places=2, allow_nan=False,
-                      allow_infinity=False)
+amounts = st.decimals(
+    min_value=0, max_value=10_000_000, places=2, allow_nan=False, allow_infinity=False
+)
 probabilities = st.integers(min_value=0, max_value=100).map(Decimal)
 close_dates = st.dates(min_value=date(2020, 1, 1), max_value=date(2035, 12, 31))
 stage_names = st.sampled_from([s.name for s in EXAMPLE_MAPPING.stages])
 times = st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2030, 1, 1)).map(
     lambda d: d.replace(microsecond=(d.microsecond // 1000) * 1000, tzinfo=UTC)
 )
-contacts = st.builds(Contact, name=person_names, email=st.none() | emails,
-                     phone=st.none() | phones)
+contacts = st.builds(Contact, name=person_names, email=st.none() | emails, phone=st.none() | phones)
 
 
 @st.composite
 def opportunities(draw: st.DrawFn) -> Opportunity:
     """A canonical opportunity whose stage (when set) agrees with its status."""
     stage = draw(st.none() | stage_names)
-    status = (EXAMPLE_MAPPING.stage_named(stage).status if stage  # type: ignore[union-attr]
-              else draw(st.sampled_from(list(Status))))
+    status = (
+        EXAMPLE_MAPPING.stage_named(stage).status
+        if stage  # type: ignore[union-attr]
+        else draw(st.sampled_from(list(Status)))
+    )
     return Opportunity(
         name=draw(names),
         amount=draw(st.none() | amounts),

@@ -149,7 +149,9 @@ def _vendor_settings(env: EnvMapping[str, str], name: str, default_policy: str) 
         name=name,
         base_url=(env.get(prefix + "BASE_URL") or DEFAULT_BASE_URLS[name]).rstrip("/"),
         webhook_secrets=_split(env.get(prefix + "WEBHOOK_SECRET")),
-        poll_seconds=int(_number(env, prefix + "POLL_SECONDS", 60 if name in POLLED_VENDORS else 0)),
+        poll_seconds=int(
+            _number(env, prefix + "POLL_SECONDS", 60 if name in POLLED_VENDORS else 0)
+        ),
         delete_policy=policy,
         rate_limit=env.get(prefix + "RATE_LIMIT") or DEFAULT_RATE_LIMITS[name],
         credentials={k: v for k, v in env.items() if k.startswith(prefix)},
@@ -172,8 +174,10 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
         for vendor in vendors:
             for variable in REQUIRED[vendor]:
                 if not env.get(variable):
-                    raise ConfigError(f"{variable} is required when {vendor} is enabled "
-                                      f"(OPPSYNC_VENDORS={','.join(vendors)})")
+                    raise ConfigError(
+                        f"{variable} is required when {vendor} is enabled "
+                        f"(OPPSYNC_VENDORS={','.join(vendors)})"
+                    )
     mapping_path = env.get("OPPSYNC_MAPPING") or None
     return Settings(
         redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",

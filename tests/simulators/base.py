@@ -175,8 +175,9 @@ class Simulator:
         return None
 
     def quota_exceeded(self, retry_in: float) -> Response:
-        return self.json_response({"message": "Too Many Requests"}, 429,
-                                  {"Retry-After": str(max(1, round(retry_in)))})
+        return self.json_response(
+            {"message": "Too Many Requests"}, 429, {"Retry-After": str(max(1, round(retry_in)))}
+        )
 
     # -- serving -------------------------------------------------------------------------
     def start(self) -> Simulator:
@@ -200,10 +201,12 @@ class Simulator:
         return next(self._ids)
 
     @staticmethod
-    def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
-                      ) -> Response:
-        return Response(json.dumps(data), status=status, headers=headers or {},
-                        mimetype="application/json")
+    def json_response(
+        data: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Response:
+        return Response(
+            json.dumps(data), status=status, headers=headers or {}, mimetype="application/json"
+        )
 
     def requests_to(self, method: str, path_contains: str) -> list[LoggedRequest]:
         return [r for r in self.log if r.method == method and path_contains in r.path]
@@ -255,8 +258,9 @@ class Simulator:
             headers = dict(fault.headers)
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
-            return self.json_response({"message": f"simulated {fault.status}"}, fault.status,
-                                      headers)
+            return self.json_response(
+                {"message": f"simulated {fault.status}"}, fault.status, headers
+            )
         if fault.kind == "timeout":
             time.sleep(fault.delay)
         if fault.kind == "reset":
@@ -267,8 +271,16 @@ class Simulator:
     def _after(self, response: Response) -> Response:
         fault = request.environ.get("sim.fault")
         body = request.get_json(silent=True)
-        self.log.append(LoggedRequest(request.method, request.path, request.query_string.decode(),
-                                      body, response.status_code, time.time()))
+        self.log.append(
+            LoggedRequest(
+                request.method,
+                request.path,
+                request.query_string.decode(),
+                body,
+                response.status_code,
+                time.time(),
+            )
+        )
         if fault is not None and fault.kind == "lost_response":
             _drop_connection()
         return response

@@ -56,9 +56,7 @@ class VendorAdapter(Protocol):
         """Create (``vendor_id`` None) or update with every synced field."""
         ...
 
-    def find_existing(
-        self, opp: Opportunity, *, key: str, since: datetime
-    ) -> str | None:
+    def find_existing(self, opp: Opportunity, *, key: str, since: datetime) -> str | None:
         """After an uncertain create: the id of a record we may already have made."""
         ...
 

@@ -174,6 +174,9 @@ class VendorHTTP:
             return response.json()
         except ValueError:
             raise Permanent(
-                f"{where}: answer is not JSON", vendor=self.vendor, status=status, answer=answer,
+                f"{where}: answer is not JSON",
+                vendor=self.vendor,
+                status=status,
+                answer=answer,
                 reason="bad_answer",
             ) from None

@@ -1,0 +1,178 @@
+"""Verifying who sent a webhook: one result type, one adapter per signing scheme.
+
+* Standard Webhooks (every vendor route): ``webhook-id``, ``webhook-timestamp``,
+  ``webhook-signature: v1,<base64 HMAC-SHA256>`` over ``id.timestamp.body`` with the vendor's
+  ``<VENDOR>_WEBHOOK_SECRET`` (``whsec_…``; several, comma-separated, during a rotation).
+  The signature is computed with the ``standardwebhooks`` library; the replay window is ours
+  so it can follow ``OPPSYNC_SIGNATURE_TOLERANCE_SECONDS``.
+* HighLevel (``leadway``): ``X-GHL-Signature`` Ed25519 over the raw body bytes, or the
+  legacy ``X-WH-Signature`` RSA-SHA256; then the body's ``timestamp`` must be fresh.
+  https://marketplace.gohighlevel.com/docs/webhook/WebhookIntegrationGuide
+* AWS SNS (``ivvy``): see ``web/sns.py``.
+
+Every failure raises ``Rejected`` with the HTTP status the receiver answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from standardwebhooks.webhooks import Webhook
+
+from worker.errors import Rejected
+
+# HighLevel's published webhook keys (public, the same for every Marketplace app); override
+# with LEADWAY_WEBHOOK_PUBLIC_KEY / LEADWAY_WEBHOOK_RSA_PUBLIC_KEY when HighLevel rotates them.
+# Source: HighLevel Webhook Integration Guide and highlevel-api-docs
+# docs/oauth/WebhookAuthentication.md (VENDORS.md §2.7).
+HIGHLEVEL_ED25519_PEM = """-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=
+-----END PUBLIC KEY-----
+"""
+HIGHLEVEL_RSA_PEM = """-----BEGIN PUBLIC KEY-----
+MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEAokvo/r9tVgcfZ5DysOSC
+Frm602qYV0MaAiNnX9O8KxMbiyRKWeL9JpCpVpt4XHIcBOK4u3cLSqJGOLaPuXw6
+dO0t6Q/ZVdAV5Phz+ZtzPL16iCGeK9po6D6JHBpbi989mmzMryUnQJezlYJ3DVfB
+csedpinheNnyYeFXolrJvcsjDtfAeRx5ByHQmTnSdFUzuAnC9/GepgLT9SM4nCpv
+uxmZMxrJt5Rw+VUaQ9B8JSvbMPpez4peKaJPZHBbU3OdeCVx5klVXXZQGNHOs8gF
+3kvoV5rTnXV0IknLBXlcKKAQLZcY/Q9rG6Ifi9c+5vqlvHPCUJFT5XUGG5RKgOKU
+J062fRtN+rLYZUV+BjafxQauvC8wSWeYja63VSUruvmNj8xkx2zE/Juc+yjLjTXp
+IocmaiFeAO6fUtNjDeFVkhf5LNb59vECyrHD2SQIrhgXpO4Q3dVNA5rw576PwTzN
+h/AMfHKIjE4xQA1SZuYJmNnmVZLIZBlQAF9Ntd03rfadZ+yDiOXCCs9FkHibELhC
+HULgCsnuDJHcrGNd5/Ddm5hxGQ0ASitgHeMZ0kcIOwKDOzOU53lDza6/Y09T7sYJ
+PQe7z0cvj7aE4B+Ax1ZoZGPzpJlZtGXCsu9aTEGEnKzmsFqwcSsnw3JB31IGKAyk
+T1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ==
+-----END PUBLIC KEY-----
+"""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A delivery whose sender is proven: its dedup id and its JSON body."""
+
+    scheme: str
+    delivery_id: str
+    payload: dict[str, Any]
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected("The body is not valid JSON.", status=400, reason="not_json") from None
+    if not isinstance(payload, dict):
+        raise Rejected("The body must be a JSON object.", status=400, reason="not_object")
+    return payload
+
+
+def _check_window(sent_at: float, tolerance: int) -> None:
+    if abs(time.time() - sent_at) > tolerance:
+        raise Rejected(
+            f"The signature timestamp is outside the {tolerance} s window.",
+            status=401,
+            reason="stale",
+        )
+
+
+def verify_standard(
+    body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...], tolerance: int
+) -> Verified:
+    """Standard Webhooks: any configured secret may have signed (rotation)."""
+    msg_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    signatures = headers.get("webhook-signature", "")
+    if not (msg_id and stamp and signatures):
+        raise Rejected(
+            "Missing webhook-id, webhook-timestamp or webhook-signature.",
+            status=401,
+            reason="unsigned",
+        )
+    if not secrets:
+        raise Rejected(
+            "This vendor has no webhook secret configured.", status=401, reason="no_secret"
+        )
+    try:
+        sent_at = float(stamp)
+    except ValueError:
+        raise Rejected(
+            "webhook-timestamp is not a number.", status=401, reason="bad_timestamp"
+        ) from None
+    _check_window(sent_at, tolerance)
+    offered = [s.split(",", 1)[1] for s in signatures.split() if s.startswith("v1,")]
+    text = body.decode("utf-8", errors="surrogateescape")
+    moment = datetime.fromtimestamp(int(sent_at), UTC)
+    for secret in secrets:
+        try:
+            expected = Webhook(secret).sign(msg_id, moment, text).split(",", 1)[1]
+        except (ValueError, binascii.Error):
+            continue
+        # Constant-time comparison against every offered signature.
+        if any(hmac.compare_digest(expected.encode(), sig.encode()) for sig in offered):
+            return Verified("standard", msg_id, parse_json_object(body))
+    raise Rejected("The webhook signature does not match.", status=401, reason="bad_signature")
+
+
+@lru_cache(maxsize=8)
+def _public_key(pem: str) -> Any:
+    return serialization.load_pem_public_key(pem.encode())
+
+
+def _b64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected("The signature is not base64.", status=401, reason="bad_signature") from None
+
+
+def verify_highlevel(
+    body: bytes, headers: Mapping[str, str], *, ed25519_pem: str, rsa_pem: str, tolerance: int
+) -> Verified:
+    """HighLevel: Ed25519 first, the legacy RSA header only when the new one is absent."""
+    ghl = headers.get("x-ghl-signature")
+    legacy = headers.get("x-wh-signature")
+    try:
+        if ghl:
+            key = _public_key(ed25519_pem)
+            assert isinstance(key, ed25519.Ed25519PublicKey)
+            key.verify(_b64(ghl), body)
+        elif legacy:
+            key = _public_key(rsa_pem)
+            assert isinstance(key, rsa.RSAPublicKey)
+            key.verify(_b64(legacy), body, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise Rejected("Missing X-GHL-Signature.", status=401, reason="unsigned")
+    except InvalidSignature:
+        raise Rejected(
+            "The HighLevel signature does not match.", status=401, reason="bad_signature"
+        ) from None
+    payload = parse_json_object(body)
+    stamp = payload.get("timestamp")
+    delivery = payload.get("webhookId")
+    if not isinstance(stamp, str) or not isinstance(delivery, str) or not delivery:
+        raise Rejected(
+            "A HighLevel event needs a timestamp and a webhookId.",
+            status=400,
+            reason="missing_fields",
+        )
+    try:
+        sent_at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        raise Rejected(
+            "The HighLevel timestamp is not ISO 8601.", status=400, reason="bad_timestamp"
+        ) from None
+    if sent_at.tzinfo is None:
+        sent_at = sent_at.replace(tzinfo=UTC)
+    _check_window(sent_at.timestamp(), tolerance)
+    return Verified("leadway", delivery, payload)

@@ -1,0 +1,114 @@
+"""The Celery application: broker, queues, crash-safety settings and the beat schedule.
+
+Queues: ``ingest`` (one task per event: validate, merge, fan out concurrently) and one
+``push.<vendor>`` per vendor for retries, so a vendor that is down never delays the others.
+Late acks and reject-on-worker-lost mean a worker that dies mid-job loses nothing; the
+broker's visibility timeout is kept longer than any retry countdown (celery#5935).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
+
+from schemas.mapping import VENDORS
+from worker.errors import ConfigError
+from worker.logs import configure as configure_logs
+from worker.settings import POLLED_VENDORS, get_settings
+
+QUEUES: tuple[str, ...] = ("ingest", *(f"push.{v}" for v in VENDORS), "poll")
+HEARTBEAT_SECONDS = 5.0
+
+settings = get_settings()
+visibility_timeout = int(os.environ.get("OPPSYNC_VISIBILITY_TIMEOUT_SECONDS", "3600"))
+if visibility_timeout <= settings.retry_max_seconds:
+    raise ConfigError(
+        "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS must be longer than OPPSYNC_RETRY_MAX_SECONDS, "
+        "or Redis redelivers waiting retries (celery#5935)"
+    )
+configure_logs(settings.secret_values(), settings.log_level)
+
+app = Celery("oppsync", broker=settings.redis_url, include=["worker.tasks"])
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_acks_on_failure_or_timeout=True,
+    task_ignore_result=True,
+    task_default_queue="ingest",
+    task_create_missing_queues=True,
+    task_serializer="json",
+    accept_content=["json"],
+    worker_prefetch_multiplier=int(os.environ.get("OPPSYNC_PREFETCH", "4")),
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_hijack_root_logger=False,
+    worker_soft_shutdown_timeout=float(os.environ.get("OPPSYNC_SOFT_SHUTDOWN_SECONDS", "10")),
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": visibility_timeout},
+    task_publish_retry_policy={
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    },
+    timezone="UTC",
+)
+
+
+def beat_schedule() -> dict[str, dict[str, object]]:
+    schedule: dict[str, dict[str, object]] = {}
+    for vendor in POLLED_VENDORS:
+        seconds = settings.vendor[vendor].poll_seconds
+        if settings.enabled(vendor) and seconds > 0:
+            schedule[f"poll-{vendor}"] = {
+                "task": "oppsync.poll_vendor",
+                "schedule": seconds,
+                "args": (vendor,),
+                "options": {"queue": "poll"},
+            }
+    reconcile_seconds = float(os.environ.get("OPPSYNC_RECONCILE_SECONDS", "3600"))
+    if reconcile_seconds > 0:
+        schedule["reconcile"] = {
+            "task": "oppsync.reconcile",
+            "schedule": reconcile_seconds,
+            "options": {"queue": "poll"},
+        }
+    return schedule
+
+
+app.conf.beat_schedule = beat_schedule()
+
+_stop_beating = threading.Event()
+
+
+def _beat_forever() -> None:
+    from worker.runtime import get_runtime
+
+    while not _stop_beating.is_set():
+        try:
+            get_runtime().store.beat()
+        except Exception:  # noqa: BLE001 - Redis down: readiness will say so
+            pass
+        _stop_beating.wait(HEARTBEAT_SECONDS)
+
+
+@worker_ready.connect
+def _start_heartbeat(**_: object) -> None:
+    """Readiness (``/readyz``) needs a worker seen within 30 s."""
+    _stop_beating.clear()
+    threading.Thread(target=_beat_forever, name="oppsync-heartbeat", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _stop_heartbeat(**_: object) -> None:
+    _stop_beating.set()
+
+
+def queue_for(vendor: str) -> str:
+    return f"push.{vendor}"
+
+
+__all__ = ["QUEUES", "app", "queue_for"]

@@ -1,0 +1,110 @@
+"""Dead letters: jobs that will not succeed by waiting, kept with why, until replayed or purged.
+
+Each holds the job (an ingest envelope, or a push of one opportunity to one vendor), the
+target, the reason, the attempts and the vendor's last answer. Replay re-enqueues the job
+and removes the letter in one step, so replaying twice cannot run it twice; and the jobs
+themselves are idempotent, so a replay never creates a duplicate record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from worker.errors import OppsyncError, Permanent, VendorError
+
+INDEX = "oppsync:deadletters"  # zset id -> time
+ITEMS = "oppsync:deadletter"  # hash id -> JSON
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    kind: str  # "ingest" | "push"
+    vendor: str  # source vendor (ingest) or target vendor (push)
+    reason: str
+    message: str
+    attempts: int
+    job: dict[str, Any]
+    answer: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+
+def describe(error: BaseException) -> dict[str, Any]:
+    """The parts of an error a dead letter keeps (never credentials: answers are vendor
+    bodies and messages are ours)."""
+    details: dict[str, Any] = {
+        "reason": error.reason if isinstance(error, OppsyncError) else type(error).__name__,
+        "message": str(error)[:1000],
+    }
+    if isinstance(error, VendorError):
+        details["answer"] = error.answer
+    fields = getattr(error, "fields", None)
+    if fields:
+        details["fields"] = fields
+    if isinstance(error, Permanent) and error.field:
+        details["fields"] = {error.field: [error.answer or "refused by the vendor"]}
+    return details
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def add(
+        self, *, kind: str, vendor: str, job: dict[str, Any], attempts: int, error: BaseException
+    ) -> DeadLetter:
+        letter = DeadLetter(
+            id=uuid.uuid4().hex[:12],
+            kind=kind,
+            vendor=vendor,
+            attempts=attempts,
+            job=job,
+            at=time.time(),
+            **describe(error),
+        )
+        pipe = self.redis.pipeline()
+        pipe.hset(ITEMS, letter.id, json.dumps(asdict(letter), default=str))
+        pipe.zadd(INDEX, {letter.id: letter.at})
+        pipe.execute()
+        return letter
+
+    def list(self, *, vendor: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        ids = self.redis.zrevrange(INDEX, 0, -1)
+        letters = [self.get(i) for i in ids]  # type: ignore[union-attr]
+        chosen = [x for x in letters if x is not None and (vendor is None or x.vendor == vendor)]
+        return chosen[:limit]
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        raw = self.redis.hget(ITEMS, letter_id)
+        return DeadLetter(**json.loads(raw)) if raw else None  # type: ignore[arg-type]
+
+    def take(self, letter_id: str) -> DeadLetter | None:
+        """Remove and return a letter (atomically: only one caller gets it)."""
+        pipe = self.redis.pipeline()
+        pipe.hget(ITEMS, letter_id)
+        pipe.hdel(ITEMS, letter_id)
+        pipe.zrem(INDEX, letter_id)
+        raw, removed, _ = pipe.execute()
+        if not removed:
+            return None
+        return DeadLetter(**json.loads(raw))
+
+    def purge(self, *, vendor: str | None = None) -> int:
+        count = 0
+        for letter in self.list(vendor=vendor, limit=1_000_000):
+            if self.take(letter.id) is not None:
+                count += 1
+        return count
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for letter in self.list(limit=1_000_000):
+            counts[letter.vendor] = counts.get(letter.vendor, 0) + 1
+        return counts

@@ -1,0 +1,135 @@
+"""Writing one change to its target vendors concurrently, and what happens to each failure.
+
+The fast path: the ingest task pushes to every target at once over the pooled clients (the
+four upserts overlap instead of queuing behind each other). A target that fails with a
+transient error gets its own retry task on its vendor's queue; a permanent failure becomes a
+dead letter. Nothing here blocks one vendor on another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from worker import metrics, pipeline
+from worker.deadletters import DeadLetters
+from worker.logs import log
+from worker.retry import decide
+from worker.runtime import Runtime
+
+_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oppsync-push")
+
+RetryScheduler = Callable[[str, str, dict[str, Any], float, int, float], None]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    vendor: str
+    outcome: str  # created | updated | unchanged | skipped | deleted | retrying | dead
+    detail: str = ""
+
+
+def push_once(
+    rt: Runtime,
+    key: str,
+    vendor: str,
+    *,
+    cause: dict[str, Any],
+    attempt: int,
+    first_attempt_at: float,
+    schedule_retry: RetryScheduler,
+) -> PushResult:
+    """One attempt at one vendor; failures are routed to a retry or a dead letter."""
+    with structlog.contextvars.bound_contextvars(correlation_id=cause.get("correlation_id")):
+        return _attempt(
+            rt,
+            key,
+            vendor,
+            cause=cause,
+            attempt=attempt,
+            first_attempt_at=first_attempt_at,
+            schedule_retry=schedule_retry,
+        )
+
+
+def _attempt(
+    rt: Runtime,
+    key: str,
+    vendor: str,
+    *,
+    cause: dict[str, Any],
+    attempt: int,
+    first_attempt_at: float,
+    schedule_retry: RetryScheduler,
+) -> PushResult:
+    try:
+        outcome = pipeline.push(rt, key, vendor, cause=cause)
+    except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
+        verdict = decide(
+            error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
+        )
+        if verdict.retry:
+            metrics.count(rt.redis, "oppsync_retries_total", vendor=vendor)
+            metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome="retrying")
+            schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, verdict.delay)
+            log.warning(
+                "push.retry",
+                key=key,
+                vendor=vendor,
+                attempt=attempt,
+                delay=round(verdict.delay, 2),
+                reason=verdict.reason,
+                error=str(error),
+            )
+            return PushResult(vendor, "retrying", verdict.reason)
+        DeadLetters(rt.redis).add(
+            kind="push",
+            vendor=vendor,
+            attempts=attempt,
+            error=error,
+            job={"key": key, "vendor": vendor, "cause": cause},
+        )
+        metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome="dead_letter")
+        log.error(
+            "push.dead_letter",
+            key=key,
+            vendor=vendor,
+            attempt=attempt,
+            reason=verdict.reason,
+            error=str(error),
+        )
+        return PushResult(vendor, "dead", verdict.reason)
+    metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome=outcome)
+    log.info("push.done", key=key, vendor=vendor, outcome=outcome, attempt=attempt)
+    return PushResult(vendor, outcome)
+
+
+def push_all(
+    rt: Runtime,
+    key: str,
+    targets: tuple[str, ...],
+    *,
+    cause: dict[str, Any],
+    schedule_retry: RetryScheduler,
+) -> list[PushResult]:
+    """Push to every target concurrently; returns one result per target."""
+    started = time.time()
+    futures = [
+        _pool.submit(
+            push_once,
+            rt,
+            key,
+            vendor,
+            cause=cause,
+            attempt=1,
+            first_attempt_at=started,
+            schedule_retry=schedule_retry,
+        )
+        for vendor in targets
+    ]
+    return [f.result() for f in futures]

@@ -1,0 +1,66 @@
+"""The one retry policy: what is retried, how long to wait, and when to give up.
+
+Transient failures (network, 5xx, 429, a reset after sending) are retried with exponential
+backoff and full jitter — ``OPPSYNC_RETRY_BASE_SECONDS`` doubling per attempt up to
+``OPPSYNC_RETRY_MAX_SECONDS`` — and a vendor's ``Retry-After`` wins when it is longer.
+Past ``OPPSYNC_RETRY_HORIZON_HOURS`` since the first attempt, the job becomes a dead letter.
+Permanent failures and invalid payloads go to dead letters at once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from worker.errors import InvalidPayload, OppsyncError, Permanent, Transient
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Verdict:
+    retry: bool
+    delay: float = 0.0
+    reason: str = ""
+
+
+def backoff(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Full-jitter delay before retry number ``attempt`` (1 for the first retry)."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = (rng or random).uniform(0, ceiling)
+    if retry_after is not None and retry_after > delay:
+        delay = min(retry_after, cap) if retry_after > cap else retry_after
+    return delay
+
+
+def decide(
+    error: BaseException,
+    *,
+    attempt: int,
+    first_attempt_at: float,
+    settings: Settings,
+    now: float | None = None,
+) -> Verdict:
+    """Retry (and after how long) or give up, for one failed attempt."""
+    reason = error.reason if isinstance(error, OppsyncError) else type(error).__name__
+    if isinstance(error, InvalidPayload | Permanent):
+        return Verdict(False, reason=reason)
+    if not isinstance(error, Transient):
+        return Verdict(False, reason=f"unexpected: {reason}")
+    now = time.time() if now is None else now
+    if now - first_attempt_at > settings.retry_horizon_hours * 3600:
+        return Verdict(False, reason=f"gave up after {attempt} attempts: {reason}")
+    delay = backoff(
+        attempt,
+        base=settings.retry_base_seconds,
+        cap=settings.retry_max_seconds,
+        retry_after=error.retry_after,
+    )
+    return Verdict(True, delay=delay, reason=reason)

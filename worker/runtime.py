@@ -1,0 +1,96 @@
+"""The per-process runtime: settings, Redis, the state store, adapters, quotas and locks.
+
+Built once per process (web or worker) and shared by every task and thread in it, so each
+vendor gets one pooled HTTP client per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from threading import Lock
+
+import redis
+from redis.exceptions import LockError
+
+from worker.errors import Transient
+from worker.ratelimit import VendorQuota
+from worker.settings import Settings, get_settings
+from worker.state import Store, lock_name
+from worker.vendors import build_adapters
+from worker.vendors.base import VendorAdapter
+
+#: How long a per-record lock is held at most (a crashed holder frees it by then).
+LOCK_TIMEOUT_SECONDS = 60
+#: How long a job waits for a per-record lock before it is retried later.
+LOCK_WAIT_SECONDS = 10
+
+#: The variable holding the API key each vendor names as a change's author, if any.
+API_KEY_VARIABLE = {"ivvy": "IVVY_API_KEY"}
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    store: Store
+    adapters: dict[str, VendorAdapter] = field(default_factory=dict)
+    quotas: dict[str, VendorQuota] = field(default_factory=dict)
+
+    @contextmanager
+    def lock(self, key: str, vendor: str | None = None) -> Iterator[None]:
+        """Serialise work on one opportunity (or one opportunity in one vendor)."""
+        lock = self.redis.lock(
+            lock_name(key, vendor), timeout=LOCK_TIMEOUT_SECONDS, blocking_timeout=LOCK_WAIT_SECONDS
+        )
+        if not lock.acquire():
+            raise Transient(f"{key} is busy", vendor=vendor or "-", retry_after=1.0, reason="busy")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                pass  # expired while held: the next holder already owns it
+
+    def own_api_key(self, vendor: str) -> str | None:
+        variable = API_KEY_VARIABLE.get(vendor)
+        return self.settings.vendor[vendor].get(variable) if variable else None
+
+
+def build_runtime(settings: Settings, *, with_adapters: bool = True) -> Runtime:
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+    )
+    rt = Runtime(settings=settings, redis=client, store=Store(client))
+    if with_adapters:
+        for vendor in settings.vendors:
+            vs = settings.vendor[vendor]
+            scope = vs.get("LEADWAY_LOCATION_ID", "") or "" if vendor == "leadway" else ""
+            rt.quotas[vendor] = VendorQuota(settings.redis_url, vendor, vs.rate_limit, scope=scope)
+        rt.adapters = build_adapters(settings, lambda v: rt.quotas[v].acquire)
+    return rt
+
+
+_runtime: Runtime | None = None
+_runtime_lock = Lock()
+
+
+def get_runtime(factory: Callable[[], Settings] = get_settings) -> Runtime:
+    """The process-wide runtime, built on first use."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = build_runtime(factory())
+        return _runtime
+
+
+def reset_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        _runtime = None
