@@ -63,14 +63,19 @@ class Mapping:
         return table[status]
 
     def status_in(self, vendor: str, value: str | None) -> Status | None:
-        """The canonical status for a vendor's value; the file's entries win over defaults."""
+        """The canonical status for a vendor's value.
+
+        When several statuses share one value (SIRO's LOST stands for lost and abandoned),
+        the status named like the value wins, else the first in open/won/lost/abandoned order.
+        """
         if value is None:
             return None
-        for table in (self.statuses.get(vendor, {}), DEFAULT_STATUSES.get(vendor, {})):
-            for status, vendor_value in table.items():
-                if vendor_value.lower() == str(value).lower():
-                    return status
-        return None
+        table = {**DEFAULT_STATUSES.get(vendor, {}), **self.statuses.get(vendor, {})}
+        wanted = str(value).lower()
+        candidates = [s for s in Status if table.get(s, "").lower() == wanted]
+        if not candidates:
+            return None
+        return next((s for s in candidates if s.value == wanted), candidates[0])
 
     # -- stages --------------------------------------------------------------------------
     def stage_id(self, vendor: str, stage_name: str | None) -> str | None:

@@ -16,7 +16,7 @@ from celery import Task
 from schemas.envelope import Envelope
 from worker import fanout, metrics, pipeline
 from worker.celery_app import app, queue_for
-from worker.deadletters import DeadLetters
+from worker.deadletters import DeadLetter, DeadLetters
 from worker.logs import log
 from worker.retry import decide
 from worker.runtime import get_runtime
@@ -150,3 +150,23 @@ def _note(rt: Any, env: Envelope, outcome: str, key: str | None, detail: str) ->
             "correlation_id": env.correlation_id,
         }
     )
+
+
+def replay_dead_letter(letter_id: str) -> DeadLetter | None:
+    """Put a dead letter's job back on its queue; ``None`` when no such letter remains.
+
+    Taking the letter and enqueueing happen once per letter, so replaying twice runs it
+    once; the job itself is idempotent, so even that run cannot create a duplicate.
+    """
+    rt = get_runtime()
+    letter = DeadLetters(rt.redis).take(letter_id)
+    if letter is None:
+        return None
+    now = time.time()
+    if letter.kind == "ingest":
+        ingest_change.apply_async(kwargs={"envelope": letter.job, "first_attempt_at": now},
+                                  queue="ingest")
+    else:
+        schedule_push_retry(letter.job["key"], letter.vendor, letter.job.get("cause", {}), now,
+                            1, 0)
+    return letter

@@ -1,0 +1,523 @@
+"""A stateful fake of iVvy's venue-opportunity API and its SNS notifications, over real HTTP.
+
+Modelled on VENDORS.md §3 and vendor-docs/ivvy-add-or-update-opportunity.txt:
+
+* every call is ``POST /api/1.0/{namespace}?action={action}`` with a JSON body, signed as
+  §3.2 says (``Content-MD5`` of the body, ``IVVY-Date`` or ``Date`` within 5 minutes,
+  ``X-Api-Authorization: IWS key:hmac``). Failures answer iVvy's error shape
+  ``{"errorCode", "message", "specificCode", "additionalMessages"}`` with HTTP status
+  ``errorCode``. 23005 (stale), 23016/23017 (invalid/required parameter), 24221/24222/24224
+  are documented; the other 2300x auth codes are placeholders of ours;
+* ``venue?action=addOrUpdateOpportunity`` creates (``name``, ``typeId``, ``sourceId``,
+  ``stageId`` required) or updates by ``id``. Ids are integers (digit strings pass, as in the
+  vendor page's own example); inline ``contact``/``company`` objects are upserted
+  (``updateIfExists`` matches first+last name+email, or the business name); at most 3
+  ``externalUrls``; keys absent from an update are kept, ``null`` clears;
+* ``crm?action=getOpportunityList`` (``venueIds``, ``filter`` on top-level keys with
+  ``__CONTAINS``/``__NOTCONTAINS``/``__GREATERTHAN``/``__LESSTHAN``/``__NOT``/``ISNULL``,
+  ``start``, ``perPage`` capped at 100) and the lead stage/type/source lists.
+
+Notifications are AWS SNS deliveries (``tests/simulators/sns.py``) whose certificate this
+simulator serves at ``GET /sns/cert.pem``. ``emit`` sends one now; with ``auto_emit`` each
+change is sent just after it happens: ``SourceType`` 1 with the API key as ``SourceInfo`` for
+API writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from flask import Response, request
+
+from schemas.ivvy import format_timestamp, parse_timestamp
+from tests.simulators.base import Simulator
+from tests.simulators.sns import FakeSnsTopic, signing_material
+from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
+
+DEFAULT_TOPIC_ARN = "arn:aws:sns:ap-southeast-2:123456789012:ivvy-crm"
+DEFAULT_STAGES: tuple[dict[str, Any], ...] = (
+    {"id": 69, "name": "New Enquiry", "reasons": []},
+    {"id": 70, "name": "Proposal Sent", "reasons": []},
+    {"id": 71, "name": "Won", "reasons": [{"id": 127, "reason": "Best offer"}]},
+    {"id": 72, "name": "Lost", "reasons": [{"id": 128, "reason": "Price"}]},
+)
+DEFAULT_TYPES = ({"id": 18, "type": "Conference", "subtypes": []},)
+DEFAULT_SOURCES = ({"id": 25, "name": "Website", "description": "", "isReferral": False},)
+DEFAULT_USERS = (
+    {"id": 12, "firstName": "Alice", "lastName": "Ex", "email": "alice@example.com", "phone": ""},
+    {"id": 13, "firstName": "Bob", "lastName": "Ex", "email": "bob@example.com", "phone": ""},
+)
+STALE_AFTER = timedelta(minutes=5)
+MAX_PER_PAGE = 100
+STAMPS = ("createdDate", "modifiedDate")
+MODIFIERS = ("", "CONTAINS", "NOTCONTAINS", "GREATERTHAN", "LESSTHAN", "NOT")
+SourceOf = tuple[int, str]  # (SourceType, SourceInfo) of a change
+
+
+class IvvyError(Exception):
+    """An iVvy error answer, raised inside handlers and turned into the response."""
+
+    def __init__(self, status: int, message: str, specific: int, *extra: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {
+            "errorCode": status,
+            "message": message,
+            "specificCode": specific,
+            "additionalMessages": list(extra),
+        }
+
+
+def _invalid(key: str, why: str) -> IvvyError:
+    return IvvyError(400, f"The parameter {key} does not validate", 23016, why)
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise _invalid(key, f"{key} must be an integer")
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _invalid(key, f"{key} must be a string")
+    return value
+
+
+def _matches(record: dict[str, Any], key: str, wanted: Any) -> bool:
+    """One ``filter`` entry (getting-started/interpreting-the-response/filtering.md)."""
+    name, _, modifier = key.partition("__")
+    if name not in record or modifier not in MODIFIERS:
+        raise _invalid("filter", f"cannot filter on {key}")
+    actual = record[name]
+    if wanted == "ISNULL":
+        return (actual in (None, "")) is (modifier == "")
+    text, want = ("" if actual is None else str(actual)).lower(), str(wanted).lower()
+    if modifier in ("GREATERTHAN", "LESSTHAN"):
+        numbers = isinstance(actual, int) and isinstance(wanted, int)
+        left, right = (actual, wanted) if numbers else (text, want)
+        return left > right if modifier == "GREATERTHAN" else left < right
+    outcomes = {"": text == want, "NOT": text != want, "CONTAINS": want in text}
+    return outcomes.get(modifier, want not in text)
+
+
+def _collection(items: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+    """iVvy's collection answer, one page of it (…/collections.md, …/pagination.md)."""
+    start = _int(body, "start") if body.get("start") is not None else 0
+    per_page = _int(body, "perPage") if body.get("perPage") is not None else MAX_PER_PAGE
+    page = items[start : start + max(1, min(per_page, MAX_PER_PAGE))]
+    meta = {"totalResults": len(items), "start": start, "perPage": per_page, "count": len(page)}
+    return {"meta": meta, "results": page}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class IvvySimulator(Simulator):
+    name = "ivvy"
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "ivvy-test-key",
+        api_secret: str = "ivvy-test-secret",
+        venue_id: int = 107,
+        stages: tuple[dict[str, Any], ...] = DEFAULT_STAGES,
+        types: tuple[dict[str, Any], ...] = DEFAULT_TYPES,
+        sources: tuple[dict[str, Any], ...] = DEFAULT_SOURCES,
+        users: tuple[dict[str, Any], ...] = DEFAULT_USERS,
+        topic_arn: str = DEFAULT_TOPIC_ARN,
+        latency: float = 0.0,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> None:
+        self.api_key, self.api_secret, self.venue_id = api_key, api_secret, venue_id
+        self.stages, self.types, self.sources = list(stages), list(types), list(sources)
+        self.users = [dict(user) for user in users]
+        self.topic = FakeSnsTopic(topic_arn)
+        self.contacts: list[dict[str, Any]] = []
+        self.companies: list[dict[str, Any]] = []
+        #: Send an SNS notification after every change (as a subscribed iVvy account does).
+        self.auto_emit = False
+        #: Set when the receiver visited the ``SubscribeURL``.
+        self.confirmed = False
+        super().__init__(latency=latency, rate_limit=rate_limit)
+
+    @property
+    def topic_arn(self) -> str:
+        return self.topic.topic_arn
+
+    # -- serving ---------------------------------------------------------------------------
+    def routes(self) -> None:
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        self.app.add_url_rule("/api/1.0/<namespace>", "api", self._api, methods=methods)
+        self.app.add_url_rule("/sns/cert.pem", "cert", self._certificate)
+        self.app.add_url_rule("/sns/confirm", "confirm", self._confirm)
+        self.app.add_url_rule("/sns/unsubscribe", "unsubscribe", lambda: "ok")
+        self.actions = {
+            ("venue", "addOrUpdateOpportunity"): self._api_write,
+            ("crm", "getOpportunityList"): self.opportunity_list,
+            ("crm", "getLeadStageList"): lambda body: _collection(self.stages, body),
+            ("crm", "getLeadTypeList"): lambda body: _collection(self.types, body),
+            ("crm", "getLeadSourceList"): lambda body: _collection(self.sources, body),
+            ("test", "ping"): lambda body: {"success": True},
+        }
+
+    def check_auth(self) -> Response | None:
+        if not request.path.startswith("/api/"):
+            return None
+        try:
+            self._check_signature()
+        except IvvyError as exc:
+            return self.json_response(exc.body, exc.status)
+        return None
+
+    def _check_signature(self) -> None:
+        """VENDORS.md §3.2: Content-MD5, a fresh date, then the HMAC over the request."""
+        if request.method != "POST":
+            raise IvvyError(405, "Method not allowed: every call is a POST", 23000)
+        if request.mimetype != "application/json":
+            raise IvvyError(406, "Content-Type must be application/json", 23006)
+        scheme, _, credentials = request.headers.get("X-Api-Authorization", "").partition(" ")
+        key, _, sig = credentials.partition(":")
+        if scheme != "IWS" or not key or not sig:
+            raise IvvyError(401, "Missing or malformed X-Api-Authorization", 23001)
+        md5 = request.headers.get("Content-MD5", "")
+        if md5 != content_md5(request.get_data()):
+            raise IvvyError(401, "Content-MD5 does not match the body", 23003)
+        ivvy_date, http_date = request.headers.get("IVVY-Date"), request.headers.get("Date", "")
+        try:
+            sent = (
+                parse_timestamp(ivvy_date)
+                if ivvy_date
+                else datetime.strptime(http_date, "%a, %d %b %Y %H:%M:%S %Z").replace(tzinfo=UTC)
+            )
+        except ValueError:
+            raise IvvyError(401, "Missing or invalid IVVY-Date/Date header", 23004) from None
+        if abs(datetime.now(UTC) - sent) > STALE_AFTER:
+            raise IvvyError(401, "Request is stale", 23005)
+        query = request.query_string.decode()
+        signed = string_to_sign(
+            method=request.method,
+            content_md5=md5,
+            content_type=request.headers["Content-Type"],
+            date="" if ivvy_date else http_date,
+            path_and_query=request.path + (f"?{query}" if query else ""),
+            ivvy_header_text=ivvy_headers(request.headers),
+        )
+        expected = signature(self.api_secret, signed)
+        if not (hmac.compare_digest(key, self.api_key) and hmac.compare_digest(sig, expected)):
+            raise IvvyError(401, "The request signature is not valid", 23002)
+
+    def quota_exceeded(self, retry_in: float) -> Response:
+        answer = IvvyError(429, "Too Many Requests", 429).body
+        return self.json_response(answer, 429, {"Retry-After": str(max(1, round(retry_in)))})
+
+    def _api(self, namespace: str) -> Response:
+        handler = self.actions.get((namespace, request.args.get("action", "")))
+        body = request.get_json(silent=True) if request.get_data() else {}
+        try:
+            if handler is None:
+                raise IvvyError(404, "The requested action does not exist", 404)
+            if not isinstance(body, dict):
+                raise IvvyError(400, "The request body must be a JSON object", 23016)
+            return self.json_response(handler(body))
+        except IvvyError as exc:
+            return self.json_response(exc.body, exc.status)
+
+    def _certificate(self) -> Response:
+        return Response(signing_material()[1], mimetype="application/x-pem-file")
+
+    def _confirm(self) -> Response:
+        if request.args.get("token") != self.topic.token:
+            return Response("<Error><Code>InvalidParameter</Code></Error>", 400)
+        self.confirmed = True
+        return Response("<ConfirmSubscriptionResponse/>", mimetype="text/xml")
+
+    # -- the API ---------------------------------------------------------------------------
+    def _api_write(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.add_or_update(body, source=(1, self.api_key))
+
+    def add_or_update(self, body: dict[str, Any], *, source: SourceOf) -> dict[str, Any]:
+        """``venue?action=addOrUpdateOpportunity``; ``source`` says who made the change."""
+        if not body:
+            raise IvvyError(400, "The request is empty", 24221)
+        if body.get("venueId") is None:
+            raise IvvyError(400, "The parameter venueId is required", 23017)
+        if _int(body, "venueId") != self.venue_id:
+            raise IvvyError(400, "The opportunity details are invalid", 24224, "venueId")
+        with self.state_lock:
+            previous = None
+            if body.get("id") is not None:
+                previous = self.records.get(str(_int(body, "id")))
+                if previous is None:
+                    raise IvvyError(400, "The opportunity does not exist", 24222)
+            for key in () if previous else ("name", "typeId", "sourceId", "stageId"):
+                if body.get(key) in (None, ""):
+                    raise IvvyError(400, f"The parameter {key} is required", 23017)
+            record = copy.deepcopy(previous) if previous else self._blank()
+            self._apply(record, body)
+            self._store(record, previous, source)
+        return {"success": True, "id": record["id"]}
+
+    def _blank(self) -> dict[str, Any]:
+        stamp = format_timestamp(_now())
+        keys = ("description", "ownerUser", "contact", "company", "currentBookingId",
+                "qualityId", "stageId", "stageName", "stageReasonId", "typeId", "type",
+                "subtypeId", "sourceId", "sourceName", "channelId", "closedDate")  # fmt: skip
+        return {
+            "id": self.next_id(), "venueId": self.venue_id, "name": "",
+            **dict.fromkeys(keys), "createdDate": stamp, "modifiedDate": stamp,
+            "externalUrls": [],
+        }  # fmt: skip
+
+    @staticmethod
+    def _pick(items: list[dict[str, Any]], body: dict[str, Any], key: str) -> dict[str, Any]:
+        wanted = _int(body, key)
+        for item in items:
+            if item["id"] == wanted:
+                return item
+        raise IvvyError(400, "The opportunity details are invalid", 24224, f"{key} unknown")
+
+    def _apply(self, record: dict[str, Any], body: dict[str, Any]) -> None:
+        """Check every given key, then write them all (a refusal changes nothing)."""
+        new: dict[str, Any] = {}
+        if "name" in body:
+            new["name"] = _text(body, "name")
+            if not new["name"]:
+                raise _invalid("name", "name must not be empty")
+        if "description" in body:
+            new["description"] = _text(body, "description")
+        if "stageId" in body:
+            stage = self._pick(self.stages, body, "stageId")
+            new.update(stageId=stage["id"], stageName=stage["name"])
+        if "typeId" in body:
+            kind = self._pick(self.types, body, "typeId")
+            new.update(typeId=kind["id"], type=kind["type"])
+        if "sourceId" in body:
+            source = self._pick(self.sources, body, "sourceId")
+            new.update(sourceId=source["id"], sourceName=source["name"])
+        if "closedDate" in body:
+            new["closedDate"] = self._closed_date(body)
+        if "ownerUserId" in body:
+            user = body["ownerUserId"] is not None and self._pick(self.users, body, "ownerUserId")
+            new["ownerUser"] = dict(user) if user else None
+        if "externalUrls" in body:
+            new["externalUrls"] = self._external_urls(body["externalUrls"])
+        # Contacts and companies are saved as they are read, so they come last.
+        if "contact" in body:
+            new["contact"] = self._contact(body["contact"])
+        if "company" in body:
+            new["company"] = self._company(body["company"])
+        record.update(new)
+
+    @staticmethod
+    def _closed_date(body: dict[str, Any]) -> str | None:
+        value = _text(body, "closedDate")
+        try:
+            return date.fromisoformat(value).isoformat() if value else None
+        except ValueError:
+            raise _invalid("closedDate", "closedDate must be yyyy-mm-dd") from None
+
+    @staticmethod
+    def _external_urls(given: Any) -> list[dict[str, Any]]:
+        links = given or []
+        if not isinstance(links, list) or len(links) > 3:
+            raise _invalid("externalUrls", "at most 3 external urls")
+        if not all(isinstance(x, dict) and isinstance(x.get("ref"), str) for x in links):
+            raise _invalid("externalUrls", "each external url needs a ref")
+        return [{"ref": x["ref"], "url": x.get("url"), "label": x.get("label")} for x in links]
+
+    def _contact(self, given: Any) -> dict[str, Any] | None:
+        """contact?action=addOrUpdateContact semantics, inline (blank fields read as "")."""
+        if given is None:
+            return None
+        if not isinstance(given, dict):
+            raise _invalid("contact", "contact must be an object")
+        fields = {k: _text(given, k) or "" for k in ("firstName", "lastName", "email", "phone")}
+        same = ("firstName", "lastName", "email")
+        found = given.get("updateIfExists") and next(
+            (c for c in self.contacts if all(c[k] == fields[k] for k in same)), None
+        )
+        if not found:
+            found = {"id": self.next_id()}
+            self.contacts.append(found)
+        found.update(fields)
+        return dict(found)
+
+    def _company(self, given: Any) -> dict[str, Any] | None:
+        if given is None:
+            return None
+        if not isinstance(given, dict) or not _text(given, "businessName"):
+            raise _invalid("company", "company needs a businessName")
+        name = given["businessName"]
+        found = given.get("updateIfExists") and next(
+            (c for c in self.companies if c["businessName"] == name), None
+        )
+        if not found:
+            found = {"id": self.next_id(), "businessName": name, "businessNumber": "",
+                     "phone": "", "email": ""}  # fmt: skip
+            self.companies.append(found)
+        return dict(found)
+
+    def _store(self, record: dict[str, Any], previous: dict[str, Any] | None, source: SourceOf
+               ) -> None:  # fmt: skip
+        # Each change is later than the one before, even within the same second.
+        now = _now()
+        if previous is not None:
+            now = max(now, parse_timestamp(previous["modifiedDate"]) + timedelta(seconds=1))
+        record["modifiedDate"] = format_timestamp(now)
+        self.records[str(record["id"])] = record
+        subject = "OpportunityUpdated" if previous else "OpportunityAdded"
+        self._notify(subject, str(record["id"]), record, previous, source)
+
+    def opportunity_list(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``crm?action=getOpportunityList``: filtered, in id order, one page."""
+        filter_, venues = body.get("filter") or {}, body.get("venueIds")
+        if not isinstance(filter_, dict):
+            raise _invalid("filter", "filter must be an object")
+        if venues is not None and not isinstance(venues, list):
+            raise _invalid("venueIds", "venueIds must be a list")
+        wanted_venues = None if venues is None else {str(v) for v in venues}
+        with self.state_lock:
+            ordered = sorted(self.records.values(), key=lambda r: r["id"])
+            found = [
+                copy.deepcopy(r)
+                for r in ordered
+                if (wanted_venues is None or str(r["venueId"]) in wanted_venues)
+                and all(_matches(r, k, v) for k, v in filter_.items())
+            ]
+        return _collection(found, body)
+
+    # -- a person at the venue -------------------------------------------------------------
+    def seed(self, record: dict[str, Any]) -> str:
+        """Add an opportunity without notifying; keys as ``addOrUpdateOpportunity`` takes
+        them (type, source and stage default to the first of each), plus ``createdDate`` /
+        ``modifiedDate`` to backdate it."""
+        defaults = {"name": "Seeded", "typeId": self.types[0]["id"],
+                    "sourceId": self.sources[0]["id"], "stageId": self.stages[0]["id"]}  # fmt: skip
+        body = {**defaults, **{k: v for k, v in record.items() if k not in STAMPS}}
+        with self.state_lock:
+            opp = self._blank()
+            self._apply(opp, body)
+            opp.update({k: record[k] for k in STAMPS if k in record})
+            self.records[str(opp["id"])] = opp
+        return str(opp["id"])
+
+    def edit(self, vendor_id: str, **changes: Any) -> dict[str, Any]:
+        """A person changes the record in iVvy (keys as the API takes them, e.g. ``stageId``);
+        ``modifiedDate`` moves on."""
+        with self.state_lock:
+            previous = self.records[str(vendor_id)]
+            record = copy.deepcopy(previous)
+            self._apply(record, changes)
+            self._store(record, previous, (0, ""))
+            return copy.deepcopy(record)
+
+    def remove(self, vendor_id: str) -> None:
+        """A person deletes the record in iVvy's UI (the API has no delete action)."""
+        with self.state_lock:
+            previous = self.records.pop(str(vendor_id))
+        self._notify("OpportunityDeleted", str(vendor_id), None, previous, (0, ""))
+
+    # -- notifications ---------------------------------------------------------------------
+    def inner_message(
+        self,
+        subject: str,
+        vendor_id: str,
+        record: dict[str, Any] | None,
+        previous: dict[str, Any] | None,
+        source: SourceOf,
+    ) -> dict[str, Any]:
+        """The iVvy message inside the SNS one (VENDORS.md §3.7, crm-endpoint.md)."""
+        body: dict[str, Any]
+        if subject == "OpportunityDeleted":
+            body = {"venueId": self.venue_id, "opportunityId": int(vendor_id)}
+        elif subject == "OpportunityAdded":
+            body = {"data": record}
+        else:
+            body = {"data": record, "previousData": previous or record}
+        return {
+            "TxnId": uuid.uuid4().hex, "Region": "ap-southeast-2",
+            "Timestamp": format_timestamp(_now()), "AccountId": 1001, "Subject": subject,
+            "Body": json.dumps(body), "SourceType": source[0], "SourceInfo": source[1],
+            "Signature": "", "SigningPublicKeyPath": "",
+        }  # fmt: skip
+
+    def sns_message(
+        self, inner: dict[str, Any], *, signature_version: int = 1, tamper: bool = False
+    ) -> dict[str, Any]:
+        """A signed SNS ``Notification`` carrying ``inner`` (not sent)."""
+        return self.topic.notification(
+            json.dumps(inner),
+            subject=inner.get("Subject"),
+            cert_url=f"{self.url}/sns/cert.pem",
+            unsubscribe_url=f"{self.url}/sns/unsubscribe?SubscriptionArn={self.topic_arn}:1",
+            signature_version=signature_version,
+            tamper=tamper,
+        )
+
+    def subscription_confirmation(self, *, signature_version: int = 1) -> dict[str, Any]:
+        return self.topic.subscription_confirmation(
+            subscribe_url=f"{self.url}/sns/confirm?token={self.topic.token}",
+            cert_url=f"{self.url}/sns/cert.pem",
+            signature_version=signature_version,
+        )
+
+    def send_sns(self, message: dict[str, Any]) -> int:
+        return self.send_webhook(*self.topic.delivery(message))
+
+    def emit(
+        self,
+        vendor_id: str,
+        subject: str | None = None,
+        *,
+        signature_version: int = 1,
+        tamper: bool = False,
+        source_api: str | None = None,
+    ) -> int:
+        """Send one notification about the record now; returns the receiver's status.
+        ``source_api`` makes it an API change by that key (``SourceType`` 1)."""
+        with self.state_lock:
+            record = copy.deepcopy(self.records.get(str(vendor_id)))
+        subject = subject or ("OpportunityUpdated" if record else "OpportunityDeleted")
+        source = (1, source_api) if source_api else (0, "")
+        inner = self.inner_message(subject, str(vendor_id), record, record, source)
+        message = self.sns_message(inner, signature_version=signature_version, tamper=tamper)
+        return self.send_sns(message)
+
+    def send_subscription_confirmation(self) -> int:
+        return self.send_sns(self.subscription_confirmation())
+
+    def emit_standard(self, vendor_id: str, thin: bool = False) -> int:
+        """The venue's own automation posting a Standard Webhooks delivery."""
+        record = self.records[str(vendor_id)]
+        return self.send_standard_webhook({"id": record["id"]} if thin else record)
+
+    def _notify(
+        self,
+        subject: str,
+        vendor_id: str,
+        record: dict[str, Any] | None,
+        previous: dict[str, Any] | None,
+        source: SourceOf,
+    ) -> None:
+        if self.auto_emit:
+            snapshot = copy.deepcopy((record, previous))
+            inner = self.inner_message(subject, vendor_id, *snapshot, source)
+            self.emit_async(lambda: self.send_sns(self.sns_message(inner)))
+
+    def reset(self) -> None:
+        super().reset()
+        with self.state_lock:
+            self.contacts.clear()
+            self.companies.clear()

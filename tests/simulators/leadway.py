@@ -1,0 +1,437 @@
+"""A stateful fake of Leadway (white-label HighLevel) opportunities and contacts over real HTTP.
+
+Modelled on VENDORS.md §2 and vendor-docs/leadway-upsert-opportunity.txt:
+
+* every request needs ``Authorization: Bearer <token>`` (else 401
+  ``{"statusCode":401,"message":"Invalid token: access token is invalid","error":"Unauthorized"}``)
+  and ``Version: 2021-07-28`` (else 400 ``{"statusCode":400,"message":"Bad Request"}``);
+* ``POST /opportunities/upsert``: ``id`` updates (unknown id: 404), else creates; requires
+  ``pipelineId``, ``locationId`` (ours, else 403), the followers trio, and on create ``name``
+  and an existing ``contactId``; bad types/enums get 422 ``{"statusCode":422,"message":[…],
+  "error":"Unprocessable Entity"}``. Answers ``{"opportunity": {…}, "new": bool}``;
+* ``GET /opportunities/{id}`` -> ``{"opportunity": {…}}``; ``GET /opportunities/search`` with
+  ``location_id`` (required), ``pipeline_id``, ``contact_id``, ``status``, ``q``, ``page``,
+  ``limit`` (≤ 100), newest first; ``GET /opportunities/pipelines``; ``DELETE`` ->
+  ``{"succeded": true}`` (sic); ``POST /contacts/upsert`` de-duplicates by email, then phone;
+* quota: 100 requests / 10 s, 429 with ``X-RateLimit-*`` headers and no ``Retry-After``.
+
+Webhooks: ``emit`` posts HighLevel's native payload signed ``X-GHL-Signature`` (Ed25519 over
+the raw body) or, legacy, ``X-WH-Signature`` (RSA-SHA256); with ``auto_emit`` every change
+(API writes and ``edit``) is echoed that way, as HighLevel echoes our own writes back.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hmac
+import json
+import secrets
+import string
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from flask import Response, g, request
+
+from tests.simulators.base import Simulator, SlidingWindow
+from tests.strategies import EXAMPLE_MAPPING
+
+API_VERSION = "2021-07-28"
+STATUSES = ("open", "won", "lost", "abandoned")
+#: Webhook type for a change of exactly this one field (anything else: OpportunityUpdate).
+FIELD_EVENTS = {"status": "OpportunityStatusUpdate", "pipelineStageId": "OpportunityStageUpdate",
+                "monetaryValue": "OpportunityMonetaryValueUpdate",
+                "assignedTo": "OpportunityAssignedToUpdate"}  # fmt: skip
+WRITABLE = ("name", "status", "pipelineId", "pipelineStageId", "monetaryValue", "assignedTo",
+            "contactId")  # fmt: skip
+_ALNUM = string.ascii_letters + string.digits
+
+
+@functools.cache
+def signing_keys() -> tuple[ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey]:
+    """One Ed25519 and one 2048-bit RSA key per process (RSA generation is slow)."""
+    return ed25519.Ed25519PrivateKey.generate(), rsa.generate_private_key(65537, 2048)
+
+
+def _pem(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def ghl_id() -> str:
+    """A 20-character alphanumeric id, as HighLevel's (``wWhVuzqpRuOA1ZVWi4FC``)."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(20))
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def default_pipeline(pipeline_id: str) -> dict[str, Any]:
+    """A pipeline whose stages are the example mapping's Leadway stages, in order."""
+    stages = [{"id": s.ids["leadway"], "name": s.name.title(), "position": i}
+              for i, s in enumerate(EXAMPLE_MAPPING.stages) if "leadway" in s.ids]  # fmt: skip
+    return {"id": pipeline_id, "name": "Sales", "stages": stages, "showInFunnel": True,
+            "showInPieChart": True}  # fmt: skip
+
+
+class _Quota(SlidingWindow):
+    """The base window, remembering what is left for the answer's ``X-RateLimit-Remaining``."""
+
+    def allow(self) -> tuple[bool, int, float]:
+        allowed, remaining, retry_in = super().allow()
+        g.ratelimit_remaining = remaining
+        return allowed, remaining, retry_in
+
+
+class LeadwaySimulator(Simulator):
+    name = "leadway"
+
+    def __init__(self, *, token: str = "leadway-test-token",
+                 location_id: str = "ve9EPM428h8vShlRW1KT",
+                 pipeline_id: str = "VDm7RPYC2GLUvdpKmBfC",
+                 pipelines: list[dict[str, Any]] | None = None,
+                 rate_limit: tuple[int, float] | None = (100, 10.0),
+                 latency: float = 0.0) -> None:  # fmt: skip
+        self.token, self.location_id, self.pipeline_id = token, location_id, pipeline_id
+        self.pipelines = pipelines if pipelines is not None else [default_pipeline(pipeline_id)]
+        self.contacts: dict[str, dict[str, Any]] = {}
+        #: Deleted records, kept so an OpportunityDelete event can still describe them.
+        self.tombstones: dict[str, dict[str, Any]] = {}
+        #: Echo every change as a signed native webhook to ``webhook_url``.
+        self.auto_emit = False
+        super().__init__(latency=latency, rate_limit=rate_limit)
+        self.quota = _Quota(*rate_limit) if rate_limit else None
+
+    @property
+    def public_key_pem(self) -> str:
+        return _pem(signing_keys()[0])
+
+    @property
+    def rsa_public_key_pem(self) -> str:
+        return _pem(signing_keys()[1])
+
+    # -- HTTP ----------------------------------------------------------------------------
+    def routes(self) -> None:
+        add = self.app.add_url_rule
+        add("/opportunities/upsert", "upsert", self._upsert, methods=["POST"])
+        add("/opportunities/search", "search", self._search, methods=["GET"])
+        add("/opportunities/pipelines", "pipelines", self._pipelines, methods=["GET"])
+        add("/opportunities/<opp_id>", "get", self._get, methods=["GET"])
+        add("/opportunities/<opp_id>", "delete", self._delete, methods=["DELETE"])
+        add("/contacts/upsert", "contact", self._contact_upsert, methods=["POST"])
+        self.app.after_request(self._rate_headers)
+
+    def check_auth(self) -> Response | None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            return self.fail(401, "Invalid token: access token is invalid", "Unauthorized")
+        if request.headers.get("Version") != API_VERSION:
+            return self.fail(400, "Bad Request")
+        return None
+
+    def quota_exceeded(self, retry_in: float) -> Response:
+        return self.json_response({"statusCode": 429, "message": "Too Many Requests"}, 429,
+                                  self._limit_headers(0))  # fmt: skip
+
+    def _limit_headers(self, remaining: int) -> dict[str, str]:
+        assert self.quota is not None
+        return {"X-RateLimit-Max": str(self.quota.limit), "X-RateLimit-Remaining": str(remaining),
+                "X-RateLimit-Interval-Milliseconds": str(int(self.quota.window * 1000))}  # fmt: skip
+
+    def _rate_headers(self, response: Response) -> Response:
+        if self.quota is not None and "ratelimit_remaining" in g and response.status_code != 429:
+            response.headers.update(self._limit_headers(g.ratelimit_remaining))
+        return response
+
+    def fail(self, status: int, message: str | list[str], error: str | None = None) -> Response:
+        body: dict[str, Any] = {"statusCode": status, "message": message}
+        if error:
+            body["error"] = error
+        return self.json_response(body, status)
+
+    def invalid(self, problems: list[str]) -> Response:
+        return self.fail(422, problems, "Unprocessable Entity")
+
+    def _stage_ids(self, pipeline_id: str) -> list[str] | None:
+        found = next((p for p in self.pipelines if p["id"] == pipeline_id), None)
+        return None if found is None else [s["id"] for s in found["stages"]]
+
+    def check_upsert(self, body: dict[str, Any], creating: bool) -> Response | None:
+        problems = [f"{k} should not be empty" for k in ("pipelineId", "locationId")
+                    if not isinstance(body.get(k), str) or not body[k]]  # fmt: skip
+        if not isinstance(body.get("followers"), list):
+            problems.append("followers must be an array")
+        if not isinstance(body.get("isRemoveAllFollowers"), bool):
+            problems.append("isRemoveAllFollowers must be a boolean value")
+        if body.get("followersActionType") not in ("add", "remove"):
+            problems.append("followersActionType must be one of the following values: add, remove")
+        if "status" in body and body["status"] not in STATUSES:
+            problems.append(f"status must be one of the following values: {', '.join(STATUSES)}")
+        value = body.get("monetaryValue")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            problems.append("monetaryValue must be a number")
+        for key in ("name", "assignedTo", "pipelineStageId", "contactId"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                problems.append(f"{key} must be a string")
+        if creating and not body.get("name"):
+            problems.append("name should not be empty")
+        if creating and not body.get("contactId"):
+            problems.append("contactId should not be empty")
+        if problems:
+            return self.invalid(problems)
+        if body["locationId"] != self.location_id:
+            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+        stages = self._stage_ids(body["pipelineId"])
+        if stages is None:
+            return self.fail(400, "Pipeline not found")
+        if body.get("pipelineStageId") is not None and body["pipelineStageId"] not in stages:
+            return self.fail(400, "Pipeline stage not found in the pipeline")
+        if body.get("contactId") and body["contactId"] not in self.contacts:
+            return self.fail(400, "Contact not found")
+        return None
+
+    def _upsert(self) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return self.fail(400, "Bad Request")
+        with self.state_lock:
+            vendor_id = body.get("id")
+            if vendor_id is not None and vendor_id not in self.records:
+                return self.fail(404, "Opportunity not found", "Not Found")
+            denied = self.check_upsert(body, creating=vendor_id is None)
+            if denied is not None:
+                return denied
+            changes = {k: body[k] for k in WRITABLE if k in body}
+            if vendor_id is None:
+                record = self.create(changes, source="api")
+            else:
+                record = self.apply(vendor_id, changes)
+            return self.json_response({"opportunity": record, "new": vendor_id is None})
+
+    def _get(self, opp_id: str) -> Response:
+        with self.state_lock:
+            if opp_id not in self.records:
+                return self.fail(404, "Opportunity not found", "Not Found")
+            return self.json_response({"opportunity": self.records[opp_id]})
+
+    def _delete(self, opp_id: str) -> Response:
+        with self.state_lock:
+            if opp_id not in self.records:
+                return self.fail(404, "Opportunity not found", "Not Found")
+            self.tombstones[opp_id] = self.records.pop(opp_id)
+            self._echo(opp_id, "OpportunityDelete")
+            return self.json_response({"succeded": True})
+
+    def _search(self) -> Response:
+        args = request.args
+        if not args.get("location_id"):
+            return self.invalid(["location_id should not be empty"])
+        if args["location_id"] != self.location_id:
+            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+        try:
+            page, limit = int(args.get("page", 1)), int(args.get("limit", 20))
+        except ValueError:
+            return self.invalid(["page and limit must be integers"])
+        if not 1 <= limit <= 100 or page < 1:
+            return self.invalid(["limit must not be greater than 100"])
+        with self.state_lock:
+            found = [r for r in self.records.values() if self._matches(r, args)]
+        found.sort(key=lambda r: (r["createdAt"], r["id"]), reverse=True)
+        chunk = found[(page - 1) * limit : page * limit]
+        more = page * limit < len(found)
+        meta = {"total": len(found), "currentPage": page, "nextPage": page + 1 if more else None,
+                "prevPage": page - 1 if page > 1 else None,
+                "startAfterId": chunk[-1]["id"] if chunk else None}  # fmt: skip
+        return self.json_response({"opportunities": chunk, "meta": meta, "aggregations": {}})
+
+    @staticmethod
+    def _matches(record: dict[str, Any], args: Any) -> bool:
+        filters = {"pipeline_id": "pipelineId", "pipeline_stage_id": "pipelineStageId",
+                   "contact_id": "contactId", "assigned_to": "assignedTo", "id": "id"}  # fmt: skip
+        if any(args.get(p) and record.get(k) != args[p] for p, k in filters.items()):
+            return False
+        if args.get("status") not in (None, "", "all") and record["status"] != args["status"]:
+            return False
+        contact = record.get("contact") or {}
+        text = " ".join(str(v) for v in (record.get("name"), contact.get("name"),
+                                         contact.get("email")) if v)  # fmt: skip
+        return args.get("q", "").lower() in text.lower()
+
+    def _pipelines(self) -> Response:
+        if request.args.get("locationId") != self.location_id:
+            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+        pipelines = [{**p, "locationId": self.location_id} for p in self.pipelines]
+        return self.json_response({"pipelines": pipelines})
+
+    def _contact_upsert(self) -> Response:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return self.fail(400, "Bad Request")
+        problems = [f"{k} must be a string" for k in ("name", "email", "phone", "companyName")
+                    if body.get(k) is not None and not isinstance(body[k], str)]  # fmt: skip
+        if not body.get("locationId"):
+            problems.append("locationId should not be empty")
+        if not any(body.get(k) for k in ("name", "email", "phone")):
+            problems.append("one of name, email or phone is required")
+        if problems:
+            return self.invalid(problems)
+        if body["locationId"] != self.location_id:
+            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+        with self.state_lock:
+            contact, new = self.upsert_contact(body)
+            return self.json_response({"contact": contact, "new": new})
+
+    # -- state ---------------------------------------------------------------------------
+    def stamp(self, previous: str | None = None) -> str:
+        """Now, strictly after ``previous`` (two writes in one millisecond still order)."""
+        now = datetime.now(UTC)
+        if previous is not None:
+            now = max(now, datetime.fromisoformat(previous) + timedelta(milliseconds=1))
+        return iso(now)
+
+    def upsert_contact(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        email, phone = (body.get("email") or "").lower(), body.get("phone")
+        match = next((c for c in self.contacts.values()
+                      if (email and (c["email"] or "").lower() == email)), None)  # fmt: skip
+        match = match or next((c for c in self.contacts.values() if phone and c["phone"] == phone),
+                              None)  # fmt: skip
+        fields = {k: body[k] for k in ("name", "email", "phone", "companyName") if k in body}
+        new = match is None
+        if match is None:
+            stamp = self.stamp()
+            match = {"id": ghl_id(), "locationId": self.location_id, "name": None, "email": None,
+                     "phone": None, "companyName": None, "tags": [], "dateAdded": stamp}  # fmt: skip
+            self.contacts[match["id"]] = match
+        match.update(fields, dateUpdated=self.stamp())
+        for record in self.records.values():  # an opportunity shows its contact as it is now
+            if record["contactId"] == match["id"]:
+                record["contact"] = self._embedded(match["id"])
+        return dict(match), new
+
+    def _embedded(self, contact_id: str | None) -> dict[str, Any] | None:
+        contact = self.contacts.get(contact_id or "")
+        if contact is None:
+            return None
+        return {k: contact[k] for k in ("id", "name", "companyName", "email", "phone", "tags")}
+
+    def create(self, changes: dict[str, Any], *, source: str = "api") -> dict[str, Any]:
+        stamp = self.stamp()
+        pipeline_id = changes.get("pipelineId", self.pipeline_id)
+        record: dict[str, Any] = {
+            "id": ghl_id(), "name": None, "monetaryValue": None, "pipelineId": pipeline_id,
+            "pipelineStageId": (self._stage_ids(pipeline_id) or [None])[0], "assignedTo": None,
+            "status": "open", "source": source, "lastStatusChangeAt": stamp,
+            "lastStageChangeAt": stamp, "createdAt": stamp, "updatedAt": stamp,
+            "contactId": None, "locationId": self.location_id, "contact": None,
+            "customFields": [], "followers": [], "lostReasonId": None,
+        }  # fmt: skip
+        record.update({k: v for k, v in changes.items() if k != "pipelineStageId" or v})
+        record["contact"] = self._embedded(record["contactId"])
+        self.records[record["id"]] = record
+        self._echo(record["id"], "OpportunityCreate")
+        return dict(record)
+
+    def apply(self, vendor_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        record = self.records[vendor_id]
+        changed = [k for k, v in changes.items() if record.get(k) != v]
+        record.update(changes)
+        record["updatedAt"] = self.stamp(record["updatedAt"])
+        if "status" in changed:
+            record["lastStatusChangeAt"] = record["updatedAt"]
+        if "pipelineStageId" in changed:
+            record["lastStageChangeAt"] = record["updatedAt"]
+        record["contact"] = self._embedded(record["contactId"])
+        if changed:
+            one = FIELD_EVENTS.get(changed[0]) if len(changed) == 1 else None
+            self._echo(vendor_id, one or "OpportunityUpdate")
+        return dict(record)
+
+    def reset(self) -> None:
+        with self.state_lock:
+            super().reset()
+            self.contacts.clear()
+            self.tombstones.clear()
+
+    # -- test hooks ----------------------------------------------------------------------
+    def seed(self, record: dict[str, Any] | None = None) -> str:
+        """Add a record as a person would in Leadway's UI (``source`` "manual"). A ``contact``
+        given as ``{name, email, phone, companyName}`` is upserted first; returns the id."""
+        with self.state_lock:
+            changes = dict(record or {})
+            contact = changes.pop("contact", None)
+            if contact is not None:
+                changes["contactId"] = self.upsert_contact(contact)[0]["id"]
+            return str(self.create(changes, source="manual")["id"])
+
+    def edit(self, vendor_id: str, **changes: Any) -> dict[str, Any]:
+        """A person edits the record in the UI (record keys, e.g. ``status="won"``)."""
+        with self.state_lock:
+            return self.apply(vendor_id, changes)
+
+    def native_payload(self, vendor_id: str, event_type: str, *,
+                       timestamp: datetime | None = None, webhook_id: str | None = None
+                       ) -> dict[str, Any]:  # fmt: skip
+        """HighLevel's webhook body for the record as it is now (VENDORS.md §2.7)."""
+        with self.state_lock:
+            record = self.records.get(vendor_id) or self.tombstones[vendor_id]
+            keys = ("locationId", "id", "assignedTo", "contactId", "monetaryValue", "name",
+                    "pipelineId", "pipelineStageId", "source", "status")  # fmt: skip
+            payload = {"type": event_type, **{k: record.get(k) for k in keys}}
+        payload.update(dateAdded=record["createdAt"], timestamp=iso(timestamp or datetime.now(UTC)),
+                       webhookId=webhook_id or str(uuid.uuid4()))  # fmt: skip
+        return payload
+
+    @staticmethod
+    def sign_native(body: bytes, *, legacy: bool = False) -> dict[str, str]:
+        """``X-GHL-Signature`` (Ed25519), or legacy ``X-WH-Signature`` (RSA-SHA256), base64."""
+        ed_key, rsa_key = signing_keys()
+        if legacy:
+            signature = rsa_key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+            header = "X-WH-Signature"
+        else:
+            signature, header = ed_key.sign(body), "X-GHL-Signature"
+        return {header: base64.b64encode(signature).decode(), "Content-Type": "application/json"}
+
+    def deliver(self, payload: dict[str, Any], *, legacy: bool = False, tamper: bool = False
+                ) -> int:  # fmt: skip
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = self.sign_native(body, legacy=legacy)
+        if tamper:  # signed, then changed in transit
+            body = json.dumps({**payload, "name": f"{payload.get('name')}!"},
+                              separators=(",", ":")).encode()  # fmt: skip
+        return self.send_webhook(body, headers)
+
+    def emit(self, vendor_id: str, event_type: str, *, legacy: bool = False, tamper: bool = False,
+             timestamp: datetime | None = None, webhook_id: str | None = None) -> int:  # fmt: skip
+        """Send one signed native webhook now; returns the receiver's status code."""
+        payload = self.native_payload(vendor_id, event_type, timestamp=timestamp,
+                                      webhook_id=webhook_id)  # fmt: skip
+        return self.deliver(payload, legacy=legacy, tamper=tamper)
+
+    def emit_standard(self, vendor_id: str, thin: bool = False) -> int:
+        """The record (or ``{"id": …}``) as a Standard Webhooks delivery, as a Leadway
+        workflow's webhook action would post it."""
+        with self.state_lock:
+            payload = {"id": vendor_id} if thin else dict(self.records[vendor_id])
+        return self.send_standard_webhook(payload)
+
+    def _echo(self, vendor_id: str, event_type: str) -> None:
+        if not (self.auto_emit and self.webhook_url):
+            return
+        payload = self.native_payload(vendor_id, event_type)  # a snapshot taken at the change
+
+        def send() -> None:
+            try:
+                self.deliver(payload)
+            except (httpx.HTTPError, RuntimeError):  # receiver down or simulator stopped
+                self.webhook_answers.append(0)
+
+        self.emit_async(send)

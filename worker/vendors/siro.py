@@ -1,0 +1,184 @@
+"""SIRO's adapter: opportunities written by idempotent upsert on ``externalId``, read by id.
+
+SIRO's integration API (VENDORS.md §1, vendor-docs/siro-sync-opportunity.txt) authenticates
+with ``Authorization: Bearer <SIRO_API_TOKEN>`` (an organisation integration token). Creating
+and updating are the same ``PUT /v1/integrations/sync/opportunities``, keyed by ``externalId``
+(our canonical key), so a retried create can never make a second record; after a lost answer
+the record is found with ``GET /v1/integrations/opportunities?externalId=``. SIRO sends no
+opportunity webhooks (§1.7): it is polled, or wired through the customer's automation with
+Standard Webhooks carrying the record or ``{"id": …}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from marshmallow import ValidationError
+
+from schemas import siro as schema
+from schemas.envelope import InboundEvent
+from schemas.mapping import Mapping
+from schemas.opportunity import Opportunity
+from worker.errors import InvalidPayload, Permanent
+from worker.settings import VendorSettings
+from worker.vendors.base import UpsertResult
+from worker.vendors.http import VendorHTTP
+
+SYNC_PATH = "/v1/integrations/sync/opportunities"
+OPPORTUNITIES_PATH = "/v1/integrations/opportunities"
+#: ``UpsertResult.extra`` key for the ``externalId`` a record is synced under: ours for
+#: records we created, the upstream CRM's for records SIRO's own connectors made.
+EXTERNAL_ID = "external_id"
+
+
+def _invalid(what: str, exc: ValidationError) -> InvalidPayload:
+    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    return InvalidPayload(f"siro {what} is invalid: {messages}", fields=messages)
+
+
+class SiroAdapter:
+    name = "siro"
+    synced_fields: frozenset[str] = schema.SYNCED_FIELDS
+
+    def __init__(
+        self,
+        settings: VendorSettings,
+        mapping: Mapping,
+        *,
+        timeout: float = 10.0,
+        before_request: Callable[[], None] | None = None,
+    ) -> None:
+        self.mapping = mapping
+        token = settings.require("SIRO_API_TOKEN")
+        self.http = VendorHTTP(
+            self.name,
+            settings.base_url,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            before_request=before_request,
+            body_fields=schema.BODY_FIELDS,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- pure translation ----------------------------------------------------------------
+    def record_id(self, record: dict[str, Any]) -> str:
+        try:
+            return schema.record_id(record)
+        except ValidationError as exc:
+            raise _invalid("record", exc) from None
+
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        """Our canonical key when we wrote the record (SIRO keeps it as ``externalId``)."""
+        return schema.key_of(record)
+
+    def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
+        try:
+            return schema.parse_event(payload)
+        except ValidationError as exc:
+            raise _invalid("event", exc) from None
+
+    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
+        try:
+            return schema.to_canonical(record, self.mapping)
+        except ValidationError as exc:
+            raise _invalid("record", exc) from None
+
+    def project(self, opp: Opportunity) -> Opportunity:
+        return schema.project(opp, self.mapping)
+
+    # -- I/O -----------------------------------------------------------------------------
+    def _bad_answer(self, what: str, answer: Any) -> Permanent:
+        return Permanent(
+            f"siro {what}: unexpected answer",
+            vendor=self.name,
+            answer=str(answer)[:2000],
+            reason="bad_answer",
+        )
+
+    def fetch(self, vendor_id: str) -> dict[str, Any] | None:
+        answer = self.http.request(
+            "GET", f"{OPPORTUNITIES_PATH}/{quote(vendor_id, safe='')}", allow_404=True
+        )
+        if answer is None:
+            return None
+        # The docs show a flat record; tolerate the sync answer's {"data": …} envelope too.
+        if isinstance(answer, dict) and "id" not in answer and isinstance(answer.get("data"), dict):
+            answer = answer["data"]
+        if not isinstance(answer, dict):
+            raise self._bad_answer("GET opportunity", answer)
+        return answer
+
+    def _external_id(self, key: str, vendor_id: str | None, extra: dict[str, str]) -> str:
+        """The ``externalId`` to write under. A record SIRO's own CRM connector made carries
+        that CRM's id; writing ours instead would make a second record (DESIGN.md inv. 2)."""
+        if vendor_id is None:
+            return key
+        if extra.get(EXTERNAL_ID):
+            return extra[EXTERNAL_ID]
+        record = self.fetch(vendor_id)
+        if record is None:
+            return key  # gone from SIRO: the PUT makes it again under our key
+        return schema.key_of(record) or key
+
+    def upsert(
+        self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
+    ) -> UpsertResult:
+        """One idempotent ``PUT`` (create and update alike, every synced field sent).
+        ``created`` is true when SIRO had no record under this id before, including one
+        deleted in SIRO since we linked it (the same ``externalId`` then gets a new id)."""
+        external_id = self._external_id(key, vendor_id, extra)
+        body = schema.to_body(opp, self.mapping, key=external_id)
+        answer = self.http.request("PUT", SYNC_PATH, json_body=body)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        try:
+            new_id = schema.record_id(data if isinstance(data, dict) else {})
+        except ValidationError:
+            raise self._bad_answer("PUT sync", answer) from None
+        return UpsertResult(
+            vendor_id=new_id,
+            created=vendor_id is None or new_id != vendor_id,
+            extra={EXTERNAL_ID: external_id},
+        )
+
+    def find_existing(self, opp: Opportunity, *, key: str, since: datetime) -> str | None:
+        """The record synced under our key; exact, so ``since`` is not needed."""
+        for record in self._pages({"externalId": key}):
+            return self.record_id(record)
+        return None
+
+    def delete(self, vendor_id: str) -> None:
+        self.http.request(
+            "DELETE", f"{OPPORTUNITIES_PATH}/{quote(vendor_id, safe='')}", allow_404=True
+        )
+
+    def list_records(self) -> Iterator[dict[str, Any]]:
+        """Every opportunity, soft-deleted ones included, following ``cursor`` pages (25)."""
+        yield from self._pages({})
+
+    def _pages(self, filters: dict[str, str]) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            params = {**filters, **({"cursor": cursor} if cursor else {})}
+            answer = self.http.request("GET", OPPORTUNITIES_PATH, params=params)
+            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+                raise self._bad_answer("GET opportunities", answer)
+            yield from answer["data"]
+            cursor = answer.get("cursor")
+            if not answer.get("hasNextPage") or not cursor:
+                return
+            if cursor in seen:
+                raise self._bad_answer("GET opportunities (cursor repeats)", answer)
+            seen.add(cursor)
+
+    def probe(self) -> str:
+        answer = self.http.request("GET", OPPORTUNITIES_PATH)
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise self._bad_answer("GET opportunities", answer)
+        total = answer.get("total", len(answer["data"]))
+        return f"SIRO answered: the token can read {total} opportunities."
