@@ -34,9 +34,19 @@ SYNCED_FIELDS: frozenset[str] = frozenset(
 
 #: Body fields whose names a refusal may mention (``VendorHTTP`` reports the first it finds).
 BODY_FIELDS: tuple[str, ...] = (
-    "venueId", "typeId", "sourceId", "stageId", "ownerUserId", "closedDate", "externalUrls",
-    "contact", "company", "name", "description", "id",
-)  # fmt: skip
+    "venueId",
+    "typeId",
+    "sourceId",
+    "stageId",
+    "ownerUserId",
+    "closedDate",
+    "externalUrls",
+    "contact",
+    "company",
+    "name",
+    "description",
+    "id",
+)
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 EXTERNAL_URL_LABEL = "oppsync"

@@ -22,7 +22,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
-from schemas.opportunity import Contact, Opportunity, Status, json_number, to_decimal
+from schemas.opportunity import Contact, Opportunity, json_number, to_decimal
 
 VENDOR = "siro"
 
@@ -213,22 +213,10 @@ def _contact(entries: list[dict[str, Any]]) -> Contact | None:
     return None if contact == Contact() else contact
 
 
-def status_in(value: str | None, mapping: Mapping) -> Status | None:
-    """The canonical status of a ``disposition``. Several statuses may share one value
-    (abandoned → LOST); the first in ``Status`` order wins, so SIRO's LOST reads as lost.
-    (``Mapping.status_in`` lets the file's ``abandoned = "LOST"`` win instead.)"""
-    if value is None:
-        return None
-    for status in Status:
-        if mapping.status_out(VENDOR, status).lower() == value.lower():
-            return status
-    return None
-
-
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of a SIRO record; raises ``ValidationError`` naming bad fields."""
     data = _load(record)
-    status = status_in(data["disposition"], mapping)
+    status = mapping.status_in(VENDOR, data["disposition"])
     if data["disposition"] is not None and status is None:
         raise ValidationError({"disposition": [f"Unknown disposition {data['disposition']!r}."]})
     account = data["account"]
@@ -279,7 +267,7 @@ def project(opp: Opportunity, mapping: Mapping) -> Opportunity:
         contact = None if contact == Contact() else contact
     status = None
     if opp.status is not None:
-        status = status_in(mapping.status_out(VENDOR, opp.status), mapping)
+        status = mapping.status_in(VENDOR, mapping.status_out(VENDOR, opp.status))
     return Opportunity(
         name=opp.name,
         amount=to_decimal(json_number(opp.amount)),

@@ -77,7 +77,13 @@ def canonical_of(adapter: VendorAdapter, record: dict[str, Any]) -> Opportunity:
 
 
 def identify(
-    rt: Runtime, vendor: str, vendor_id: str, incoming: Opportunity, *, patient: bool
+    rt: Runtime,
+    vendor: str,
+    vendor_id: str,
+    incoming: Opportunity,
+    record: dict[str, Any],
+    *,
+    patient: bool,
 ) -> str:
     """The canonical key of (vendor, id), linking a new record to a new key.
 
@@ -89,6 +95,9 @@ def identify(
     if known:
         return known
     adapter = rt.adapters[vendor]
+    stamped = adapter.key_of(record)
+    if stamped and rt.store.exists(stamped):
+        return rt.store.link(stamped, vendor, vendor_id)
     ours = rt.store.key_we_wrote(vendor, fingerprint(incoming, adapter.synced_fields))
     if ours:
         return rt.store.link(ours, vendor, vendor_id)
@@ -170,7 +179,7 @@ def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
     incoming = canonical_of(adapter, record_data)
     if incoming.deleted:
         return apply_delete(rt, vendor, event.vendor_id, envelope)
-    key = identify(rt, vendor, event.vendor_id, incoming, patient=patient)
+    key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
     with rt.lock(key):
         return _apply(rt, key, vendor, incoming, event, envelope)
 

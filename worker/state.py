@@ -172,6 +172,9 @@ class Store:
         pipe.execute()
 
     # -- identity ------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return bool(self.redis.exists(opp_key(key)))
+
     def key_for(self, vendor: str, vendor_id: str) -> str | None:
         return self.redis.get(link_key(vendor, vendor_id))  # type: ignore[return-value]
 

@@ -36,7 +36,7 @@ from flask import Response, request
 
 from schemas.ivvy import format_timestamp, parse_timestamp
 from tests.simulators.base import Simulator
-from tests.simulators.sns import FakeSnsTopic, signing_material
+from tests.simulators.sns import FakeSnsTopic
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
 
 DEFAULT_TOPIC_ARN = "arn:aws:sns:ap-southeast-2:123456789012:ivvy-crm"
@@ -55,6 +55,10 @@ DEFAULT_USERS = (
 STALE_AFTER = timedelta(minutes=5)
 MAX_PER_PAGE = 100
 STAMPS = ("createdDate", "modifiedDate")
+#: The getOpportunityList fields a new record holds as null (crm/get-opportunity-list.md).
+NULLS = ("description", "ownerUser", "contact", "company", "currentBookingId", "qualityId",
+         "stageId", "stageName", "stageReasonId", "typeId", "type", "subtypeId", "sourceId",
+         "sourceName", "channelId", "closedDate")  # fmt: skip
 MODIFIERS = ("", "CONTAINS", "NOTCONTAINS", "GREATERTHAN", "LESSTHAN", "NOT")
 SourceOf = tuple[int, str]  # (SourceType, SourceInfo) of a change
 
@@ -143,26 +147,27 @@ class IvvySimulator(Simulator):
         self.api_key, self.api_secret, self.venue_id = api_key, api_secret, venue_id
         self.stages, self.types, self.sources = list(stages), list(types), list(sources)
         self.users = [dict(user) for user in users]
-        self.topic = FakeSnsTopic(topic_arn)
+        self.topic = FakeSnsTopic(topic_arn, base_url=lambda: self.url, send=self.send_webhook)
         self.contacts: list[dict[str, Any]] = []
         self.companies: list[dict[str, Any]] = []
         #: Send an SNS notification after every change (as a subscribed iVvy account does).
         self.auto_emit = False
-        #: Set when the receiver visited the ``SubscribeURL``.
-        self.confirmed = False
         super().__init__(latency=latency, rate_limit=rate_limit)
 
     @property
     def topic_arn(self) -> str:
         return self.topic.topic_arn
 
+    @property
+    def confirmed(self) -> bool:
+        """Whether the receiver visited the ``SubscribeURL``."""
+        return self.topic.confirmed
+
     # -- serving ---------------------------------------------------------------------------
     def routes(self) -> None:
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.app.add_url_rule("/api/1.0/<namespace>", "api", self._api, methods=methods)
-        self.app.add_url_rule("/sns/cert.pem", "cert", self._certificate)
-        self.app.add_url_rule("/sns/confirm", "confirm", self._confirm)
-        self.app.add_url_rule("/sns/unsubscribe", "unsubscribe", lambda: "ok")
+        self.topic.register(self.app)
         self.actions = {
             ("venue", "addOrUpdateOpportunity"): self._api_write,
             ("crm", "getOpportunityList"): self.opportunity_list,
@@ -234,15 +239,6 @@ class IvvySimulator(Simulator):
         except IvvyError as exc:
             return self.json_response(exc.body, exc.status)
 
-    def _certificate(self) -> Response:
-        return Response(signing_material()[1], mimetype="application/x-pem-file")
-
-    def _confirm(self) -> Response:
-        if request.args.get("token") != self.topic.token:
-            return Response("<Error><Code>InvalidParameter</Code></Error>", 400)
-        self.confirmed = True
-        return Response("<ConfirmSubscriptionResponse/>", mimetype="text/xml")
-
     # -- the API ---------------------------------------------------------------------------
     def _api_write(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.add_or_update(body, source=(1, self.api_key))
@@ -271,14 +267,8 @@ class IvvySimulator(Simulator):
 
     def _blank(self) -> dict[str, Any]:
         stamp = format_timestamp(_now())
-        keys = ("description", "ownerUser", "contact", "company", "currentBookingId",
-                "qualityId", "stageId", "stageName", "stageReasonId", "typeId", "type",
-                "subtypeId", "sourceId", "sourceName", "channelId", "closedDate")  # fmt: skip
-        return {
-            "id": self.next_id(), "venueId": self.venue_id, "name": "",
-            **dict.fromkeys(keys), "createdDate": stamp, "modifiedDate": stamp,
-            "externalUrls": [],
-        }  # fmt: skip
+        return {"id": self.next_id(), "venueId": self.venue_id, "name": "", **dict.fromkeys(NULLS),
+                "createdDate": stamp, "modifiedDate": stamp, "externalUrls": []}  # fmt: skip
 
     @staticmethod
     def _pick(items: list[dict[str, Any]], body: dict[str, Any], key: str) -> dict[str, Any]:
@@ -364,13 +354,19 @@ class IvvySimulator(Simulator):
             (c for c in self.companies if c["businessName"] == name), None
         )
         if not found:
-            found = {"id": self.next_id(), "businessName": name, "businessNumber": "",
-                     "phone": "", "email": ""}  # fmt: skip
+            found = {
+                "id": self.next_id(),
+                "businessName": name,
+                "businessNumber": "",
+                "phone": "",
+                "email": "",
+            }
             self.companies.append(found)
         return dict(found)
 
-    def _store(self, record: dict[str, Any], previous: dict[str, Any] | None, source: SourceOf
-               ) -> None:  # fmt: skip
+    def _store(
+        self, record: dict[str, Any], previous: dict[str, Any] | None, source: SourceOf
+    ) -> None:
         # Each change is later than the one before, even within the same second.
         now = _now()
         if previous is not None:
@@ -403,8 +399,12 @@ class IvvySimulator(Simulator):
         """Add an opportunity without notifying; keys as ``addOrUpdateOpportunity`` takes
         them (type, source and stage default to the first of each), plus ``createdDate`` /
         ``modifiedDate`` to backdate it."""
-        defaults = {"name": "Seeded", "typeId": self.types[0]["id"],
-                    "sourceId": self.sources[0]["id"], "stageId": self.stages[0]["id"]}  # fmt: skip
+        defaults = {
+            "name": "Seeded",
+            "typeId": self.types[0]["id"],
+            "sourceId": self.sources[0]["id"],
+            "stageId": self.stages[0]["id"],
+        }
         body = {**defaults, **{k: v for k, v in record.items() if k not in STAMPS}}
         with self.state_lock:
             opp = self._blank()
@@ -458,23 +458,15 @@ class IvvySimulator(Simulator):
     ) -> dict[str, Any]:
         """A signed SNS ``Notification`` carrying ``inner`` (not sent)."""
         return self.topic.notification(
-            json.dumps(inner),
-            subject=inner.get("Subject"),
-            cert_url=f"{self.url}/sns/cert.pem",
-            unsubscribe_url=f"{self.url}/sns/unsubscribe?SubscriptionArn={self.topic_arn}:1",
-            signature_version=signature_version,
-            tamper=tamper,
-        )
+            json.dumps(inner), subject=inner.get("Subject"),
+            signature_version=signature_version, tamper=tamper,
+        )  # fmt: skip
 
     def subscription_confirmation(self, *, signature_version: int = 1) -> dict[str, Any]:
-        return self.topic.subscription_confirmation(
-            subscribe_url=f"{self.url}/sns/confirm?token={self.topic.token}",
-            cert_url=f"{self.url}/sns/cert.pem",
-            signature_version=signature_version,
-        )
+        return self.topic.subscription_confirmation(signature_version=signature_version)
 
     def send_sns(self, message: dict[str, Any]) -> int:
-        return self.send_webhook(*self.topic.delivery(message))
+        return self.topic.send(message)
 
     def emit(
         self,

@@ -5,7 +5,7 @@ Messages follow the SNS HTTP/HTTPS formats
 as https://docs.aws.amazon.com/sns/latest/dg/sns-verify-signature-of-message.html describes:
 RSA PKCS#1 v1.5 over the canonical string, SHA1 for ``SignatureVersion`` 1 and SHA256 for 2.
 The key and its self-signed X.509 certificate are made once per process; the simulator that
-owns the topic serves the certificate (its URL goes in ``SigningCertURL``).
+owns the topic serves the certificate and the ``SubscribeURL`` (``register``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import base64
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from flask import Flask, Response, request
 
 from web.sns import string_to_sign
 
@@ -55,13 +57,43 @@ def _timestamp() -> str:
 
 
 class FakeSnsTopic:
-    """One topic; ``cert_url`` is where its owner serves ``signing_material()[1]``."""
+    """One topic delivering to one HTTP subscriber, as the simulator that owns it.
 
-    def __init__(self, topic_arn: str) -> None:
+    ``base_url`` gives the owner's address (the certificate and confirmation endpoints live
+    there once ``register`` added them to its app); ``send`` posts a body with headers to the
+    subscriber and returns its status.
+    """
+
+    def __init__(
+        self,
+        topic_arn: str,
+        *,
+        base_url: Callable[[], str],
+        send: Callable[[bytes, dict[str, str]], int],
+    ) -> None:
         self.topic_arn = topic_arn
         self.token = uuid.uuid4().hex
+        self.base_url = base_url
+        self._send = send
+        #: Set when the subscriber visited the ``SubscribeURL``.
+        self.confirmed = False
 
-    def sign(self, message: dict[str, Any], *, cert_url: str, version: int = 1) -> dict[str, Any]:
+    def register(self, app: Flask) -> None:
+        app.add_url_rule("/sns/cert.pem", "sns_cert", self._certificate)
+        app.add_url_rule("/sns/confirm", "sns_confirm", self._confirm)
+        app.add_url_rule("/sns/unsubscribe", "sns_unsubscribe", lambda: "ok")
+
+    def _certificate(self) -> Response:
+        return Response(signing_material()[1], mimetype="application/x-pem-file")
+
+    def _confirm(self) -> Response:
+        if request.args.get("token") != self.token:
+            return Response("<Error><Code>InvalidParameter</Code></Error>", 400)
+        self.confirmed = True
+        return Response("<ConfirmSubscriptionResponse/>", mimetype="text/xml")
+
+    def sign(self, message: dict[str, Any], *, version: int = 1) -> dict[str, Any]:
+        cert_url = f"{self.base_url()}/sns/cert.pem"
         message.update(SignatureVersion=str(version), SigningCertURL=cert_url)
         algorithm = hashes.SHA1() if version == 1 else hashes.SHA256()
         key = signing_material()[0]
@@ -74,8 +106,6 @@ class FakeSnsTopic:
         message: str,
         *,
         subject: str | None,
-        cert_url: str,
-        unsubscribe_url: str,
         signature_version: int = 1,
         tamper: bool = False,
     ) -> dict[str, Any]:
@@ -86,19 +116,18 @@ class FakeSnsTopic:
             "TopicArn": self.topic_arn,
             "Message": message,
             "Timestamp": _timestamp(),
-            "UnsubscribeURL": unsubscribe_url,
+            "UnsubscribeURL": f"{self.base_url()}/sns/unsubscribe?SubscriptionArn="
+            f"{self.topic_arn}:1",
         }
         if subject is not None:
             body["Subject"] = subject
-        signed = self.sign(body, cert_url=cert_url, version=signature_version)
+        signed = self.sign(body, version=signature_version)
         if tamper:
             signed["Message"] = signed["Message"].replace('"SourceType": 0', '"SourceType": 1')
             signed["Message"] += " "
         return signed
 
-    def subscription_confirmation(
-        self, *, subscribe_url: str, cert_url: str, signature_version: int = 1
-    ) -> dict[str, Any]:
+    def subscription_confirmation(self, *, signature_version: int = 1) -> dict[str, Any]:
         body = {
             "Type": "SubscriptionConfirmation",
             "MessageId": str(uuid.uuid4()),
@@ -106,14 +135,13 @@ class FakeSnsTopic:
             "TopicArn": self.topic_arn,
             "Message": f"You have chosen to subscribe to the topic {self.topic_arn}.\n"
             "To confirm the subscription, visit the SubscribeURL included in this message.",
-            "SubscribeURL": subscribe_url,
+            "SubscribeURL": f"{self.base_url()}/sns/confirm?token={self.token}",
             "Timestamp": _timestamp(),
         }
-        return self.sign(body, cert_url=cert_url, version=signature_version)
+        return self.sign(body, version=signature_version)
 
-    @staticmethod
-    def delivery(message: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-        """Body and headers of the HTTP POST; SNS sends its JSON as ``text/plain``."""
+    def send(self, message: dict[str, Any]) -> int:
+        """POST ``message`` as SNS does: its JSON as ``text/plain``, with SNS's headers."""
         headers = {
             "x-amz-sns-message-type": message["Type"],
             "x-amz-sns-message-id": message["MessageId"],
@@ -121,4 +149,4 @@ class FakeSnsTopic:
             "Content-Type": "text/plain; charset=UTF-8",
             "User-Agent": "Amazon Simple Notification Service Agent",
         }
-        return json.dumps(message).encode(), headers
+        return self._send(json.dumps(message).encode(), headers)

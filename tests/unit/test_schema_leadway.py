@@ -76,9 +76,7 @@ def test_to_canonical_reads_every_synced_field() -> None:
         status=Status.OPEN,
         stage="proposal",
         owner="alice@example.com",
-        contact=Contact(
-            name="Dana Reyes", email="dana@harbour.example.com", phone="+61400000001"
-        ),
+        contact=Contact(name="Dana Reyes", email="dana@harbour.example.com", phone="+61400000001"),
         company="Harbour Co",
         created_at=datetime(2025, 1, 28, 14, 35, 0, 123000, tzinfo=UTC),
         updated_at=datetime(2025, 1, 29, 9, 0, tzinfo=UTC),
@@ -162,9 +160,7 @@ def test_record_id_needs_an_id() -> None:
 def test_to_body_for_a_create_carries_the_required_trio_and_no_id() -> None:
     # given a canonical opportunity
     # when the create body is built
-    body = leadway.to_body(
-        an_opportunity(), M, pipeline_id="P", location_id="L", contact_id="C"
-    )
+    body = leadway.to_body(an_opportunity(), M, pipeline_id="P", location_id="L", contact_id="C")
     # then it is the documented upsert body without an id
     assert body == {
         "pipelineId": "P",

@@ -37,6 +37,11 @@ class VendorAdapter(Protocol):
         opportunity (ignored). Raises ``InvalidPayload``."""
         ...
 
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        """Our canonical key as the vendor stores it on the record (SIRO ``externalId``,
+        iVvy ``externalUrls[].ref``), or None where the vendor cannot store it."""
+        ...
+
     def to_canonical(self, record: dict[str, Any]) -> Opportunity:
         """A record as the vendor's API returns it; raises ``InvalidPayload``."""
         ...

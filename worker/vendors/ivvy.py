@@ -264,10 +264,16 @@ class IvvyAdapter:
     def _pages(self, filter_: dict[str, Any]) -> Iterator[dict[str, Any]]:
         start = 0
         while True:
-            answer = self.call("crm", "getOpportunityList", {
-                "venueIds": [self.venue_id], "filter": filter_, "start": start,
-                "perPage": PAGE_SIZE,
-            })  # fmt: skip
+            answer = self.call(
+                "crm",
+                "getOpportunityList",
+                {
+                    "venueIds": [self.venue_id],
+                    "filter": filter_,
+                    "start": start,
+                    "perPage": PAGE_SIZE,
+                },
+            )
             results = list((answer or {}).get("results") or [])
             yield from results
             total = int(((answer or {}).get("meta") or {}).get("totalResults") or 0)
@@ -300,8 +306,14 @@ class IvvyAdapter:
         return self._pages({})
 
     def probe(self) -> str:
-        answer = self.call("crm", "getOpportunityList", {
-            "venueIds": [self.venue_id], "start": 0, "perPage": 1,
-        })  # fmt: skip
+        answer = self.call(
+            "crm",
+            "getOpportunityList",
+            {
+                "venueIds": [self.venue_id],
+                "start": 0,
+                "perPage": 1,
+            },
+        )
         total = ((answer or {}).get("meta") or {}).get("totalResults", 0)
         return f"iVvy accepted our signed request: venue {self.venue_id} has {total} opportunities."

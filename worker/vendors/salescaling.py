@@ -79,6 +79,10 @@ class SalescalingAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        """Salescaling has no field for our key (no external id, VENDORS.md §4.3)."""
+        return None
+
     def record_id(self, record: dict[str, Any]) -> str:
         try:
             return schema.record_id(record)

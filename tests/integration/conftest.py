@@ -1,0 +1,56 @@
+"""Fixtures for tests that run the real stack: Redis, gunicorn + Flask, a Celery worker,
+and the five vendor simulators, all on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.stack import Stack, start_stack
+
+QUEUE_KEYS = ("ingest", "push.siro", "push.leadway", "push.ivvy", "push.salescaling",
+              "push.icloudready", "poll")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(Path(tmp_path_factory.mktemp("stack")))
+    yield running
+    running.stop()
+
+
+def wait_idle(client: redis.Redis, timeout: float = 30.0) -> None:
+    """Until no job is queued, scheduled or running (stable for half a second)."""
+    deadline = time.monotonic() + timeout
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        busy = sum(client.llen(q) for q in QUEUE_KEYS) + client.hlen("unacked")
+        if busy == 0:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= 0.5:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.05)
+    raise TimeoutError("the worker did not go idle")
+
+
+@pytest.fixture
+def live(stack: Stack) -> Iterator[Stack]:
+    """The running stack with empty simulators and no oppsync state."""
+    client = redis.Redis.from_url(stack.redis.url)
+    wait_idle(client)
+    for key in client.scan_iter("oppsync:*"):
+        client.delete(key)
+    for name, sim in stack.sims.items():
+        sim.reset()
+        sim.faults.clear()
+        sim.webhook_url = f"{stack.web_url}/webhooks/{name}"
+        if hasattr(sim, "auto_emit"):
+            sim.auto_emit = False
+    yield stack
+    wait_idle(client)
