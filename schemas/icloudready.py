@@ -145,11 +145,6 @@ def record_id(record: dict[str, Any]) -> str:
     raise ValidationError({"_id": ["the record has no '_id' or 'id'"]})
 
 
-def is_deleted(record: dict[str, Any]) -> bool:
-    inner = unwrap_record(record)
-    return inner.get("isDeleted") is True or inner.get("deleted") is True
-
-
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of a record (bare or under ``data``); raises ``ValidationError``."""
     data = _RECORD.load(unwrap_record(record))

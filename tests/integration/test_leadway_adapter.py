@@ -10,11 +10,11 @@ import pytest
 
 from schemas import leadway as schema
 from schemas.opportunity import Contact, Opportunity, Status
+from tests.simulators.leadway import LeadwaySimulator
+from tests.strategies import EXAMPLE_MAPPING
 from worker.errors import InvalidPayload, OutcomeUnknown, Permanent, RateLimited
 from worker.settings import from_env
 from worker.vendors.leadway import LeadwayAdapter
-from tests.simulators.leadway import LeadwaySimulator
-from tests.strategies import EXAMPLE_MAPPING
 
 M = EXAMPLE_MAPPING
 KEY = "opp-key-1"

@@ -1,26 +1,21 @@
 """A stateful fake of iVvy's venue-opportunity API and its SNS notifications, over real HTTP.
 
-Modelled on VENDORS.md §3 and vendor-docs/ivvy-add-or-update-opportunity.txt:
+Modelled on VENDORS.md §3 and vendor-docs/ivvy-add-or-update-opportunity.txt. Every call is
+``POST /api/1.0/{namespace}?action={action}``, signed as §3.2 says (``Content-MD5``, a date
+within 5 minutes, ``X-Api-Authorization: IWS key:hmac``); failures answer iVvy's
+``{"errorCode", "message", "specificCode", "additionalMessages"}`` with HTTP status
+``errorCode`` (23005, 23016/23017, 24221/24222/24224 are documented codes; our other 2300x
+auth codes are placeholders). ``venue?action=addOrUpdateOpportunity`` creates (``name``,
+``typeId``, ``sourceId``, ``stageId`` required) or updates by ``id``: integer ids (digit
+strings pass, as in the vendor page's example), inline ``contact``/``company`` upserted
+(``updateIfExists``), at most 3 ``externalUrls``, absent keys kept and ``null`` clearing.
+``crm?action=getOpportunityList`` filters top-level keys (``__CONTAINS``, ``__NOTCONTAINS``,
+``__GREATERTHAN``, ``__LESSTHAN``, ``__NOT``, ``ISNULL``) and pages (``start``, ``perPage``
+≤ 100); the lead stage/type/source lists answer too.
 
-* every call is ``POST /api/1.0/{namespace}?action={action}`` with a JSON body, signed as
-  §3.2 says (``Content-MD5`` of the body, ``IVVY-Date`` or ``Date`` within 5 minutes,
-  ``X-Api-Authorization: IWS key:hmac``). Failures answer iVvy's error shape
-  ``{"errorCode", "message", "specificCode", "additionalMessages"}`` with HTTP status
-  ``errorCode``. 23005 (stale), 23016/23017 (invalid/required parameter), 24221/24222/24224
-  are documented; the other 2300x auth codes are placeholders of ours;
-* ``venue?action=addOrUpdateOpportunity`` creates (``name``, ``typeId``, ``sourceId``,
-  ``stageId`` required) or updates by ``id``. Ids are integers (digit strings pass, as in the
-  vendor page's own example); inline ``contact``/``company`` objects are upserted
-  (``updateIfExists`` matches first+last name+email, or the business name); at most 3
-  ``externalUrls``; keys absent from an update are kept, ``null`` clears;
-* ``crm?action=getOpportunityList`` (``venueIds``, ``filter`` on top-level keys with
-  ``__CONTAINS``/``__NOTCONTAINS``/``__GREATERTHAN``/``__LESSTHAN``/``__NOT``/``ISNULL``,
-  ``start``, ``perPage`` capped at 100) and the lead stage/type/source lists.
-
-Notifications are AWS SNS deliveries (``tests/simulators/sns.py``) whose certificate this
-simulator serves at ``GET /sns/cert.pem``. ``emit`` sends one now; with ``auto_emit`` each
-change is sent just after it happens: ``SourceType`` 1 with the API key as ``SourceInfo`` for
-API writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
+Notifications are SNS deliveries (``tests/simulators/sns.py``): ``emit`` sends one now; with
+``auto_emit`` each change is sent just after it happens, ``SourceType`` 1 with the API key as
+``SourceInfo`` for API writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
 """
 
 from __future__ import annotations
@@ -329,39 +324,34 @@ class IvvySimulator(Simulator):
 
     def _contact(self, given: Any) -> dict[str, Any] | None:
         """contact?action=addOrUpdateContact semantics, inline (blank fields read as "")."""
-        if given is None:
-            return None
-        if not isinstance(given, dict):
-            raise _invalid("contact", "contact must be an object")
+        if given is None or not isinstance(given, dict):
+            return self._refuse_party("contact", given)
         fields = {k: _text(given, k) or "" for k in ("firstName", "lastName", "email", "phone")}
-        same = ("firstName", "lastName", "email")
-        found = given.get("updateIfExists") and next(
-            (c for c in self.contacts if all(c[k] == fields[k] for k in same)), None
-        )
-        if not found:
-            found = {"id": self.next_id()}
-            self.contacts.append(found)
-        found.update(fields)
-        return dict(found)
+        match = ("firstName", "lastName", "email")
+        return self._saved(self.contacts, fields, match, bool(given.get("updateIfExists")))
 
     def _company(self, given: Any) -> dict[str, Any] | None:
-        if given is None:
-            return None
-        if not isinstance(given, dict) or not _text(given, "businessName"):
-            raise _invalid("company", "company needs a businessName")
-        name = given["businessName"]
-        found = given.get("updateIfExists") and next(
-            (c for c in self.companies if c["businessName"] == name), None
+        if given is None or not isinstance(given, dict) or not _text(given, "businessName"):
+            return self._refuse_party("company", given)
+        fields = {"businessName": given["businessName"], "businessNumber": "", "phone": "",
+                  "email": ""}  # fmt: skip
+        return self._saved(
+            self.companies, fields, ("businessName",), bool(given.get("updateIfExists"))
         )
-        if not found:
-            found = {
-                "id": self.next_id(),
-                "businessName": name,
-                "businessNumber": "",
-                "phone": "",
-                "email": "",
-            }
-            self.companies.append(found)
+
+    @staticmethod
+    def _refuse_party(key: str, given: Any) -> None:
+        if given is not None:
+            raise _invalid(key, f"{key} must be an object with its name")
+
+    def _saved(self, registry: list[dict[str, Any]], fields: dict[str, Any],
+               match: tuple[str, ...], update_if_exists: bool) -> dict[str, Any]:  # fmt: skip
+        """The party matched on ``match`` (with ``updateIfExists``) and updated, else a new one."""
+        found = next((p for p in registry if all(p[k] == fields[k] for k in match)), None)
+        if found is None or not update_if_exists:
+            found = {"id": self.next_id()}
+            registry.append(found)
+        found.update(fields)
         return dict(found)
 
     def _store(
@@ -399,12 +389,8 @@ class IvvySimulator(Simulator):
         """Add an opportunity without notifying; keys as ``addOrUpdateOpportunity`` takes
         them (type, source and stage default to the first of each), plus ``createdDate`` /
         ``modifiedDate`` to backdate it."""
-        defaults = {
-            "name": "Seeded",
-            "typeId": self.types[0]["id"],
-            "sourceId": self.sources[0]["id"],
-            "stageId": self.stages[0]["id"],
-        }
+        defaults = {"name": "Seeded", "typeId": self.types[0]["id"],
+                    "sourceId": self.sources[0]["id"], "stageId": self.stages[0]["id"]}  # fmt: skip
         body = {**defaults, **{k: v for k, v in record.items() if k not in STAMPS}}
         with self.state_lock:
             opp = self._blank()

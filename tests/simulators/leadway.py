@@ -1,19 +1,13 @@
 """A stateful fake of Leadway (white-label HighLevel) opportunities and contacts over real HTTP.
 
-Modelled on VENDORS.md §2 and vendor-docs/leadway-upsert-opportunity.txt:
-
-* every request needs ``Authorization: Bearer <token>`` (else 401
-  ``{"statusCode":401,"message":"Invalid token: access token is invalid","error":"Unauthorized"}``)
-  and ``Version: 2021-07-28`` (else 400 ``{"statusCode":400,"message":"Bad Request"}``);
-* ``POST /opportunities/upsert``: ``id`` updates (unknown id: 404), else creates; requires
-  ``pipelineId``, ``locationId`` (ours, else 403), the followers trio, and on create ``name``
-  and an existing ``contactId``; bad types/enums get 422 ``{"statusCode":422,"message":[…],
-  "error":"Unprocessable Entity"}``. Answers ``{"opportunity": {…}, "new": bool}``;
-* ``GET /opportunities/{id}`` -> ``{"opportunity": {…}}``; ``GET /opportunities/search`` with
-  ``location_id`` (required), ``pipeline_id``, ``contact_id``, ``status``, ``q``, ``page``,
-  ``limit`` (≤ 100), newest first; ``GET /opportunities/pipelines``; ``DELETE`` ->
-  ``{"succeded": true}`` (sic); ``POST /contacts/upsert`` de-duplicates by email, then phone;
-* quota: 100 requests / 10 s, 429 with ``X-RateLimit-*`` headers and no ``Retry-After``.
+Modelled on VENDORS.md §2 and vendor-docs/leadway-upsert-opportunity.txt. Every request needs
+``Authorization: Bearer <token>`` (else HighLevel's 401) and ``Version: 2021-07-28`` (else
+400). ``POST /opportunities/upsert`` updates with ``id`` (unknown: 404), else creates, which
+needs ``name`` and an existing ``contactId``; bad bodies get 422 with a list of messages.
+Reads: ``GET /opportunities/{id}``, ``GET /opportunities/search`` (newest first, ``limit``
+≤ 100), ``GET /opportunities/pipelines``; ``DELETE`` answers ``{"succeded": true}`` (sic);
+``POST /contacts/upsert`` de-duplicates by email, then phone. Quota: 100 requests / 10 s, 429
+with ``X-RateLimit-*`` headers and no ``Retry-After`` (VENDORS.md §2.6).
 
 Webhooks: ``emit`` posts HighLevel's native payload signed ``X-GHL-Signature`` (Ed25519 over
 the raw body) or, legacy, ``X-WH-Signature`` (RSA-SHA256); with ``auto_emit`` every change
@@ -42,13 +36,18 @@ from tests.strategies import EXAMPLE_MAPPING
 
 API_VERSION = "2021-07-28"
 STATUSES = ("open", "won", "lost", "abandoned")
-#: Webhook type for a change of exactly this one field (anything else: OpportunityUpdate).
-FIELD_EVENTS = {"status": "OpportunityStatusUpdate", "pipelineStageId": "OpportunityStageUpdate",
-                "monetaryValue": "OpportunityMonetaryValueUpdate",
-                "assignedTo": "OpportunityAssignedToUpdate"}  # fmt: skip
-WRITABLE = ("name", "status", "pipelineId", "pipelineStageId", "monetaryValue", "assignedTo",
-            "contactId")  # fmt: skip
-_ALNUM = string.ascii_letters + string.digits
+#: The event for a change of exactly this one field; any other change is OpportunityUpdate.
+FIELD_EVENTS = {
+    "status": "OpportunityStatusUpdate",
+    "pipelineStageId": "OpportunityStageUpdate",
+    "monetaryValue": "OpportunityMonetaryValueUpdate",
+    "assignedTo": "OpportunityAssignedToUpdate",
+}
+WRITABLE = ("name", "status", "pipelineId", "pipelineStageId", "monetaryValue", "assignedTo")
+#: The native webhook's fields (VENDORS.md §2.7), besides type, dateAdded and the envelope.
+EVENT_FIELDS = (*WRITABLE, "locationId", "id", "contactId", "source")
+CONTACT_FIELDS = ("name", "email", "phone", "companyName")
+FOREIGN = "The token does not have access to this location."
 
 
 @functools.cache
@@ -58,16 +57,13 @@ def signing_keys() -> tuple[ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey]:
 
 
 def _pem(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_key().public_bytes(serialization.Encoding.PEM, spki).decode()
 
 
 def ghl_id() -> str:
     """A 20-character alphanumeric id, as HighLevel's (``wWhVuzqpRuOA1ZVWi4FC``)."""
-    return "".join(secrets.choice(_ALNUM) for _ in range(20))
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(20))
 
 
 def iso(moment: datetime) -> str:
@@ -76,34 +72,40 @@ def iso(moment: datetime) -> str:
 
 def default_pipeline(pipeline_id: str) -> dict[str, Any]:
     """A pipeline whose stages are the example mapping's Leadway stages, in order."""
-    stages = [{"id": s.ids["leadway"], "name": s.name.title(), "position": i}
-              for i, s in enumerate(EXAMPLE_MAPPING.stages) if "leadway" in s.ids]  # fmt: skip
-    return {"id": pipeline_id, "name": "Sales", "stages": stages, "showInFunnel": True,
-            "showInPieChart": True}  # fmt: skip
+    stages = [{"id": s.ids["leadway"], "name": s.name.title()} for s in EXAMPLE_MAPPING.stages]
+    return {"id": pipeline_id, "name": "Sales", "stages": stages, "showInFunnel": True}
+
+
+def _wrong_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """Set, and not of ``kind`` (a JSON boolean is never a number or a string)."""
+    return value is not None and (isinstance(value, bool) or not isinstance(value, kind))
 
 
 class _Quota(SlidingWindow):
-    """The base window, remembering what is left for the answer's ``X-RateLimit-Remaining``."""
+    """The base window, keeping what is left for the answer's ``X-RateLimit-Remaining``."""
 
     def allow(self) -> tuple[bool, int, float]:
-        allowed, remaining, retry_in = super().allow()
-        g.ratelimit_remaining = remaining
-        return allowed, remaining, retry_in
+        allowed, g.ratelimit_remaining, retry_in = super().allow()
+        return allowed, g.ratelimit_remaining, retry_in
 
 
 class LeadwaySimulator(Simulator):
     name = "leadway"
 
-    def __init__(self, *, token: str = "leadway-test-token",
-                 location_id: str = "ve9EPM428h8vShlRW1KT",
-                 pipeline_id: str = "VDm7RPYC2GLUvdpKmBfC",
-                 pipelines: list[dict[str, Any]] | None = None,
-                 rate_limit: tuple[int, float] | None = (100, 10.0),
-                 latency: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        token: str = "leadway-test-token",
+        location_id: str = "ve9EPM428h8vShlRW1KT",
+        pipeline_id: str = "VDm7RPYC2GLUvdpKmBfC",
+        pipelines: list[dict[str, Any]] | None = None,
+        rate_limit: tuple[int, float] | None = (100, 10.0),
+        latency: float = 0.0,
+    ) -> None:
         self.token, self.location_id, self.pipeline_id = token, location_id, pipeline_id
         self.pipelines = pipelines if pipelines is not None else [default_pipeline(pipeline_id)]
         self.contacts: dict[str, dict[str, Any]] = {}
-        #: Deleted records, kept so an OpportunityDelete event can still describe them.
+        #: Deleted records, so an OpportunityDelete event can still describe them.
         self.tombstones: dict[str, dict[str, Any]] = {}
         #: Echo every change as a signed native webhook to ``webhook_url``.
         self.auto_emit = False
@@ -130,21 +132,24 @@ class LeadwaySimulator(Simulator):
         self.app.after_request(self._rate_headers)
 
     def check_auth(self) -> Response | None:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
             return self.fail(401, "Invalid token: access token is invalid", "Unauthorized")
         if request.headers.get("Version") != API_VERSION:
             return self.fail(400, "Bad Request")
         return None
 
     def quota_exceeded(self, retry_in: float) -> Response:
-        return self.json_response({"statusCode": 429, "message": "Too Many Requests"}, 429,
-                                  self._limit_headers(0))  # fmt: skip
+        body = {"statusCode": 429, "message": "Too Many Requests"}
+        return self.json_response(body, 429, self._limit_headers(0))
 
     def _limit_headers(self, remaining: int) -> dict[str, str]:
         assert self.quota is not None
-        return {"X-RateLimit-Max": str(self.quota.limit), "X-RateLimit-Remaining": str(remaining),
-                "X-RateLimit-Interval-Milliseconds": str(int(self.quota.window * 1000))}  # fmt: skip
+        return {
+            "X-RateLimit-Max": str(self.quota.limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Interval-Milliseconds": str(int(self.quota.window * 1000)),
+        }
 
     def _rate_headers(self, response: Response) -> Response:
         if self.quota is not None and "ratelimit_remaining" in g and response.status_code != 429:
@@ -152,43 +157,37 @@ class LeadwaySimulator(Simulator):
         return response
 
     def fail(self, status: int, message: str | list[str], error: str | None = None) -> Response:
-        body: dict[str, Any] = {"statusCode": status, "message": message}
-        if error:
-            body["error"] = error
+        body = {"statusCode": status, "message": message, **({"error": error} if error else {})}
         return self.json_response(body, status)
-
-    def invalid(self, problems: list[str]) -> Response:
-        return self.fail(422, problems, "Unprocessable Entity")
 
     def _stage_ids(self, pipeline_id: str) -> list[str] | None:
         found = next((p for p in self.pipelines if p["id"] == pipeline_id), None)
         return None if found is None else [s["id"] for s in found["stages"]]
 
-    def check_upsert(self, body: dict[str, Any], creating: bool) -> Response | None:
-        problems = [f"{k} should not be empty" for k in ("pipelineId", "locationId")
-                    if not isinstance(body.get(k), str) or not body[k]]  # fmt: skip
+    def problems(self, body: dict[str, Any], creating: bool) -> list[str]:
+        """class-validator's messages for an upsert body (HighLevel's API is NestJS)."""
+        required = ["pipelineId", "locationId", *(["name", "contactId"] if creating else [])]
+        found = [f"{k} should not be empty" for k in required if not body.get(k)]
         if not isinstance(body.get("followers"), list):
-            problems.append("followers must be an array")
+            found.append("followers must be an array")
         if not isinstance(body.get("isRemoveAllFollowers"), bool):
-            problems.append("isRemoveAllFollowers must be a boolean value")
+            found.append("isRemoveAllFollowers must be a boolean value")
+        if _wrong_type(body.get("monetaryValue"), (int, float)):
+            found.append("monetaryValue must be a number")
+        strings = ("name", "assignedTo", "pipelineStageId", "contactId")
+        found += [f"{k} must be a string" for k in strings if _wrong_type(body.get(k), str)]
         if body.get("followersActionType") not in ("add", "remove"):
-            problems.append("followersActionType must be one of the following values: add, remove")
+            found.append("followersActionType must be one of the following values: add, remove")
         if "status" in body and body["status"] not in STATUSES:
-            problems.append(f"status must be one of the following values: {', '.join(STATUSES)}")
-        value = body.get("monetaryValue")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            problems.append("monetaryValue must be a number")
-        for key in ("name", "assignedTo", "pipelineStageId", "contactId"):
-            if body.get(key) is not None and not isinstance(body[key], str):
-                problems.append(f"{key} must be a string")
-        if creating and not body.get("name"):
-            problems.append("name should not be empty")
-        if creating and not body.get("contactId"):
-            problems.append("contactId should not be empty")
+            found.append(f"status must be one of the following values: {', '.join(STATUSES)}")
+        return found
+
+    def refusal(self, body: dict[str, Any], creating: bool) -> Response | None:
+        problems = self.problems(body, creating)
         if problems:
-            return self.invalid(problems)
+            return self.fail(422, problems, "Unprocessable Entity")
         if body["locationId"] != self.location_id:
-            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+            return self.fail(403, FOREIGN, "Forbidden")
         stages = self._stage_ids(body["pipelineId"])
         if stages is None:
             return self.fail(400, "Pipeline not found")
@@ -206,14 +205,11 @@ class LeadwaySimulator(Simulator):
             vendor_id = body.get("id")
             if vendor_id is not None and vendor_id not in self.records:
                 return self.fail(404, "Opportunity not found", "Not Found")
-            denied = self.check_upsert(body, creating=vendor_id is None)
-            if denied is not None:
-                return denied
-            changes = {k: body[k] for k in WRITABLE if k in body}
-            if vendor_id is None:
-                record = self.create(changes, source="api")
-            else:
-                record = self.apply(vendor_id, changes)
+            refused = self.refusal(body, creating=vendor_id is None)
+            if refused is not None:
+                return refused
+            changes = {k: body[k] for k in (*WRITABLE, "contactId") if k in body}
+            record = self.apply(vendor_id, changes) if vendor_id else self.create(changes)
             return self.json_response({"opportunity": record, "new": vendor_id is None})
 
     def _get(self, opp_id: str) -> Response:
@@ -233,23 +229,22 @@ class LeadwaySimulator(Simulator):
     def _search(self) -> Response:
         args = request.args
         if not args.get("location_id"):
-            return self.invalid(["location_id should not be empty"])
+            return self.fail(422, ["location_id should not be empty"], "Unprocessable Entity")
         if args["location_id"] != self.location_id:
-            return self.fail(403, "The token does not have access to this location.", "Forbidden")
-        try:
-            page, limit = int(args.get("page", 1)), int(args.get("limit", 20))
-        except ValueError:
-            return self.invalid(["page and limit must be integers"])
+            return self.fail(403, FOREIGN, "Forbidden")
+        page, limit = args.get("page", 1, type=int), args.get("limit", 20, type=int)
         if not 1 <= limit <= 100 or page < 1:
-            return self.invalid(["limit must not be greater than 100"])
+            return self.fail(422, ["limit must not be greater than 100"], "Unprocessable Entity")
         with self.state_lock:
             found = [r for r in self.records.values() if self._matches(r, args)]
         found.sort(key=lambda r: (r["createdAt"], r["id"]), reverse=True)
         chunk = found[(page - 1) * limit : page * limit]
-        more = page * limit < len(found)
-        meta = {"total": len(found), "currentPage": page, "nextPage": page + 1 if more else None,
-                "prevPage": page - 1 if page > 1 else None,
-                "startAfterId": chunk[-1]["id"] if chunk else None}  # fmt: skip
+        meta = {
+            "total": len(found),
+            "currentPage": page,
+            "nextPage": page + 1 if page * limit < len(found) else None,
+            "prevPage": page - 1 if page > 1 else None,
+        }
         return self.json_response({"opportunities": chunk, "meta": meta, "aggregations": {}})
 
     @staticmethod
@@ -261,13 +256,12 @@ class LeadwaySimulator(Simulator):
         if args.get("status") not in (None, "", "all") and record["status"] != args["status"]:
             return False
         contact = record.get("contact") or {}
-        text = " ".join(str(v) for v in (record.get("name"), contact.get("name"),
-                                         contact.get("email")) if v)  # fmt: skip
+        text = f"{record.get('name')} {contact.get('name')} {contact.get('email')}"
         return args.get("q", "").lower() in text.lower()
 
     def _pipelines(self) -> Response:
         if request.args.get("locationId") != self.location_id:
-            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+            return self.fail(403, FOREIGN, "Forbidden")
         pipelines = [{**p, "locationId": self.location_id} for p in self.pipelines]
         return self.json_response({"pipelines": pipelines})
 
@@ -275,16 +269,17 @@ class LeadwaySimulator(Simulator):
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             return self.fail(400, "Bad Request")
-        problems = [f"{k} must be a string" for k in ("name", "email", "phone", "companyName")
-                    if body.get(k) is not None and not isinstance(body[k], str)]  # fmt: skip
+        problems = [
+            f"{k} must be a string" for k in CONTACT_FIELDS if _wrong_type(body.get(k), str)
+        ]
         if not body.get("locationId"):
             problems.append("locationId should not be empty")
         if not any(body.get(k) for k in ("name", "email", "phone")):
             problems.append("one of name, email or phone is required")
         if problems:
-            return self.invalid(problems)
+            return self.fail(422, problems, "Unprocessable Entity")
         if body["locationId"] != self.location_id:
-            return self.fail(403, "The token does not have access to this location.", "Forbidden")
+            return self.fail(403, FOREIGN, "Forbidden")
         with self.state_lock:
             contact, new = self.upsert_contact(body)
             return self.json_response({"contact": contact, "new": new})
@@ -298,40 +293,34 @@ class LeadwaySimulator(Simulator):
         return iso(now)
 
     def upsert_contact(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Find by email (any case), else phone; keys sent are set, nulls included."""
         email, phone = (body.get("email") or "").lower(), body.get("phone")
-        match = next((c for c in self.contacts.values()
-                      if (email and (c["email"] or "").lower() == email)), None)  # fmt: skip
-        match = match or next((c for c in self.contacts.values() if phone and c["phone"] == phone),
-                              None)  # fmt: skip
-        fields = {k: body[k] for k in ("name", "email", "phone", "companyName") if k in body}
-        new = match is None
-        if match is None:
-            stamp = self.stamp()
-            match = {"id": ghl_id(), "locationId": self.location_id, "name": None, "email": None,
-                     "phone": None, "companyName": None, "tags": [], "dateAdded": stamp}  # fmt: skip
-            self.contacts[match["id"]] = match
-        match.update(fields, dateUpdated=self.stamp())
+        found = [c for c in self.contacts.values() if email and (c["email"] or "").lower() == email]
+        found += [c for c in self.contacts.values() if phone and c["phone"] == phone]
+        contact = found[0] if found else {"id": ghl_id(), "locationId": self.location_id,
+                                          "tags": [], "dateAdded": self.stamp(),
+                                          **dict.fromkeys(CONTACT_FIELDS)}  # fmt: skip
+        self.contacts[contact["id"]] = contact
+        contact.update({k: body[k] for k in CONTACT_FIELDS if k in body}, dateUpdated=self.stamp())
         for record in self.records.values():  # an opportunity shows its contact as it is now
-            if record["contactId"] == match["id"]:
-                record["contact"] = self._embedded(match["id"])
-        return dict(match), new
+            if record["contactId"] == contact["id"]:
+                record["contact"] = self._embedded(contact["id"])
+        return dict(contact), not found
 
     def _embedded(self, contact_id: str | None) -> dict[str, Any] | None:
         contact = self.contacts.get(contact_id or "")
-        if contact is None:
-            return None
-        return {k: contact[k] for k in ("id", "name", "companyName", "email", "phone", "tags")}
+        keys = ("id", *CONTACT_FIELDS, "tags")
+        return None if contact is None else {k: contact[k] for k in keys}
 
     def create(self, changes: dict[str, Any], *, source: str = "api") -> dict[str, Any]:
         stamp = self.stamp()
         pipeline_id = changes.get("pipelineId", self.pipeline_id)
         record: dict[str, Any] = {
-            "id": ghl_id(), "name": None, "monetaryValue": None, "pipelineId": pipeline_id,
-            "pipelineStageId": (self._stage_ids(pipeline_id) or [None])[0], "assignedTo": None,
-            "status": "open", "source": source, "lastStatusChangeAt": stamp,
-            "lastStageChangeAt": stamp, "createdAt": stamp, "updatedAt": stamp,
-            "contactId": None, "locationId": self.location_id, "contact": None,
-            "customFields": [], "followers": [], "lostReasonId": None,
+            "id": ghl_id(), **dict.fromkeys(WRITABLE), "pipelineId": pipeline_id,
+            "pipelineStageId": (self._stage_ids(pipeline_id) or [None])[0], "status": "open",
+            "source": source, "contactId": None, "locationId": self.location_id,
+            "lastStatusChangeAt": stamp, "lastStageChangeAt": stamp, "createdAt": stamp,
+            "updatedAt": stamp, "customFields": [], "followers": [], "lostReasonId": None,
         }  # fmt: skip
         record.update({k: v for k, v in changes.items() if k != "pipelineStageId" or v})
         record["contact"] = self._embedded(record["contactId"])
@@ -342,13 +331,12 @@ class LeadwaySimulator(Simulator):
     def apply(self, vendor_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         record = self.records[vendor_id]
         changed = [k for k, v in changes.items() if record.get(k) != v]
-        record.update(changes)
-        record["updatedAt"] = self.stamp(record["updatedAt"])
+        record.update(changes, updatedAt=self.stamp(record["updatedAt"]))
+        record["contact"] = self._embedded(record["contactId"])
         if "status" in changed:
             record["lastStatusChangeAt"] = record["updatedAt"]
         if "pipelineStageId" in changed:
             record["lastStageChangeAt"] = record["updatedAt"]
-        record["contact"] = self._embedded(record["contactId"])
         if changed:
             one = FIELD_EVENTS.get(changed[0]) if len(changed) == 1 else None
             self._echo(vendor_id, one or "OpportunityUpdate")
@@ -362,13 +350,12 @@ class LeadwaySimulator(Simulator):
 
     # -- test hooks ----------------------------------------------------------------------
     def seed(self, record: dict[str, Any] | None = None) -> str:
-        """Add a record as a person would in Leadway's UI (``source`` "manual"). A ``contact``
-        given as ``{name, email, phone, companyName}`` is upserted first; returns the id."""
+        """Add a record as a person would in the UI (``source`` "manual"); a ``contact`` given
+        as ``{name, email, phone, companyName}`` is upserted first. Returns the id."""
         with self.state_lock:
             changes = dict(record or {})
-            contact = changes.pop("contact", None)
-            if contact is not None:
-                changes["contactId"] = self.upsert_contact(contact)[0]["id"]
+            if changes.get("contact") is not None:
+                changes["contactId"] = self.upsert_contact(changes.pop("contact"))[0]["id"]
             return str(self.create(changes, source="manual")["id"])
 
     def edit(self, vendor_id: str, **changes: Any) -> dict[str, Any]:
@@ -376,42 +363,44 @@ class LeadwaySimulator(Simulator):
         with self.state_lock:
             return self.apply(vendor_id, changes)
 
-    def native_payload(self, vendor_id: str, event_type: str, *,
-                       timestamp: datetime | None = None, webhook_id: str | None = None
-                       ) -> dict[str, Any]:  # fmt: skip
+    def native_payload(
+        self, vendor_id: str, event_type: str, *, timestamp: datetime | None = None,
+        webhook_id: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """HighLevel's webhook body for the record as it is now (VENDORS.md §2.7)."""
         with self.state_lock:
             record = self.records.get(vendor_id) or self.tombstones[vendor_id]
-            keys = ("locationId", "id", "assignedTo", "contactId", "monetaryValue", "name",
-                    "pipelineId", "pipelineStageId", "source", "status")  # fmt: skip
-            payload = {"type": event_type, **{k: record.get(k) for k in keys}}
-        payload.update(dateAdded=record["createdAt"], timestamp=iso(timestamp or datetime.now(UTC)),
-                       webhookId=webhook_id or str(uuid.uuid4()))  # fmt: skip
-        return payload
+            return {"type": event_type, **{k: record.get(k) for k in EVENT_FIELDS},
+                    "dateAdded": record["createdAt"],
+                    "timestamp": iso(timestamp or datetime.now(UTC)),
+                    "webhookId": webhook_id or str(uuid.uuid4())}  # fmt: skip
 
     @staticmethod
     def sign_native(body: bytes, *, legacy: bool = False) -> dict[str, str]:
         """``X-GHL-Signature`` (Ed25519), or legacy ``X-WH-Signature`` (RSA-SHA256), base64."""
         ed_key, rsa_key = signing_keys()
         if legacy:
-            signature = rsa_key.sign(body, padding.PKCS1v15(), hashes.SHA256())
-            header = "X-WH-Signature"
+            header, signature = "X-WH-Signature", rsa_key.sign(body, padding.PKCS1v15(),
+                                                               hashes.SHA256())  # fmt: skip
         else:
-            signature, header = ed_key.sign(body), "X-GHL-Signature"
+            header, signature = "X-GHL-Signature", ed_key.sign(body)
         return {header: base64.b64encode(signature).decode(), "Content-Type": "application/json"}
 
-    def deliver(self, payload: dict[str, Any], *, legacy: bool = False, tamper: bool = False
-                ) -> int:  # fmt: skip
+    def deliver(
+        self, payload: dict[str, Any], *, legacy: bool = False, tamper: bool = False
+    ) -> int:
+        """Sign and post one native payload now; returns the receiver's status code."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = self.sign_native(body, legacy=legacy)
         if tamper:  # signed, then changed in transit
-            body = json.dumps({**payload, "name": f"{payload.get('name')}!"},
-                              separators=(",", ":")).encode()  # fmt: skip
+            body = json.dumps({**payload, "name": f"{payload.get('name')}!"}).encode()
         return self.send_webhook(body, headers)
 
-    def emit(self, vendor_id: str, event_type: str, *, legacy: bool = False, tamper: bool = False,
-             timestamp: datetime | None = None, webhook_id: str | None = None) -> int:  # fmt: skip
-        """Send one signed native webhook now; returns the receiver's status code."""
+    def emit(
+        self, vendor_id: str, event_type: str, *, legacy: bool = False, tamper: bool = False,
+        timestamp: datetime | None = None, webhook_id: str | None = None,
+    ) -> int:  # fmt: skip
+        """Send one signed native webhook about the record now; the receiver's status code."""
         payload = self.native_payload(vendor_id, event_type, timestamp=timestamp,
                                       webhook_id=webhook_id)  # fmt: skip
         return self.deliver(payload, legacy=legacy, tamper=tamper)
@@ -431,7 +420,7 @@ class LeadwaySimulator(Simulator):
         def send() -> None:
             try:
                 self.deliver(payload)
-            except (httpx.HTTPError, RuntimeError):  # receiver down or simulator stopped
+            except (httpx.HTTPError, RuntimeError):  # receiver down, or simulator stopped
                 self.webhook_answers.append(0)
 
         self.emit_async(send)

@@ -1,0 +1,196 @@
+"""The pipeline's decisions — merge, echo, staleness, ownership, deletes — on a real Redis
+with in-memory vendor adapters (the adapters are the only stand-ins here)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis
+
+from schemas.envelope import Envelope, InboundEvent
+from schemas.mapping import Mapping
+from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
+from worker import pipeline
+from worker.embedded_redis import EmbeddedRedis
+from worker.runtime import Runtime
+from worker.settings import from_env
+from worker.state import Store
+from worker.vendors.base import UpsertResult
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class MemoryAdapter:
+    """A vendor holding records in a dict; ``lossy`` vendors cannot say "abandoned"."""
+
+    def __init__(self, name: str, fields: frozenset[str] = frozenset(SYNCED_FIELDS),
+                 lossy: bool = False) -> None:
+        self.name = name
+        self.synced_fields = fields
+        self.lossy = lossy
+        self.records: dict[str, dict[str, Any]] = {}
+        self.creates = 0
+        self._ids = itertools.count(1)
+
+    def record_id(self, record: dict[str, Any]) -> str:
+        return str(record["id"])
+
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        return None
+
+    def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
+        return InboundEvent(vendor_id=payload["id"], deleted=payload.get("deleted", False))
+
+    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
+        data = {k: v for k, v in record.items() if k in (*self.synced_fields, "updated_at")}
+        return load(data)
+
+    def project(self, opp: Opportunity) -> Opportunity:
+        kept = {f: getattr(opp, f) for f in self.synced_fields}
+        if self.lossy and kept.get("status") == Status.ABANDONED:
+            kept["status"] = Status.LOST
+        return Opportunity(**kept)
+
+    def fetch(self, vendor_id: str) -> dict[str, Any] | None:
+        return self.records.get(vendor_id)
+
+    def upsert(self, opp: Opportunity, *, key: str, vendor_id: str | None,
+               extra: dict[str, str]) -> UpsertResult:
+        created = vendor_id is None
+        if created:
+            self.creates += 1
+            vendor_id = f"{self.name}-{next(self._ids)}"
+        data = dump(self.project(opp))
+        self.records[vendor_id] = {"id": vendor_id, **{k: data[k] for k in self.synced_fields}}
+        return UpsertResult(vendor_id, created)
+
+    def find_existing(self, opp: Opportunity, *, key: str, since: datetime) -> str | None:
+        return None
+
+    def delete(self, vendor_id: str) -> None:
+        self.records.pop(vendor_id, None)
+
+
+@pytest.fixture
+def rt(redis_server: EmbeddedRedis) -> Iterator[Runtime]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushdb()
+    settings = from_env({"OPPSYNC_VENDORS": "siro,leadway,salescaling"}, check=False)
+    runtime = Runtime(settings=settings, redis=client, store=Store(client))
+    runtime.adapters = {
+        "siro": MemoryAdapter("siro", lossy=True),
+        "leadway": MemoryAdapter("leadway"),
+        "salescaling": MemoryAdapter("salescaling",
+                                     frozenset({"name", "amount", "status"})),
+    }
+    yield runtime
+    client.close()
+
+
+def deliver(rt: Runtime, vendor: str, record: dict[str, Any]) -> pipeline.Outcome:
+    data = {"updated_at": None, **record}
+    if isinstance(data["updated_at"], datetime):
+        data["updated_at"] = data["updated_at"].isoformat()
+    envelope = Envelope(vendor=vendor, scheme="standard", delivery_id=f"d{time.time_ns()}",
+                        received_at=time.time(), correlation_id="c", payload=data)
+    rt.adapters[vendor].records[record["id"]] = data  # type: ignore[attr-defined]
+    return pipeline.ingest(rt, envelope, patient=False)
+
+
+def sync(rt: Runtime, outcome: pipeline.Outcome) -> None:
+    for vendor in outcome.targets:
+        pipeline.push(rt, outcome.key, vendor, cause={"vendor": "test"})  # type: ignore[arg-type]
+
+
+def test_ingest_new_record_targets_every_other_vendor(rt: Runtime) -> None:
+    # given a deal new to oppsync, when leadway reports it
+    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "amount": "10.00",
+                                      "status": "open", "updated_at": T0})
+    # then it is applied and every other vendor is a target, the source is not
+    assert outcome.outcome == "applied"
+    assert set(outcome.targets) == {"siro", "salescaling"}
+
+
+def test_push_twice_creates_once_and_echo_stops(rt: Runtime) -> None:
+    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "open",
+                                      "updated_at": T0})
+    sync(rt, outcome)
+    sync(rt, outcome)  # a redelivered push
+    siro = rt.adapters["siro"]
+    assert siro.creates == 1  # type: ignore[attr-defined]
+    # when siro echoes back exactly what we wrote, then nothing goes further
+    (siro_id, record), = siro.records.items()  # type: ignore[attr-defined]
+    echo = deliver(rt, "siro", {**record, "updated_at": T0 + timedelta(seconds=5)})
+    assert echo.outcome == "echo" and echo.targets == ()
+
+
+def test_lossy_vendor_does_not_flip_abandoned_to_lost(rt: Runtime) -> None:
+    # given an abandoned deal written to siro, which can only say LOST
+    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "abandoned",
+                                      "updated_at": T0})
+    sync(rt, outcome)
+    (siro_id, record), = rt.adapters["siro"].records.items()  # type: ignore[attr-defined]
+    assert record["status"] == "lost"
+    # when siro later reports a name change (still LOST), then status stays abandoned
+    changed = deliver(rt, "siro", {**record, "name": "Deal 2",
+                                   "updated_at": T0 + timedelta(minutes=1)})
+    assert changed.outcome == "applied"
+    key = changed.key
+    assert rt.store.load(key).state.status == Status.ABANDONED  # type: ignore[arg-type]
+    assert rt.store.load(key).state.name == "Deal 2"  # type: ignore[arg-type]
+
+
+def test_older_change_never_overwrites_newer(rt: Runtime) -> None:
+    outcome = deliver(rt, "leadway", {"id": "L1", "name": "New name", "status": "open",
+                                      "updated_at": T0 + timedelta(minutes=10)})
+    sync(rt, outcome)
+    (sid, record), = rt.adapters["salescaling"].records.items()  # type: ignore[attr-defined]
+    # when salescaling reports a change made earlier than leadway's
+    late = deliver(rt, "salescaling", {**record, "name": "Old name", "updated_at": T0})
+    state = rt.store.load(outcome.key).state  # type: ignore[arg-type]
+    # then the newer name stays, and salescaling itself is put back
+    assert state.name == "New name"
+    assert "salescaling" in late.targets
+
+
+def test_ownership_keeps_a_field_with_its_owner(rt: Runtime) -> None:
+    rt.settings = replace(rt.settings, mapping=Mapping(ownership={"amount": "salescaling"}))
+    outcome = deliver(rt, "salescaling", {"id": "S1", "name": "Deal", "amount": "5.00",
+                                          "status": "open", "updated_at": T0})
+    sync(rt, outcome)
+    (lid, record), = rt.adapters["leadway"].records.items()  # type: ignore[attr-defined]
+    deliver(rt, "leadway", {**record, "amount": "99.00", "updated_at": T0 + timedelta(hours=1)})
+    record_state = rt.store.load(outcome.key)  # type: ignore[arg-type]
+    assert record_state.state.amount == Decimal("5.00")
+    assert "owned by salescaling" in record_state.rules["amount"]
+
+
+@pytest.mark.parametrize("policy", ["mark-lost", "delete", "ignore"])
+def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> None:
+    rt.settings.vendor["leadway"] = replace(rt.settings.vendor["leadway"], delete_policy=policy)
+    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "open",
+                                      "updated_at": T0})
+    sync(rt, outcome)
+    envelope = Envelope(vendor="leadway", scheme="leadway", delivery_id="del",
+                        received_at=time.time(), correlation_id="c",
+                        payload={"id": "L1", "deleted": True})
+    deleted = pipeline.ingest(rt, envelope)
+    sync(rt, deleted)
+    siro_records = rt.adapters["siro"].records  # type: ignore[attr-defined]
+    if policy == "delete":
+        assert siro_records == {}
+    elif policy == "mark-lost":
+        assert [r["status"] for r in siro_records.values()] == ["lost"]
+    else:
+        assert [r["status"] for r in siro_records.values()] == ["open"]
+    # and a late update from the deleted record goes nowhere
+    late = deliver(rt, "leadway", {"id": "L1", "name": "Zombie", "status": "open",
+                                   "updated_at": T0 + timedelta(days=1)})
+    assert late.outcome == "late"
