@@ -54,7 +54,7 @@ def describe(rt: Runtime, key: str) -> str:
                                               else ("linked" if info["id"] else "not linked"))
         cause = (f"{write.get('action')} {write.get('at', '')[:19]} because of "
                  f"{write.get('vendor')} delivery {write.get('delivery')}") if write else ""
-        lines.append(f"  {vendor:12} {str(info['id'] or '-'):28} {status:15} {cause}")
+        lines.append(f"  {vendor:12} {info['id'] or '-'!s:28} {status:15} {cause}")
     if snap["last_event"]:
         event = snap["last_event"]
         lines.append(f"last event: {event.get('vendor')} {event.get('vendor_id')} "

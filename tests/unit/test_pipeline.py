@@ -126,7 +126,7 @@ def test_push_twice_creates_once_and_echo_stops(rt: Runtime) -> None:
     siro = rt.adapters["siro"]
     assert siro.creates == 1  # type: ignore[attr-defined]
     # when siro echoes back exactly what we wrote, then nothing goes further
-    (siro_id, record), = siro.records.items()  # type: ignore[attr-defined]
+    (_siro_id, record), = siro.records.items()  # type: ignore[attr-defined]
     echo = deliver(rt, "siro", {**record, "updated_at": T0 + timedelta(seconds=5)})
     assert echo.outcome == "echo" and echo.targets == ()
 
@@ -136,7 +136,7 @@ def test_lossy_vendor_does_not_flip_abandoned_to_lost(rt: Runtime) -> None:
     outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "abandoned",
                                       "updated_at": T0})
     sync(rt, outcome)
-    (siro_id, record), = rt.adapters["siro"].records.items()  # type: ignore[attr-defined]
+    (_siro_id, record), = rt.adapters["siro"].records.items()  # type: ignore[attr-defined]
     assert record["status"] == "lost"
     # when siro later reports a name change (still LOST), then status stays abandoned
     changed = deliver(rt, "siro", {**record, "name": "Deal 2",
@@ -151,7 +151,7 @@ def test_older_change_never_overwrites_newer(rt: Runtime) -> None:
     outcome = deliver(rt, "leadway", {"id": "L1", "name": "New name", "status": "open",
                                       "updated_at": T0 + timedelta(minutes=10)})
     sync(rt, outcome)
-    (sid, record), = rt.adapters["salescaling"].records.items()  # type: ignore[attr-defined]
+    (_sid, record), = rt.adapters["salescaling"].records.items()  # type: ignore[attr-defined]
     # when salescaling reports a change made earlier than leadway's
     late = deliver(rt, "salescaling", {**record, "name": "Old name", "updated_at": T0})
     state = rt.store.load(outcome.key).state  # type: ignore[arg-type]
@@ -165,7 +165,7 @@ def test_ownership_keeps_a_field_with_its_owner(rt: Runtime) -> None:
     outcome = deliver(rt, "salescaling", {"id": "S1", "name": "Deal", "amount": "5.00",
                                           "status": "open", "updated_at": T0})
     sync(rt, outcome)
-    (lid, record), = rt.adapters["leadway"].records.items()  # type: ignore[attr-defined]
+    (_lid, record), = rt.adapters["leadway"].records.items()  # type: ignore[attr-defined]
     deliver(rt, "leadway", {**record, "amount": "99.00", "updated_at": T0 + timedelta(hours=1)})
     record_state = rt.store.load(outcome.key)  # type: ignore[arg-type]
     assert record_state.state.amount == Decimal("5.00")
