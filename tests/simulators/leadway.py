@@ -317,7 +317,7 @@ class LeadwaySimulator(Simulator):
         pipeline_id = changes.get("pipelineId", self.pipeline_id)
         record: dict[str, Any] = {
             "id": ghl_id(), **dict.fromkeys(WRITABLE), "pipelineId": pipeline_id,
-            "pipelineStageId": (self._stage_ids(pipeline_id) or [None])[0], "status": "open",
+            "pipelineStageId": next(iter(self._stage_ids(pipeline_id) or []), None), "status": "open",
             "source": source, "contactId": None, "locationId": self.location_id,
             "lastStatusChangeAt": stamp, "lastStageChangeAt": stamp, "createdAt": stamp,
             "updatedAt": stamp, "customFields": [], "followers": [], "lostReasonId": None,

@@ -153,6 +153,10 @@ class IcloudreadyAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        """iCloudReady has no field for our key (no external id, VENDORS.md §5.3)."""
+        return None
+
     def record_id(self, record: dict[str, Any]) -> str:
         try:
             return icr.record_id(record)
