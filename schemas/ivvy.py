@@ -34,19 +34,9 @@ SYNCED_FIELDS: frozenset[str] = frozenset(
 
 #: Body fields whose names a refusal may mention (``VendorHTTP`` reports the first it finds).
 BODY_FIELDS: tuple[str, ...] = (
-    "venueId",
-    "typeId",
-    "sourceId",
-    "stageId",
-    "ownerUserId",
-    "closedDate",
-    "externalUrls",
-    "contact",
-    "company",
-    "name",
-    "description",
-    "id",
-)
+    "venueId", "typeId", "sourceId", "stageId", "ownerUserId", "closedDate", "externalUrls",
+    "contact", "company", "name", "description", "id",
+)  # fmt: skip
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 EXTERNAL_URL_LABEL = "oppsync"
@@ -390,12 +380,19 @@ def message_venue(message: dict[str, Any]) -> int | None:
 # -- outbound --------------------------------------------------------------------------------
 def project(opp: Opportunity, mapping: Mapping) -> Opportunity:
     stage_id = mapped_stage_id(opp, mapping)
-    if stage_id is not None:
+    stage: str | None
+    status: Status | None
+    if opp.status is None and mapping.stage_id(VENDOR, opp.stage) is None:
+        # Nothing says where the deal stands; iVvy would get a default stage, but claiming
+        # "open" here would pass for a value the deal never had.
+        stage, status = None, None
+    elif stage_id is not None:
         stage, status = _stage_and_status(stage_id, None, mapping)
     else:
         # Written by the tenant's stage list: only its name speaks, so no canonical stage.
         stage, status = None, _effective_status(opp, mapping)
-    owner = opp.owner.lower() if mapping.owner_id(VENDOR, opp.owner) is not None else None
+    # iVvy takes an owner only as a user id: an owner the mapping cannot name is dropped.
+    owner = opp.owner.lower() if opp.owner and mapping.owner_id(VENDOR, opp.owner) else None
     return Opportunity(
         name=opp.name,
         status=status,

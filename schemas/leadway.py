@@ -120,7 +120,10 @@ def parse_time(value: object) -> datetime | None:
     """A HighLevel timestamp (``2021-11-26T12:41:02.193Z``) as an aware UTC datetime."""
     if not isinstance(value, str) or not value:
         return None
-    moment = datetime.fromisoformat(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 

@@ -123,24 +123,10 @@ class Stack:
 
     def start_web(self, workers: int = 2) -> None:
         self.web_port = self.web_port or free_port()
-        self.web = subprocess.Popen(
-            [
-                str(BIN / "gunicorn"),
-                "web.app:create_app()",
-                "--bind",
-                f"127.0.0.1:{self.web_port}",
-                "--workers",
-                str(workers),
-                "--threads",
-                "4",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log("web"),
-            stderr=subprocess.STDOUT,
-        )
+        self.web = self._spawn("web", [
+            str(BIN / "gunicorn"), "web.app:create_app()", "--bind",
+            f"127.0.0.1:{self.web_port}", "--workers", str(workers), "--threads", "4",
+            "--log-level", "warning"], self.env)  # fmt: skip
         wait_for(lambda: _answers(f"{self.web_url}/healthz"), 30, "web did not start")
         for name, sim in self.sims.items():
             sim.webhook_url = f"{self.web_url}/webhooks/{name}"
@@ -149,30 +135,11 @@ class Stack:
         self, concurrency: int = 16, queues: str = QUEUES, extra_env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         n = len(self.workers)
-        process = subprocess.Popen(
-            [
-                str(BIN / "celery"),
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(concurrency),
-                "-Q",
-                queues,
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"worker{n}@%h",
-            ],
-            cwd=ROOT,
-            env={**self.env, **(extra_env or {})},
-            stdout=self._log(f"worker{n}"),
-            stderr=subprocess.STDOUT,
-        )
+        process = self._spawn(f"worker{n}", [
+            str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--pool", "threads",
+            "--concurrency", str(concurrency), "-Q", queues, "--without-mingle",
+            "--without-gossip", "--loglevel", "INFO", "-n", f"worker{n}@%h"],
+            {**self.env, **(extra_env or {})})  # fmt: skip
         self.workers.append(process)
         wait_for(lambda: _answers(f"{self.web_url}/readyz"), 60, "worker did not become ready")
         return process
@@ -198,8 +165,12 @@ class Stack:
                 sim.stop()
         self.redis.stop()
 
-    def _log(self, name: str) -> Any:
-        return open(self.log_dir / f"{name}.log", "ab")
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]
+               ) -> subprocess.Popen[bytes]:  # fmt: skip
+        """Start a process with its output appended to ``<log_dir>/<name>.log``."""
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))

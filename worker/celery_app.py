@@ -45,6 +45,7 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
     worker_soft_shutdown_timeout=float(os.environ.get("OPPSYNC_SOFT_SHUTDOWN_SECONDS", "10")),
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": visibility_timeout},

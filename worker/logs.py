@@ -17,7 +17,8 @@ from typing import Any
 import structlog
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-PHONE = re.compile(r"\+?\d[\d ()-]{7,}\d")
+# International numbers (+…); bare digit runs are ids and dates more often than phones.
+PHONE = re.compile(r"\+\d[\d ()-]{6,}\d")
 
 
 class Redactor:
@@ -61,6 +62,7 @@ def configure(secrets: Iterable[str], level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

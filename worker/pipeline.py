@@ -136,6 +136,8 @@ def merge(
         record.times[name] = event_time.isoformat()
         record.rules[name] = f"last writer wins: {source}" if owner is None else f"owner {owner}"
         taken.append(name)
+    if "status" in changes and "stage" not in adapter.synced_fields:
+        changes["stage"] = _stage_agreeing(rt, record.state.stage, changes["status"])
     if changes or not record.exists:
         record.state = record.state.replace(
             **changes,
@@ -143,6 +145,16 @@ def merge(
             updated_at=max(filter(None, [record.state.updated_at, event_time])),
         )
     return taken
+
+
+def _stage_agreeing(rt: Runtime, stage: str | None, status: Status | None) -> str | None:
+    """A stage consistent with a status set by a vendor without stages: the current one
+    if it has that status, else the mapping's first stage with it."""
+    stages = rt.settings.mapping.stages
+    current = next((s for s in stages if s.name == stage), None)
+    if current is not None and current.status == status:
+        return stage
+    return next((s.name for s in stages if s.status == status), None)
 
 
 def plan(rt: Runtime, record: Record) -> tuple[str, ...]:

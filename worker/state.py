@@ -106,7 +106,7 @@ class Store:
             intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
             provenance={v: json.loads(p) for v, p in _per_vendor(raw, "prov:").items()},
             last_event=json.loads(raw["last_event"]) if "last_event" in raw else None,
-            exists=True,
+            exists="state" in raw,
         )
 
     def save_state(

@@ -54,6 +54,7 @@ STAMPS = ("createdDate", "modifiedDate")
 NULLS = ("description", "ownerUser", "contact", "company", "currentBookingId", "qualityId",
          "stageId", "stageName", "stageReasonId", "typeId", "type", "subtypeId", "sourceId",
          "sourceName", "channelId", "closedDate")  # fmt: skip
+FIELDS = frozenset({"id", "venueId", "name", "externalUrls", *STAMPS, *NULLS})
 MODIFIERS = ("", "CONTAINS", "NOTCONTAINS", "GREATERTHAN", "LESSTHAN", "NOT")
 SourceOf = tuple[int, str]  # (SourceType, SourceInfo) of a change
 
@@ -95,9 +96,7 @@ def _text(body: dict[str, Any], key: str) -> str | None:
 def _matches(record: dict[str, Any], key: str, wanted: Any) -> bool:
     """One ``filter`` entry (getting-started/interpreting-the-response/filtering.md)."""
     name, _, modifier = key.partition("__")
-    if name not in record or modifier not in MODIFIERS:
-        raise _invalid("filter", f"cannot filter on {key}")
-    actual = record[name]
+    actual = record.get(name)
     if wanted == "ISNULL":
         return (actual in (None, "")) is (modifier == "")
     text, want = ("" if actual is None else str(actual)).lower(), str(wanted).lower()
@@ -373,6 +372,10 @@ class IvvySimulator(Simulator):
             raise _invalid("filter", "filter must be an object")
         if venues is not None and not isinstance(venues, list):
             raise _invalid("venueIds", "venueIds must be a list")
+        for key in filter_:
+            name, _, modifier = key.partition("__")
+            if name not in FIELDS or modifier not in MODIFIERS:
+                raise _invalid("filter", f"cannot filter on {key}")
         wanted_venues = None if venues is None else {str(v) for v in venues}
         with self.state_lock:
             ordered = sorted(self.records.values(), key=lambda r: r["id"])
@@ -388,7 +391,10 @@ class IvvySimulator(Simulator):
     def seed(self, record: dict[str, Any]) -> str:
         """Add an opportunity without notifying; keys as ``addOrUpdateOpportunity`` takes
         them (type, source and stage default to the first of each), plus ``createdDate`` /
-        ``modifiedDate`` to backdate it."""
+        ``modifiedDate`` to backdate it. A ``company`` without a ``businessName`` is no company
+        (a person leaves it out; the API would refuse it)."""
+        if isinstance(record.get("company"), dict) and not record["company"].get("businessName"):
+            record = {**record, "company": None}
         defaults = {"name": "Seeded", "typeId": self.types[0]["id"],
                     "sourceId": self.sources[0]["id"], "stageId": self.stages[0]["id"]}  # fmt: skip
         body = {**defaults, **{k: v for k, v in record.items() if k not in STAMPS}}

@@ -315,9 +315,10 @@ class LeadwaySimulator(Simulator):
     def create(self, changes: dict[str, Any], *, source: str = "api") -> dict[str, Any]:
         stamp = self.stamp()
         pipeline_id = changes.get("pipelineId", self.pipeline_id)
+        first_stage = next(iter(self._stage_ids(pipeline_id) or []), None)
         record: dict[str, Any] = {
             "id": ghl_id(), **dict.fromkeys(WRITABLE), "pipelineId": pipeline_id,
-            "pipelineStageId": next(iter(self._stage_ids(pipeline_id) or []), None), "status": "open",
+            "pipelineStageId": first_stage, "status": "open",
             "source": source, "contactId": None, "locationId": self.location_id,
             "lastStatusChangeAt": stamp, "lastStageChangeAt": stamp, "createdAt": stamp,
             "updatedAt": stamp, "customFields": [], "followers": [], "lostReasonId": None,

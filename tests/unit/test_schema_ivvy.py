@@ -296,6 +296,13 @@ def test_project_makes_abandoned_lost(mapping: Mapping, stage: str | None, statu
     assert (shown.stage, shown.status) == (stage, status)
 
 
+def test_project_claims_no_status_when_the_deal_has_none() -> None:
+    # given no status and no stage (e.g. a state not yet filled) / when projected
+    shown = ivvy.project(Opportunity(name="N"), M)
+    # then no status or stage is claimed, though a write would use the default stage
+    assert (shown.stage, shown.status) == (None, None)
+
+
 def test_project_replaces_a_stage_without_ivvy_id_by_one_for_its_status() -> None:
     # given a stage the mapping names without an iVvy id / when projected
     shown = ivvy.project(Opportunity(name="N", stage="qualified", status=Status.OPEN), PARTIAL)

@@ -130,10 +130,8 @@ def _specific_code(answer: str | None) -> int | None:
         return None
 
 
-def _int_setting(settings: VendorSettings, variable: str, *, required: bool = True) -> int | None:
-    raw = settings.require(variable) if required else settings.get(variable)
-    if not raw:
-        return None
+def _int_setting(settings: VendorSettings, variable: str) -> int:
+    raw = settings.require(variable)
     try:
         return int(raw)
     except ValueError:
@@ -157,7 +155,10 @@ class IvvyAdapter:
         self.venue_id = _int_setting(settings, "IVVY_VENUE_ID")
         self.type_id = _int_setting(settings, "IVVY_TYPE_ID")
         self.source_id = _int_setting(settings, "IVVY_SOURCE_ID")
-        self.default_stage_id = _int_setting(settings, "IVVY_STAGE_ID", required=False)
+        #: Open deals go here when the mapping names no stage (else the first listed stage).
+        self.default_stage_id = (
+            _int_setting(settings, "IVVY_STAGE_ID") if settings.get("IVVY_STAGE_ID") else None
+        )
         self.http = VendorHTTP(
             self.name,
             settings.base_url,
@@ -196,8 +197,8 @@ class IvvyAdapter:
     def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
         """An SNS ``Notification`` (its ``Message`` is unwrapped) or the inner iVvy message;
         events about another venue of the account are ignored."""
-        message = schema.unwrap_sns(payload)
         try:
+            message = schema.unwrap_sns(payload)
             event = schema.parse_native(message)
         except ValidationError as exc:
             raise _invalid("notification", exc) from None
@@ -240,7 +241,6 @@ class IvvyAdapter:
     def upsert(
         self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
     ) -> UpsertResult:
-        assert self.venue_id is not None
         body = schema.to_body(
             opp,
             self.mapping,
@@ -264,16 +264,9 @@ class IvvyAdapter:
     def _pages(self, filter_: dict[str, Any]) -> Iterator[dict[str, Any]]:
         start = 0
         while True:
-            answer = self.call(
-                "crm",
-                "getOpportunityList",
-                {
-                    "venueIds": [self.venue_id],
-                    "filter": filter_,
-                    "start": start,
-                    "perPage": PAGE_SIZE,
-                },
-            )
+            query = {"venueIds": [self.venue_id], "filter": filter_, "start": start,
+                     "perPage": PAGE_SIZE}  # fmt: skip
+            answer = self.call("crm", "getOpportunityList", query)
             results = list((answer or {}).get("results") or [])
             yield from results
             total = int(((answer or {}).get("meta") or {}).get("totalResults") or 0)
@@ -306,14 +299,7 @@ class IvvyAdapter:
         return self._pages({})
 
     def probe(self) -> str:
-        answer = self.call(
-            "crm",
-            "getOpportunityList",
-            {
-                "venueIds": [self.venue_id],
-                "start": 0,
-                "perPage": 1,
-            },
-        )
+        query = {"venueIds": [self.venue_id], "start": 0, "perPage": 1}
+        answer = self.call("crm", "getOpportunityList", query)
         total = ((answer or {}).get("meta") or {}).get("totalResults", 0)
         return f"iVvy accepted our signed request: venue {self.venue_id} has {total} opportunities."

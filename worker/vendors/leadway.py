@@ -75,6 +75,11 @@ class LeadwayAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        """Our key is not stored on HighLevel records (a custom field would need a
+        tenant-specific field id); identity comes from the link map and fingerprints."""
+        return None
+
     def record_id(self, record: dict[str, Any]) -> str:
         try:
             return schema.record_id(record)
@@ -127,7 +132,7 @@ class LeadwayAdapter:
         record = self._opportunity(answer, "POST /opportunities/upsert")
         created = answer.get("new")
         return UpsertResult(
-            vendor_id=schema.record_id(record),
+            vendor_id=str(record["id"]),
             created=bool(created) if isinstance(created, bool) else vendor_id is None,
             extra={"contact": contact_id, "contact_fp": fingerprint},
         )
@@ -143,8 +148,8 @@ class LeadwayAdapter:
         matches = []
         for record in self._search(params):
             created = schema.parse_time(record.get("createdAt"))
-            if record.get("name") == opp.name and created is not None and created >= since:
-                matches.append((created, schema.record_id(record)))
+            if record.get("id") and record.get("name") == opp.name and created and created >= since:
+                matches.append((created, str(record["id"])))
         return min(matches)[1] if matches else None
 
     def delete(self, vendor_id: str) -> None:
