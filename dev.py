@@ -33,7 +33,7 @@ def _installed_for() -> str:
 
 
 def ensure_installed() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
         sys.exit("oppsync needs Python 3.11 or newer")
     if not (BIN / "python").exists():
         print("creating .venv ...", flush=True)
@@ -41,10 +41,14 @@ def ensure_installed() -> None:
     if STAMP.exists() and STAMP.read_text() == _installed_for():
         return
     print("installing oppsync and its dependencies into .venv ...", flush=True)
-    subprocess.run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-                   check=True)
-    subprocess.run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", ".[test]"],
-                   cwd=ROOT, check=True)
+    subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True
+    )
+    subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", ".[test]"],
+        cwd=ROOT,
+        check=True,
+    )
     STAMP.write_text(_installed_for())
 
 
@@ -53,14 +57,21 @@ def ensure_chromium() -> None:
     if shutil.which("chromium") and shutil.which("chromedriver"):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        print("note: chromium/chromedriver missing and cannot be installed here; "
-              "the browser test will say so", flush=True)
+        print(
+            "note: chromium/chromedriver missing and cannot be installed here; "
+            "the browser test will say so",
+            flush=True,
+        )
         return
     print("installing Debian's chromium and chromium-driver ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
-                   check=False, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+        check=False,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def run(*args: str) -> int:
@@ -83,8 +94,7 @@ def main(argv: list[str]) -> int:
         ensure_chromium()
         return run("python", "-m", "pytest", *rest)
     if command == "lint":
-        return (run("ruff", "check", ".") or run("ruff", "format", "--check", ".")
-                or run("mypy"))
+        return run("ruff", "check", ".") or run("ruff", "format", "--check", ".") or run("mypy")
     print(f"unknown command {command!r}\n{__doc__}")
     return 2
 

@@ -36,11 +36,8 @@ contacts = st.builds(Contact, name=person_names, email=st.none() | emails, phone
 def opportunities(draw: st.DrawFn) -> Opportunity:
     """A canonical opportunity whose stage (when set) agrees with its status."""
     stage = draw(st.none() | stage_names)
-    status = (
-        EXAMPLE_MAPPING.stage_named(stage).status
-        if stage  # type: ignore[union-attr]
-        else draw(st.sampled_from(list(Status)))
-    )
+    named = EXAMPLE_MAPPING.stage_named(stage)
+    status = named.status if named is not None else draw(st.sampled_from(list(Status)))
     return Opportunity(
         name=draw(names),
         amount=draw(st.none() | amounts),

@@ -20,11 +20,10 @@ import binascii
 import hmac
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -58,6 +57,14 @@ T1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ==
 """
 
 
+class HeaderSource(Protocol):
+    """Request headers, looked up case-insensitively (werkzeug ``Headers``, a dict in tests)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+    def __contains__(self, key: str, /) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Verified:
     """A delivery whose sender is proven: its dedup id and its JSON body."""
@@ -87,12 +94,12 @@ def _check_window(sent_at: float, tolerance: int) -> None:
 
 
 def verify_standard(
-    body: bytes, headers: Mapping[str, str], secrets: tuple[str, ...], tolerance: int
+    body: bytes, headers: HeaderSource, secrets: tuple[str, ...], tolerance: int
 ) -> Verified:
     """Standard Webhooks: any configured secret may have signed (rotation)."""
-    msg_id = headers.get("webhook-id", "")
-    stamp = headers.get("webhook-timestamp", "")
-    signatures = headers.get("webhook-signature", "")
+    msg_id = headers.get("webhook-id") or ""
+    stamp = headers.get("webhook-timestamp") or ""
+    signatures = headers.get("webhook-signature") or ""
     if not (msg_id and stamp and signatures):
         raise Rejected(
             "Missing webhook-id, webhook-timestamp or webhook-signature.",
@@ -137,7 +144,7 @@ def _b64(value: str) -> bytes:
 
 
 def verify_highlevel(
-    body: bytes, headers: Mapping[str, str], *, ed25519_pem: str, rsa_pem: str, tolerance: int
+    body: bytes, headers: HeaderSource, *, ed25519_pem: str, rsa_pem: str, tolerance: int
 ) -> Verified:
     """HighLevel: Ed25519 first, the legacy RSA header only when the new one is absent."""
     ghl = headers.get("x-ghl-signature")

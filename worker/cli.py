@@ -63,8 +63,10 @@ def deadletters_list(vendor: str | None, limit: int) -> None:
         click.echo("No dead letters.")
         return
     for letter in letters:
-        click.echo(f"{letter.id}  {_when(letter.at)}  {letter.kind:6} {letter.vendor:12} "
-                   f"attempts={letter.attempts}  {letter.reason}: {letter.message[:80]}")
+        click.echo(
+            f"{letter.id}  {_when(letter.at)}  {letter.kind:6} {letter.vendor:12} "
+            f"attempts={letter.attempts}  {letter.reason}: {letter.message[:80]}"
+        )
 
 
 @deadletters.command("show")

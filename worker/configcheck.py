@@ -17,9 +17,11 @@ def check(say: Callable[[str], None]) -> bool:
         return False
     say(f"Configuration: OK. Vendors enabled: {', '.join(settings.vendors) or 'none'}.")
     mapping = settings.mapping
-    say(f"Mapping: {settings.mapping_path or 'none (defaults)'}: {len(mapping.stages)} stages, "
+    say(
+        f"Mapping: {settings.mapping_path or 'none (defaults)'}: {len(mapping.stages)} stages, "
         f"{len(mapping.owners)} owners, ownership rules for "
-        f"{', '.join(mapping.ownership) or 'no field'}.")
+        f"{', '.join(mapping.ownership) or 'no field'}."
+    )
     from worker.runtime import build_runtime
 
     ok = True

@@ -37,13 +37,17 @@ def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
     return server
 
 
-def run_stack(*, sandbox: bool, port: int, after_start: Callable[[dict[str, str]], None]
-              | None = None) -> int:
+def run_stack(
+    *, sandbox: bool, port: int, after_start: Callable[[dict[str, str]], None] | None = None
+) -> int:
     """Run the Procfile until Ctrl-C; returns honcho's exit code."""
     env = dict(os.environ)
     if not sandbox and not vendor_configured(env):
-        print("No vendor is configured (see README, Configuration): starting in sandbox mode "
-              "with simulated vendors.", flush=True)
+        print(
+            "No vendor is configured (see README, Configuration): starting in sandbox mode "
+            "with simulated vendors.",
+            flush=True,
+        )
         sandbox = True
     STATE_DIR.mkdir(exist_ok=True)
     redis_server = _redis(env)
@@ -60,11 +64,14 @@ def run_stack(*, sandbox: bool, port: int, after_start: Callable[[dict[str, str]
     env.setdefault("FLOWER_DB", str(STATE_DIR / "flower.db"))
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    honcho = subprocess.Popen([str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile")],
-                              cwd=ROOT, env=env)
-    print(f"oppsync: web on http://127.0.0.1:{port} (webhooks at /webhooks/<vendor>), "
-          f"Flower on http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}; Ctrl-C stops.",
-          flush=True)
+    honcho = subprocess.Popen(
+        [str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile")], cwd=ROOT, env=env
+    )
+    print(
+        f"oppsync: web on http://127.0.0.1:{port} (webhooks at /webhooks/<vendor>), "
+        f"Flower on http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}; Ctrl-C stops.",
+        flush=True,
+    )
     try:
         if after_start is not None:
             after_start(env)

@@ -50,13 +50,28 @@ def describe(rt: Runtime, key: str) -> str:
     lines.append("vendors:")
     for vendor, info in snap["vendors"].items():
         write = info["last_write"] or {}
-        status = "gone" if info["gone"] else ("pending create" if info["pending_create"]
-                                              else ("linked" if info["id"] else "not linked"))
-        cause = (f"{write.get('action')} {write.get('at', '')[:19]} because of "
-                 f"{write.get('vendor')} delivery {write.get('delivery')}") if write else ""
+        status = (
+            "gone"
+            if info["gone"]
+            else (
+                "pending create"
+                if info["pending_create"]
+                else ("linked" if info["id"] else "not linked")
+            )
+        )
+        cause = (
+            (
+                f"{write.get('action')} {write.get('at', '')[:19]} because of "
+                f"{write.get('vendor')} delivery {write.get('delivery')}"
+            )
+            if write
+            else ""
+        )
         lines.append(f"  {vendor:12} {info['id'] or '-'!s:28} {status:15} {cause}")
     if snap["last_event"]:
         event = snap["last_event"]
-        lines.append(f"last event: {event.get('vendor')} {event.get('vendor_id')} "
-                     f"(delivery {event.get('delivery')}, fields {event.get('fields')})")
+        lines.append(
+            f"last event: {event.get('vendor')} {event.get('vendor_id')} "
+            f"(delivery {event.get('delivery')}, fields {event.get('fields')})"
+        )
     return "\n".join(lines)

@@ -164,9 +164,11 @@ def replay_dead_letter(letter_id: str) -> DeadLetter | None:
         return None
     now = time.time()
     if letter.kind == "ingest":
-        ingest_change.apply_async(kwargs={"envelope": letter.job, "first_attempt_at": now},
-                                  queue="ingest")
+        ingest_change.apply_async(
+            kwargs={"envelope": letter.job, "first_attempt_at": now}, queue="ingest"
+        )
     else:
-        schedule_push_retry(letter.job["key"], letter.vendor, letter.job.get("cause", {}), now,
-                            1, 0)
+        schedule_push_retry(
+            letter.job["key"], letter.vendor, letter.job.get("cause", {}), now, 1, 0
+        )
     return letter

@@ -12,8 +12,15 @@ import redis
 
 from tests.stack import Stack, start_stack
 
-QUEUE_KEYS = ("ingest", "push.siro", "push.leadway", "push.ivvy", "push.salescaling",
-              "push.icloudready", "poll")
+QUEUE_KEYS = (
+    "ingest",
+    "push.siro",
+    "push.leadway",
+    "push.ivvy",
+    "push.salescaling",
+    "push.icloudready",
+    "poll",
+)
 
 
 @pytest.fixture(scope="session")

@@ -71,32 +71,50 @@ def person_creates(stack: Stack, vendor: str, opp: Opportunity = DEAL) -> str:
         return str(sim.store_new(mod.to_body(opp, MAPPING, create=True))["_id"])
     if vendor == "leadway":
         contact = opp.contact or Contact()
-        return str(sim.seed({
-            "name": opp.name, "status": opp.status.value if opp.status else "open",
-            "monetaryValue": float(opp.amount) if opp.amount is not None else None,
-            "pipelineId": sim.pipeline_id,
-            "pipelineStageId": MAPPING.stage_id("leadway", opp.stage),
-            "assignedTo": MAPPING.owner_id("leadway", opp.owner),
-            "contact": {"name": contact.name, "email": contact.email, "phone": contact.phone,
-                        "companyName": opp.company},
-        }))
+        return str(
+            sim.seed(
+                {
+                    "name": opp.name,
+                    "status": opp.status.value if opp.status else "open",
+                    "monetaryValue": float(opp.amount) if opp.amount is not None else None,
+                    "pipelineId": sim.pipeline_id,
+                    "pipelineStageId": MAPPING.stage_id("leadway", opp.stage),
+                    "assignedTo": MAPPING.owner_id("leadway", opp.owner),
+                    "contact": {
+                        "name": contact.name,
+                        "email": contact.email,
+                        "phone": contact.phone,
+                        "companyName": opp.company,
+                    },
+                }
+            )
+        )
     if vendor == "ivvy":
         first, _, last = (opp.contact.name or "").partition(" ") if opp.contact else ("", "", "")
-        return str(sim.seed({
-            "name": opp.name, "description": opp.description,
-            "stageId": int(MAPPING.stage_id("ivvy", opp.stage) or 69),
-            "closedDate": opp.close_date.isoformat() if opp.close_date else None,
-            "ownerUserId": int(MAPPING.owner_id("ivvy", opp.owner) or 0) or None,
-            "contact": {"firstName": first, "lastName": last,
+        return str(
+            sim.seed(
+                {
+                    "name": opp.name,
+                    "description": opp.description,
+                    "stageId": int(MAPPING.stage_id("ivvy", opp.stage) or 69),
+                    "closedDate": opp.close_date.isoformat() if opp.close_date else None,
+                    "ownerUserId": int(MAPPING.owner_id("ivvy", opp.owner) or 0) or None,
+                    "contact": {
+                        "firstName": first,
+                        "lastName": last,
                         "email": opp.contact.email if opp.contact else None,
-                        "phone": opp.contact.phone if opp.contact else None},
-            "company": {"businessName": opp.company},
-        }))
+                        "phone": opp.contact.phone if opp.contact else None,
+                    },
+                    "company": {"businessName": opp.company},
+                }
+            )
+        )
     raise AssertionError(vendor)
 
 
-def announce(stack: Stack, vendor: str, vendor_id: str, *, created: bool = True,
-             thin: bool = False) -> int:
+def announce(
+    stack: Stack, vendor: str, vendor_id: str, *, created: bool = True, thin: bool = False
+) -> int:
     """The vendor tells oppsync: its native webhook where it has one, else its automation
     (Standard Webhooks). Returns the receiver's answer."""
     sim = stack.sims[vendor]
@@ -131,16 +149,21 @@ def wait_converged(stack: Stack, targets: list[str], opp: Opportunity) -> None:
     except TimeoutError:
         report = {t: [synced(o, t) for o in held(stack, t)] for t in targets}
         wanted = {t: expected(t, opp) for t in targets}
-        raise AssertionError(f"held: {report}\nwanted: {wanted}\n"
-                             f"{stack.logs()[-3000:]}") from None
+        raise AssertionError(f"held: {report}\nwanted: {wanted}\n{stack.logs()[-3000:]}") from None
 
 
 def writes(stack: Stack) -> int:
     """Write requests every simulator has answered so far."""
-    return sum(1 for sim in stack.sims.values() for r in sim.log
-               if r.method in ("POST", "PUT", "PATCH", "DELETE")
-               and "getOpportunityList" not in r.query and "List" not in r.query
-               and "/search" not in r.path and "/signin" not in r.path)
+    return sum(
+        1
+        for sim in stack.sims.values()
+        for r in sim.log
+        if r.method in ("POST", "PUT", "PATCH", "DELETE")
+        and "getOpportunityList" not in r.query
+        and "List" not in r.query
+        and "/search" not in r.path
+        and "/signin" not in r.path
+    )
 
 
 @pytest.mark.parametrize("source", VENDORS)
@@ -165,15 +188,20 @@ def test_sync_second_change_updates_and_creates_nothing(live: Stack, source: str
     if source == "siro":
         sim.edit(vendor_id, name=changed.name, disposition="WON")
     elif source == "leadway":
-        sim.edit(vendor_id, name=changed.name, status="won",
-                 pipelineStageId=MAPPING.stage_id("leadway", "won"))
+        sim.edit(
+            vendor_id,
+            name=changed.name,
+            status="won",
+            pipelineStageId=MAPPING.stage_id("leadway", "won"),
+        )
     elif source == "ivvy":
         sim.edit(vendor_id, name=changed.name, stageId=int(MAPPING.stage_id("ivvy", "won")))
     elif source == "salescaling":
         sim.edit(vendor_id, name=changed.name, status="won")
     else:
-        sim.edit(vendor_id, name=changed.name, status="won",
-                 stage=MAPPING.stage_id("icloudready", "won"))
+        sim.edit(
+            vendor_id, name=changed.name, status="won", stage=MAPPING.stage_id("icloudready", "won")
+        )
     assert announce(live, source, vendor_id, created=False) == 202
     # then the same four records now hold the change (a vendor without stages says only
     # "won": the stage follows to the mapping's won stage), and none was created
@@ -218,8 +246,13 @@ def live_events(stack: Stack) -> list[dict[str, Any]]:
 def test_sync_invalid_payload_is_a_dead_letter_and_reaches_no_vendor(live: Stack) -> None:
     # given a Salescaling record whose amount is not a number
     before = writes(live)
-    record = {"id": "5516cd47-2bd0-4f4f-adc2-22524e54ba4d", "name": "Bad deal",
-              "amount": "a lot", "status": "open", "closeProbability": 250}
+    record = {
+        "id": "5516cd47-2bd0-4f4f-adc2-22524e54ba4d",
+        "name": "Bad deal",
+        "amount": "a lot",
+        "status": "open",
+        "closeProbability": 250,
+    }
     sim = live.sims["salescaling"]
     assert sim.send_standard_webhook(record) == 202
     # then it ends as a dead letter naming the fields, and no vendor was called
@@ -232,8 +265,7 @@ def test_sync_invalid_payload_is_a_dead_letter_and_reaches_no_vendor(live: Stack
 
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("case", ["valid", "tampered", "stale", "missing", "wrong_secret"])
-def test_receiver_checks_standard_webhook_signatures(live: Stack, vendor: str, case: str
-                                                     ) -> None:
+def test_receiver_checks_standard_webhook_signatures(live: Stack, vendor: str, case: str) -> None:
     body = json.dumps({"id": "12345"}).encode()
     secret = live.sims[vendor].webhook_secret
     headers = sign_standard_webhook(secret, body)
@@ -244,8 +276,9 @@ def test_receiver_checks_standard_webhook_signatures(live: Stack, vendor: str, c
     elif case == "missing":
         headers = {"content-type": "application/json"}
     elif case == "wrong_secret":
-        headers = sign_standard_webhook(live.sims["siro" if vendor != "siro" else "ivvy"]
-                                        .webhook_secret, body)
+        headers = sign_standard_webhook(
+            live.sims["siro" if vendor != "siro" else "ivvy"].webhook_secret, body
+        )
     answer = httpx.post(f"{live.web_url}/webhooks/{vendor}", content=body, headers=headers)
     assert answer.status_code == (202 if case == "valid" else 401), answer.text
     assert answer.json()["status" if case == "valid" else "message"]
@@ -268,8 +301,11 @@ def test_receiver_checks_highlevel_signatures(live: Stack, case: str) -> None:
         assert sim.emit(vendor_id, "OpportunityCreate", timestamp=old) == 401
     else:
         body = json.dumps(sim.native_payload(vendor_id, "OpportunityCreate")).encode()
-        answer = httpx.post(f"{live.web_url}/webhooks/leadway", content=body,
-                            headers={"content-type": "application/json"})
+        answer = httpx.post(
+            f"{live.web_url}/webhooks/leadway",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
         assert answer.status_code == 401
 
 
@@ -298,13 +334,18 @@ def test_receiver_confirms_the_sns_subscription(live: Stack) -> None:
     assert sim.confirmed
 
 
-@pytest.mark.parametrize(("path", "body", "status"), [
-    ("/webhooks/nosuchvendor", b"{}", 404),
-    ("/webhooks/siro", b"x" * 1_100_000, 413),
-])
-def test_receiver_answers_edge_errors_in_json(live: Stack, path: str, body: bytes,
-                                              status: int) -> None:
-    answer = httpx.post(f"{live.web_url}{path}", content=body,
-                        headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/webhooks/nosuchvendor", b"{}", 404),
+        ("/webhooks/siro", b"x" * 1_100_000, 413),
+    ],
+)
+def test_receiver_answers_edge_errors_in_json(
+    live: Stack, path: str, body: bytes, status: int
+) -> None:
+    answer = httpx.post(
+        f"{live.web_url}{path}", content=body, headers={"content-type": "application/json"}
+    )
     assert answer.status_code == status
     assert answer.json()["message"]

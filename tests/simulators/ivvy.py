@@ -101,9 +101,9 @@ def _matches(record: dict[str, Any], key: str, wanted: Any) -> bool:
         return (actual in (None, "")) is (modifier == "")
     text, want = ("" if actual is None else str(actual)).lower(), str(wanted).lower()
     if modifier in ("GREATERTHAN", "LESSTHAN"):
-        numbers = isinstance(actual, int) and isinstance(wanted, int)
-        left, right = (actual, wanted) if numbers else (text, want)
-        return left > right if modifier == "GREATERTHAN" else left < right
+        if isinstance(actual, int) and isinstance(wanted, int):
+            return actual > wanted if modifier == "GREATERTHAN" else actual < wanted
+        return text > want if modifier == "GREATERTHAN" else text < want
     outcomes = {"": text == want, "NOT": text != want, "CONTAINS": want in text}
     return outcomes.get(modifier, want not in text)
 
@@ -211,7 +211,7 @@ class IvvySimulator(Simulator):
             content_type=request.headers["Content-Type"],
             date="" if ivvy_date else http_date,
             path_and_query=request.path + (f"?{query}" if query else ""),
-            ivvy_header_text=ivvy_headers(request.headers),
+            ivvy_header_text=ivvy_headers(dict(request.headers)),
         )
         expected = signature(self.api_secret, signed)
         if not (hmac.compare_digest(key, self.api_key) and hmac.compare_digest(sig, expected)):

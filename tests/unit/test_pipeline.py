@@ -30,8 +30,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 class MemoryAdapter:
     """A vendor holding records in a dict; ``lossy`` vendors cannot say "abandoned"."""
 
-    def __init__(self, name: str, fields: frozenset[str] = frozenset(SYNCED_FIELDS),
-                 lossy: bool = False) -> None:
+    def __init__(
+        self, name: str, fields: frozenset[str] = frozenset(SYNCED_FIELDS), lossy: bool = False
+    ) -> None:
         self.name = name
         self.synced_fields = fields
         self.lossy = lossy
@@ -61,8 +62,9 @@ class MemoryAdapter:
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
         return self.records.get(vendor_id)
 
-    def upsert(self, opp: Opportunity, *, key: str, vendor_id: str | None,
-               extra: dict[str, str]) -> UpsertResult:
+    def upsert(
+        self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
+    ) -> UpsertResult:
         created = vendor_id is None
         if created:
             self.creates += 1
@@ -87,8 +89,7 @@ def rt(redis_server: EmbeddedRedis) -> Iterator[Runtime]:
     runtime.adapters = {
         "siro": MemoryAdapter("siro", lossy=True),
         "leadway": MemoryAdapter("leadway"),
-        "salescaling": MemoryAdapter("salescaling",
-                                     frozenset({"name", "amount", "status"})),
+        "salescaling": MemoryAdapter("salescaling", frozenset({"name", "amount", "status"})),
     }
     yield runtime
     client.close()
@@ -98,8 +99,14 @@ def deliver(rt: Runtime, vendor: str, record: dict[str, Any]) -> pipeline.Outcom
     data = {"updated_at": None, **record}
     if isinstance(data["updated_at"], datetime):
         data["updated_at"] = data["updated_at"].isoformat()
-    envelope = Envelope(vendor=vendor, scheme="standard", delivery_id=f"d{time.time_ns()}",
-                        received_at=time.time(), correlation_id="c", payload=data)
+    envelope = Envelope(
+        vendor=vendor,
+        scheme="standard",
+        delivery_id=f"d{time.time_ns()}",
+        received_at=time.time(),
+        correlation_id="c",
+        payload=data,
+    )
     rt.adapters[vendor].records[record["id"]] = data  # type: ignore[attr-defined]
     return pipeline.ingest(rt, envelope, patient=False)
 
@@ -111,36 +118,42 @@ def sync(rt: Runtime, outcome: pipeline.Outcome) -> None:
 
 def test_ingest_new_record_targets_every_other_vendor(rt: Runtime) -> None:
     # given a deal new to oppsync, when leadway reports it
-    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "amount": "10.00",
-                                      "status": "open", "updated_at": T0})
+    outcome = deliver(
+        rt,
+        "leadway",
+        {"id": "L1", "name": "Deal", "amount": "10.00", "status": "open", "updated_at": T0},
+    )
     # then it is applied and every other vendor is a target, the source is not
     assert outcome.outcome == "applied"
     assert set(outcome.targets) == {"siro", "salescaling"}
 
 
 def test_push_twice_creates_once_and_echo_stops(rt: Runtime) -> None:
-    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "open",
-                                      "updated_at": T0})
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
     sync(rt, outcome)
     sync(rt, outcome)  # a redelivered push
     siro = rt.adapters["siro"]
     assert siro.creates == 1  # type: ignore[attr-defined]
     # when siro echoes back exactly what we wrote, then nothing goes further
-    (_siro_id, record), = siro.records.items()  # type: ignore[attr-defined]
+    ((_siro_id, record),) = siro.records.items()  # type: ignore[attr-defined]
     echo = deliver(rt, "siro", {**record, "updated_at": T0 + timedelta(seconds=5)})
     assert echo.outcome == "echo" and echo.targets == ()
 
 
 def test_lossy_vendor_does_not_flip_abandoned_to_lost(rt: Runtime) -> None:
     # given an abandoned deal written to siro, which can only say LOST
-    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "abandoned",
-                                      "updated_at": T0})
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "abandoned", "updated_at": T0}
+    )
     sync(rt, outcome)
-    (_siro_id, record), = rt.adapters["siro"].records.items()  # type: ignore[attr-defined]
+    ((_siro_id, record),) = rt.adapters["siro"].records.items()  # type: ignore[attr-defined]
     assert record["status"] == "lost"
     # when siro later reports a name change (still LOST), then status stays abandoned
-    changed = deliver(rt, "siro", {**record, "name": "Deal 2",
-                                   "updated_at": T0 + timedelta(minutes=1)})
+    changed = deliver(
+        rt, "siro", {**record, "name": "Deal 2", "updated_at": T0 + timedelta(minutes=1)}
+    )
     assert changed.outcome == "applied"
     key = changed.key
     assert rt.store.load(key).state.status == Status.ABANDONED  # type: ignore[arg-type]
@@ -148,10 +161,18 @@ def test_lossy_vendor_does_not_flip_abandoned_to_lost(rt: Runtime) -> None:
 
 
 def test_older_change_never_overwrites_newer(rt: Runtime) -> None:
-    outcome = deliver(rt, "leadway", {"id": "L1", "name": "New name", "status": "open",
-                                      "updated_at": T0 + timedelta(minutes=10)})
+    outcome = deliver(
+        rt,
+        "leadway",
+        {
+            "id": "L1",
+            "name": "New name",
+            "status": "open",
+            "updated_at": T0 + timedelta(minutes=10),
+        },
+    )
     sync(rt, outcome)
-    (_sid, record), = rt.adapters["salescaling"].records.items()  # type: ignore[attr-defined]
+    ((_sid, record),) = rt.adapters["salescaling"].records.items()  # type: ignore[attr-defined]
     # when salescaling reports a change made earlier than leadway's
     late = deliver(rt, "salescaling", {**record, "name": "Old name", "updated_at": T0})
     state = rt.store.load(outcome.key).state  # type: ignore[arg-type]
@@ -162,10 +183,13 @@ def test_older_change_never_overwrites_newer(rt: Runtime) -> None:
 
 def test_ownership_keeps_a_field_with_its_owner(rt: Runtime) -> None:
     rt.settings = replace(rt.settings, mapping=Mapping(ownership={"amount": "salescaling"}))
-    outcome = deliver(rt, "salescaling", {"id": "S1", "name": "Deal", "amount": "5.00",
-                                          "status": "open", "updated_at": T0})
+    outcome = deliver(
+        rt,
+        "salescaling",
+        {"id": "S1", "name": "Deal", "amount": "5.00", "status": "open", "updated_at": T0},
+    )
     sync(rt, outcome)
-    (_lid, record), = rt.adapters["leadway"].records.items()  # type: ignore[attr-defined]
+    ((_lid, record),) = rt.adapters["leadway"].records.items()  # type: ignore[attr-defined]
     deliver(rt, "leadway", {**record, "amount": "99.00", "updated_at": T0 + timedelta(hours=1)})
     record_state = rt.store.load(outcome.key)  # type: ignore[arg-type]
     assert record_state.state.amount == Decimal("5.00")
@@ -175,12 +199,18 @@ def test_ownership_keeps_a_field_with_its_owner(rt: Runtime) -> None:
 @pytest.mark.parametrize("policy", ["mark-lost", "delete", "ignore"])
 def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> None:
     rt.settings.vendor["leadway"] = replace(rt.settings.vendor["leadway"], delete_policy=policy)
-    outcome = deliver(rt, "leadway", {"id": "L1", "name": "Deal", "status": "open",
-                                      "updated_at": T0})
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
     sync(rt, outcome)
-    envelope = Envelope(vendor="leadway", scheme="leadway", delivery_id="del",
-                        received_at=time.time(), correlation_id="c",
-                        payload={"id": "L1", "deleted": True})
+    envelope = Envelope(
+        vendor="leadway",
+        scheme="leadway",
+        delivery_id="del",
+        received_at=time.time(),
+        correlation_id="c",
+        payload={"id": "L1", "deleted": True},
+    )
     deleted = pipeline.ingest(rt, envelope)
     sync(rt, deleted)
     siro_records = rt.adapters["siro"].records  # type: ignore[attr-defined]
@@ -191,6 +221,9 @@ def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> N
     else:
         assert [r["status"] for r in siro_records.values()] == ["open"]
     # and a late update from the deleted record goes nowhere
-    late = deliver(rt, "leadway", {"id": "L1", "name": "Zombie", "status": "open",
-                                   "updated_at": T0 + timedelta(days=1)})
+    late = deliver(
+        rt,
+        "leadway",
+        {"id": "L1", "name": "Zombie", "status": "open", "updated_at": T0 + timedelta(days=1)},
+    )
     assert late.outcome == "late"

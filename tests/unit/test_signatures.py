@@ -54,7 +54,8 @@ def test_standard_rejects_bad_deliveries(change: str) -> None:
 
         headers["webhook-timestamp"] = str(int(moment))
         headers["webhook-signature"] = Webhook(SECRET).sign(
-            headers["webhook-id"], datetime.fromtimestamp(int(moment), UTC), BODY.decode())
+            headers["webhook-id"], datetime.fromtimestamp(int(moment), UTC), BODY.decode()
+        )
     # then it is refused with 401
     with pytest.raises(Rejected) as refused:
         verify_standard(body, headers, secrets, 300)
@@ -69,9 +70,14 @@ def test_standard_rejects_a_body_that_is_not_json_with_400() -> None:
 
 
 def _ghl_body(**overrides: object) -> bytes:
-    payload = {"type": "OpportunityUpdate", "id": "abc", "locationId": "loc",
-               "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-               "webhookId": "wh-1", **overrides}
+    payload = {
+        "type": "OpportunityUpdate",
+        "id": "abc",
+        "locationId": "loc",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "webhookId": "wh-1",
+        **overrides,
+    }
     return json.dumps(payload).encode()
 
 
@@ -81,8 +87,12 @@ def keys() -> tuple[ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey, str, str]:
     rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.PEM
-    return (ed, rs, ed.public_key().public_bytes(enc, pem).decode(),
-            rs.public_key().public_bytes(enc, pem).decode())
+    return (
+        ed,
+        rs,
+        ed.public_key().public_bytes(enc, pem).decode(),
+        rs.public_key().public_bytes(enc, pem).decode(),
+    )
 
 
 def test_highlevel_accepts_ed25519_over_raw_body(keys) -> None:  # type: ignore[no-untyped-def]
@@ -98,8 +108,12 @@ def test_highlevel_accepts_legacy_rsa(keys) -> None:  # type: ignore[no-untyped-
     body = _ghl_body()
     sig = rs.sign(body, padding.PKCS1v15(), hashes.SHA256())
     headers = {"x-wh-signature": base64.b64encode(sig).decode()}
-    assert verify_highlevel(body, headers, ed25519_pem=ed_pem, rsa_pem=rsa_pem,
-                            tolerance=300).payload["id"] == "abc"
+    assert (
+        verify_highlevel(body, headers, ed25519_pem=ed_pem, rsa_pem=rsa_pem, tolerance=300).payload[
+            "id"
+        ]
+        == "abc"
+    )
 
 
 @pytest.mark.parametrize("case", ["tampered", "missing", "stale", "wrong_key", "garbage"])
@@ -124,7 +138,8 @@ def test_highlevel_rejects_bad_deliveries(keys, case: str) -> None:  # type: ign
 
 
 def test_highlevel_published_keys_parse() -> None:
-    assert isinstance(serialization.load_pem_public_key(HIGHLEVEL_ED25519_PEM.encode()),
-                      ed25519.Ed25519PublicKey)
+    assert isinstance(
+        serialization.load_pem_public_key(HIGHLEVEL_ED25519_PEM.encode()), ed25519.Ed25519PublicKey
+    )
     rsa_key = serialization.load_pem_public_key(HIGHLEVEL_RSA_PEM.encode())
     assert isinstance(rsa_key, rsa.RSAPublicKey) and rsa_key.key_size == 4096
