@@ -144,6 +144,14 @@ class Stack:
         wait_for(lambda: _answers(f"{self.web_url}/readyz"), 60, "worker did not become ready")
         return process
 
+    def restart_redis(self, down_for: float = 0.0) -> None:
+        """Stop Redis, wait, and start it again on the same port and data directory."""
+        self.redis.stop()
+        time.sleep(down_for)
+        appendonly = (self.redis.directory / "appendonly.aof").exists()
+        self.redis = start_redis(port=self.redis.port, directory=self.redis.directory,
+                                 appendonly=appendonly)  # fmt: skip
+
     def kill_worker(self, process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         process.send_signal(sig)
         process.wait(timeout=60)
@@ -198,11 +206,19 @@ def wait_for(
 
 
 def start_stack(
-    log_dir: Path, *, latency: float = 0.0, worker: bool = True, **env_overrides: str
+    log_dir: Path,
+    *,
+    latency: float = 0.0,
+    worker: bool = True,
+    appendonly: bool = False,
+    leadway_quota: tuple[int, float] | None = None,
+    **env_overrides: str,
 ) -> Stack:
+    """Redis, simulators, web and (unless ``worker=False``) one worker; ``appendonly`` gives
+    Redis an AOF so a restart keeps what was queued."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    redis_server = start_redis(directory=log_dir / "redis")
-    sims = start_simulators(latency=latency)
+    redis_server = start_redis(directory=log_dir / "redis", appendonly=appendonly)
+    sims = start_simulators(latency=latency, leadway_quota=leadway_quota)
     stack = Stack(
         redis=redis_server,
         sims=sims,

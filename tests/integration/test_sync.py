@@ -7,163 +7,30 @@ simulator holds, read back through that vendor's schema.
 
 from __future__ import annotations
 
-import importlib
 import json
-from datetime import date
-from decimal import Decimal
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
+from schemas.opportunity import Status
+from tests.integration.drive import (
+    DEAL,
+    MAPPING,
+    announce,
+    as_held_by,
+    held,
+    live_events,
+    others,
+    person_creates,
+    wait_converged,
+    writes,
+)
 from tests.simulators.base import sign_standard_webhook
 from tests.stack import VENDORS, Stack, wait_for
-from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from worker.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
-
-DEAL = Opportunity(
-    name="Harbour View Conference",
-    amount=Decimal("12500.00"),
-    status=Status.OPEN,
-    stage="proposal",
-    close_date=date(2027, 3, 15),
-    description="Three-day venue booking",
-    probability=Decimal("60.00"),
-    owner="alice@example.com",
-    contact=Contact(name="Dana Smith", email="dana@harbour.example", phone="+61400111222"),
-    company="Harbour Events",
-)
-
-
-def schema(vendor: str) -> Any:
-    return importlib.import_module(f"schemas.{vendor}")
-
-
-def held(stack: Stack, vendor: str) -> list[Opportunity]:
-    """Every record the vendor holds, as the canonical value its schema reads."""
-    with stack.sims[vendor].state_lock:
-        records = [json.loads(json.dumps(r)) for r in stack.sims[vendor].records.values()]
-    return [schema(vendor).to_canonical(r, MAPPING) for r in records]
-
-
-def synced(opp: Opportunity, vendor: str) -> dict[str, Any]:
-    fields = schema(vendor).SYNCED_FIELDS
-    return {f: getattr(opp, f) for f in SYNCED_FIELDS if f in fields}
-
-
-def expected(vendor: str, opp: Opportunity = DEAL) -> dict[str, Any]:
-    return synced(schema(vendor).project(opp, MAPPING), vendor)
-
-
-def person_creates(stack: Stack, vendor: str, opp: Opportunity = DEAL) -> str:
-    """A person creates the deal in the vendor's own UI (no oppsync involved)."""
-    sim = stack.sims[vendor]
-    mod = schema(vendor)
-    if vendor == "siro":
-        return str(sim.apply_sync(mod.to_body(opp, MAPPING, key="crm-4711"))[0]["id"])
-    if vendor == "salescaling":
-        return str(sim.write(mod.to_body(opp, MAPPING))["id"])
-    if vendor == "icloudready":
-        return str(sim.store_new(mod.to_body(opp, MAPPING, create=True))["_id"])
-    if vendor == "leadway":
-        contact = opp.contact or Contact()
-        return str(
-            sim.seed(
-                {
-                    "name": opp.name,
-                    "status": opp.status.value if opp.status else "open",
-                    "monetaryValue": float(opp.amount) if opp.amount is not None else None,
-                    "pipelineId": sim.pipeline_id,
-                    "pipelineStageId": MAPPING.stage_id("leadway", opp.stage),
-                    "assignedTo": MAPPING.owner_id("leadway", opp.owner),
-                    "contact": {
-                        "name": contact.name,
-                        "email": contact.email,
-                        "phone": contact.phone,
-                        "companyName": opp.company,
-                    },
-                }
-            )
-        )
-    if vendor == "ivvy":
-        first, _, last = (opp.contact.name or "").partition(" ") if opp.contact else ("", "", "")
-        return str(
-            sim.seed(
-                {
-                    "name": opp.name,
-                    "description": opp.description,
-                    "stageId": int(MAPPING.stage_id("ivvy", opp.stage) or 69),
-                    "closedDate": opp.close_date.isoformat() if opp.close_date else None,
-                    "ownerUserId": int(MAPPING.owner_id("ivvy", opp.owner) or 0) or None,
-                    "contact": {
-                        "firstName": first,
-                        "lastName": last,
-                        "email": opp.contact.email if opp.contact else None,
-                        "phone": opp.contact.phone if opp.contact else None,
-                    },
-                    "company": {"businessName": opp.company},
-                }
-            )
-        )
-    raise AssertionError(vendor)
-
-
-def announce(
-    stack: Stack, vendor: str, vendor_id: str, *, created: bool = True, thin: bool = False
-) -> int:
-    """The vendor tells oppsync: its native webhook where it has one, else its automation
-    (Standard Webhooks). Returns the receiver's answer."""
-    sim = stack.sims[vendor]
-    if vendor == "leadway" and not thin:
-        return int(sim.emit(vendor_id, "OpportunityCreate" if created else "OpportunityUpdate"))
-    if vendor == "ivvy" and not thin:
-        return int(sim.emit(vendor_id, "OpportunityAdded" if created else "OpportunityUpdated"))
-    return int(sim.emit_standard(vendor_id, thin=thin))
-
-
-def others(vendor: str) -> list[str]:
-    return [v for v in VENDORS if v != vendor]
-
-
-def converged(stack: Stack, targets: list[str], opp: Opportunity) -> bool:
-    """Each target holds one record with what ``opp`` looks like in that vendor."""
-    for target in targets:
-        records = held(stack, target)
-        if len(records) != 1 or synced(records[0], target) != expected(target, opp):
-            return False
-    return True
-
-
-def as_held_by(source: str, opp: Opportunity) -> Opportunity:
-    """The deal as the source vendor can hold it: what the others can learn from it."""
-    return schema(source).project(opp, MAPPING)
-
-
-def wait_converged(stack: Stack, targets: list[str], opp: Opportunity) -> None:
-    try:
-        wait_for(lambda: converged(stack, targets, opp), 30, "vendors did not converge")
-    except TimeoutError:
-        report = {t: [synced(o, t) for o in held(stack, t)] for t in targets}
-        wanted = {t: expected(t, opp) for t in targets}
-        raise AssertionError(f"held: {report}\nwanted: {wanted}\n{stack.logs()[-3000:]}") from None
-
-
-def writes(stack: Stack) -> int:
-    """Write requests every simulator has answered so far."""
-    return sum(
-        1
-        for sim in stack.sims.values()
-        for r in sim.log
-        if r.method in ("POST", "PUT", "PATCH", "DELETE")
-        and "getOpportunityList" not in r.query
-        and "List" not in r.query
-        and "/search" not in r.path
-        and "/signin" not in r.path
-    )
 
 
 @pytest.mark.parametrize("source", VENDORS)
@@ -236,11 +103,6 @@ def test_sync_echo_of_our_own_write_goes_no_further(live: Stack) -> None:
     assert writes(live) == before
     events = live_events(live)
     assert [e["outcome"] for e in events[:4]] == ["echo"] * 4
-
-
-def live_events(stack: Stack) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
 
 
 def test_sync_invalid_payload_is_a_dead_letter_and_reaches_no_vendor(live: Stack) -> None:

@@ -1,0 +1,92 @@
+"""Nothing lost, nothing duplicated, under vendor faults injected into the real stack.
+
+For each vendor as the target of a sync, its simulator fails the first writes in one way —
+bursts of 5xx, 429 with Retry-After, a timeout after which it commits anyway, a response lost
+after it committed — and afterwards every vendor must hold exactly one record with the
+deal's values.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.drive import (
+    DEAL,
+    announce,
+    as_held_by,
+    others,
+    person_creates,
+    wait_converged,
+)
+from tests.stack import VENDORS, Stack
+
+pytestmark = pytest.mark.integration
+
+#: Where each vendor's writes go (path fragment, methods), for aiming faults at them.
+WRITES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "siro": ("/sync/opportunities", ("PUT",)),
+    "leadway": ("/opportunities/upsert", ("POST",)),
+    "ivvy": ("addOrUpdateOpportunity", ("POST",)),
+    "salescaling": ("/api/v1/opportunities", ("POST", "PUT")),
+    "icloudready": ("/api/v2/opportunities", ("POST", "PATCH")),
+}
+
+
+def source_for(target: str) -> str:
+    return "salescaling" if target == "siro" else "siro"
+
+
+def aim(stack: Stack, target: str, kind: str, **options: object) -> None:
+    path, methods = WRITES[target]
+    stack.sims[target].faults.add(kind, path_contains=path, methods=methods, **options)
+
+
+def sync_through_fault(stack: Stack, target: str) -> None:
+    source = source_for(target)
+    vendor_id = person_creates(stack, source)
+    assert announce(stack, source, vendor_id) == 202
+    wait_converged(stack, others(source), as_held_by(source, DEAL))
+    assert stack.sims[target].faults.fired, "the fault never fired"
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_burst_of_5xx_is_retried_to_one_record(live: Stack, target: str) -> None:
+    # given the target answers its next three writes with 503
+    aim(live, target, "error", status=503, times=3)
+    # when a deal is synced, then it lands once with the right values
+    sync_through_fault(live, target)
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_429_is_retried_after_the_vendors_retry_after(live: Stack, target: str) -> None:
+    # given the target is rate limited once and asks for 2 s
+    aim(live, target, "error", status=429, retry_after=2, times=1)
+    sync_through_fault(live, target)
+    # then the next write came no sooner than it asked
+    path, methods = WRITES[target]
+    attempts = [r for r in live.sims[target].log if path in r.path + "?" + r.query
+                and r.method in methods]
+    refused = next(i for i, r in enumerate(attempts) if r.status == 429)
+    assert attempts[refused + 1].at - attempts[refused].at >= 2.0
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_timeout_after_commit_creates_no_duplicate(live: Stack, target: str) -> None:
+    # given the target takes longer than our 3 s timeout, then commits anyway
+    aim(live, target, "timeout", delay=4.0, times=1)
+    # then the retry finds the record the first attempt made instead of creating another
+    sync_through_fault(live, target)
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_lost_response_creates_no_duplicate(live: Stack, target: str) -> None:
+    # given the target commits the create and the connection drops before the answer
+    aim(live, target, "lost_response", times=1)
+    sync_through_fault(live, target)
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_reset_before_commit_is_retried(live: Stack, target: str) -> None:
+    # given the connection drops before the target handled the write
+    aim(live, target, "reset", times=2)
+    sync_through_fault(live, target)
