@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 VENDORS = ("siro", "leadway", "ivvy", "salescaling", "icloudready")
 QUEUES = "ingest,push.siro,push.leadway,push.ivvy,push.salescaling,push.icloudready,poll"
+#: Basic auth of the stack's /status and /metrics.
+ADMIN_USER, ADMIN_PASSWORD = "ops", "status-page-password"
 
 
 def whsec(seed: str) -> str:
@@ -73,6 +75,8 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
             "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS": "30",
             "OPPSYNC_RECONCILE_SECONDS": "0",
             "OPPSYNC_INGRESS_RATE_LIMIT": "10000/second",
+            "OPPSYNC_ADMIN_USER": ADMIN_USER,
+            "OPPSYNC_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "SIRO_BASE_URL": sims["siro"].url,
             "SIRO_API_TOKEN": "siro-test-token",
             "LEADWAY_BASE_URL": sims["leadway"].url,

@@ -48,7 +48,14 @@ app.conf.update(
     worker_redirect_stdouts=False,
     worker_soft_shutdown_timeout=float(os.environ.get("OPPSYNC_SOFT_SHUTDOWN_SECONDS", "10")),
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": visibility_timeout},
+    # A killed worker's unacked jobs come back once older than the visibility timeout; the
+    # sweep that looks for them runs every OPPSYNC_UNACKED_SWEEP_SECONDS (kombu's default
+    # is about 100 s).
+    broker_transport_options={
+        "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": int(os.environ.get("OPPSYNC_UNACKED_SWEEP_SECONDS", "10")),
+        "unacked_restore_throttle": 1,
+    },
     task_publish_retry_policy={
         "max_retries": 2,
         "interval_start": 0,

@@ -10,10 +10,23 @@ hold for the current state (so lossy vendors don't flip values), the field is no
 another vendor (mapping ``[ownership]``), and the source's time is not older than the time
 that field was last set (last writer wins). Every vendor whose view of the merged state
 differs from what it holds is a target — the source included, when a rule kept a newer value.
+
+Ordering: ingest holds the record's lock while it merges, so two changes to one deal are never
+applied at once; a change older than the newest seen from its vendor is dropped as stale. A
+push holds the (record, vendor) lock and reads the state when its turn comes; while one push
+waits for its turn, the next ones for that vendor are dropped ("coalesced"): the waiting one
+will carry their changes too, so a burst of edits ends in a few writes.
+
+Echoes: an event is ours when the vendor holds what we last wrote there, or something we
+wrote there earlier that the vendor has not changed since (its record time is not after our
+last write). iVvy names the API key behind a change: ours is dropped before anything else.
+When a record an event carries might predate our last write to that vendor (the times are
+too close to tell), what the vendor holds is "unsure" and it is written again.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +34,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
+from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
 from worker.errors import InvalidPayload, Permanent, Transient
 from worker.runtime import Runtime
@@ -31,6 +45,17 @@ from worker.vendors.base import VendorAdapter
 GONE = "gone"
 #: Retries an unknown record waits for a create in flight in its vendor (our own echo).
 ECHO_PATIENCE = 5
+#: How far a vendor's clock may be ahead of ours: a record time within this of our last write
+#: to that vendor cannot be told apart from that write.
+CLOCK_SKEW = timedelta(seconds=2)
+#: ``written:<v>`` when we cannot tell what the vendor holds: never a fingerprint, so the
+#: vendor is a target and gets the merged state again.
+UNSURE = "unsure"
+#: Two changes to one deal closer than this are a burst; its pushes wait until the deal has
+#: been quiet for ``QUIET``, but no longer than ``SETTLE_MAX``.
+BURST_GAP = timedelta(seconds=1)
+QUIET = timedelta(milliseconds=300)
+SETTLE_MAX = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,9 @@ class Outcome:
     outcome: str  # applied | unchanged | echo | stale | ignored | deleted | late
     targets: tuple[str, ...] = ()
     detail: str = ""
+    #: The record's id in the source vendor, and the fields the event changed (provenance).
+    vendor_id: str | None = None
+    fields: tuple[str, ...] = ()
 
 
 def read_event(envelope: Envelope, adapter: VendorAdapter) -> InboundEvent | None:
@@ -114,30 +142,35 @@ def identify(
 def merge(
     rt: Runtime, record: Record, incoming: Opportunity, source: str, event_time: datetime
 ) -> list[str]:
-    """Apply the source's changed fields to ``record`` in place; returns the fields taken."""
+    """Apply the source's changed fields to ``record`` in place; returns the fields taken.
+
+    Each field's rule is kept in ``record.rules`` and the vendor that set its value in
+    ``record.sources`` (``oppsync show`` prints both).
+    """
     adapter = rt.adapters[source]
     seen_by_source = adapter.project(record.state)
-    ownership = rt.settings.mapping.ownership
     taken: list[str] = []
+    refused: list[str] = []
     changes: dict[str, Any] = {}
     for name in sorted(adapter.synced_fields):
         value = getattr(incoming, name)
         if record.exists and value == getattr(seen_by_source, name):
             continue
-        owner = ownership.get(name)
-        if owner is not None and owner != source and record.exists:
-            record.rules[name] = f"owned by {owner}: {source}'s change ignored"
-            continue
-        set_at = _as_time(record.times.get(name))
-        if set_at is not None and event_time < set_at:
-            record.rules[name] = f"last writer wins: {source}'s older change ignored"
+        rule = _refusal(rt, record, name, source, event_time)
+        if rule is not None:
+            record.rules[name] = rule
+            refused.append(name)
             continue
         changes[name] = value
-        record.times[name] = event_time.isoformat()
-        record.rules[name] = f"last writer wins: {source}" if owner is None else f"owner {owner}"
+        _decided(rt, record, name, source, event_time)
         taken.append(name)
-    if "status" in changes and "stage" not in adapter.synced_fields:
-        changes["stage"] = _stage_agreeing(rt, record.state.stage, changes["status"])
+    # A vendor without stages (or whose stage change was refused) still moves the status:
+    # the stage follows it, so every vendor that has stages can hold the same status.
+    if "status" in changes and ("stage" not in adapter.synced_fields or "stage" in refused):
+        stage = _stage_agreeing(rt, record.state.stage, changes["status"])
+        if stage != record.state.stage:
+            changes["stage"] = stage
+            _decided(rt, record, "stage", source, event_time, rule=f"follows status from {source}")
     if changes or not record.exists:
         record.state = record.state.replace(
             **changes,
@@ -145,6 +178,40 @@ def merge(
             updated_at=max(filter(None, [record.state.updated_at, event_time])),
         )
     return taken
+
+
+def _refusal(
+    rt: Runtime, record: Record, name: str, source: str, event_time: datetime
+) -> str | None:
+    """Why the source may not set this field now (the rule, as shown); None: it may."""
+    owner = rt.settings.mapping.ownership.get(name)
+    if owner is not None and owner != source and record.exists:
+        return f"owned by {owner}: {source}'s change ignored"
+    set_at = _as_time(record.times.get(name))
+    origin = record.sources.get(name, "an earlier change")
+    if set_at is not None and event_time < set_at:
+        return f"last writer wins: {source}'s older change ignored, value from {origin}"
+    if set_at is not None and event_time == set_at and origin in VENDORS and origin > source:
+        # Two vendors, the same instant: a fixed order picks the same winner whichever
+        # event arrives last, so every vendor still ends with one value.
+        return f"last writer wins (a tie, broken by name): value from {origin}"
+    return None
+
+
+def _decided(
+    rt: Runtime,
+    record: Record,
+    name: str,
+    source: str,
+    event_time: datetime,
+    *,
+    rule: str | None = None,
+) -> None:
+    owner = rt.settings.mapping.ownership.get(name)
+    default = f"owned by {owner}: from {source}" if owner else f"last writer wins: from {source}"
+    record.rules[name] = rule or default
+    record.times[name] = event_time.isoformat()
+    record.sources[name] = source
 
 
 def _stage_agreeing(rt: Runtime, stage: str | None, status: Status | None) -> str | None:
@@ -184,13 +251,13 @@ def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
             detail=f"{vendor} says our API key made this change",
         )
     if event.deleted:
-        return apply_delete(rt, vendor, event.vendor_id, envelope)
+        return apply_delete(rt, vendor, event.vendor_id, envelope, at=event.event_time)
     record_data = event.record if event.record is not None else adapter.fetch(event.vendor_id)
     if record_data is None:
         return apply_delete(rt, vendor, event.vendor_id, envelope, detail="record is gone")
     incoming = canonical_of(adapter, record_data)
     if incoming.deleted:
-        return apply_delete(rt, vendor, event.vendor_id, envelope)
+        return apply_delete(rt, vendor, event.vendor_id, envelope, at=incoming.updated_at)
     key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
     with rt.lock(key):
         return _apply(rt, key, vendor, incoming, event, envelope)
@@ -209,8 +276,10 @@ def _apply(
     if record.deleted or record.written.get(vendor) == GONE:
         return Outcome(key, "late", detail="the opportunity was deleted; late event dropped")
     holds = fingerprint(incoming, adapter.synced_fields)
-    if record.written.get(vendor) == holds or rt.store.key_we_wrote(vendor, holds) == key:
-        return Outcome(key, "echo", detail=f"{vendor} holds what we wrote")
+    if _is_echo(rt, record, vendor, holds, incoming.updated_at):
+        # Nothing new from the source; but a redelivered event must still finish what its
+        # first run left undone (a push lost with a killed worker), so plan anyway.
+        return Outcome(key, "echo", plan(rt, record), detail=f"{vendor} holds what we wrote")
     seen = _as_time(record.seen.get(vendor))
     if seen and incoming.updated_at and incoming.updated_at < seen:
         return Outcome(key, "stale", detail=f"older than the last {vendor} change seen")
@@ -218,27 +287,68 @@ def _apply(
         incoming.updated_at or event.event_time or datetime.fromtimestamp(envelope.received_at, UTC)
     )
     taken = merge(rt, record, incoming, vendor, event_time)
+    # A record our later write has replaced is not what the vendor holds: write it again.
+    holds_now = holds if _is_current(record, vendor, incoming.updated_at) else UNSURE
     rt.store.save_state(
         record,
         source=vendor,
         source_seen=incoming.updated_at,
-        source_holds=holds,
-        event=_event_summary(envelope, event, taken),
+        source_holds=holds_now,
+        event=_event_summary(envelope, event, taken, record.last_change),
     )
-    record.written[vendor] = holds
+    record.written[vendor] = holds_now
     targets = plan(rt, record)
     return Outcome(
         key,
         "applied" if taken else "unchanged",
         targets,
         detail=", ".join(taken) or "no field changed",
+        vendor_id=event.vendor_id,
+        fields=tuple(taken),
     )
 
 
+def _last_write(record: Record, vendor: str) -> datetime | None:
+    """When our last write to ``vendor`` was acknowledged (our clock)."""
+    return _as_time((record.provenance.get(vendor) or {}).get("at"))
+
+
+def _is_echo(
+    rt: Runtime, record: Record, vendor: str, holds: str, updated_at: datetime | None
+) -> bool:
+    if record.written.get(vendor) == holds:
+        return True
+    if rt.store.key_we_wrote(vendor, holds) != record.key:
+        return False
+    # We wrote exactly this there once. It is our echo unless the vendor's record changed
+    # after our last write: then a person put an earlier value back, and that is a change.
+    last = _last_write(record, vendor)
+    return updated_at is None or last is None or updated_at <= last + CLOCK_SKEW
+
+
+def _is_current(record: Record, vendor: str, updated_at: datetime | None) -> bool:
+    """Whether a record from ``vendor`` is surely newer than our last write there (else the
+    vendor may hold our write instead, and the event's record is a stale snapshot)."""
+    last = _last_write(record, vendor)
+    return last is None or updated_at is None or updated_at > last + CLOCK_SKEW
+
+
 def apply_delete(
-    rt: Runtime, vendor: str, vendor_id: str, envelope: Envelope, *, detail: str = ""
+    rt: Runtime,
+    vendor: str,
+    vendor_id: str,
+    envelope: Envelope,
+    *,
+    detail: str = "",
+    at: datetime | None = None,
 ) -> Outcome:
-    """A record deleted in ``vendor``: act on the others by that vendor's delete policy."""
+    """A record deleted in ``vendor``: act on the others by that vendor's delete policy.
+
+    ``delete`` leaves a tombstone: every later event about the deal is dropped as late.
+    ``mark-lost`` sets the status (and a lost stage) as a change made at the delete's time,
+    so an older change cannot reopen it. Either way the deleted vendor is never written
+    again, so no late event can bring the record back there.
+    """
     key = rt.store.key_for(vendor, vendor_id)
     if key is None:
         return Outcome(None, "ignored", detail="deleted record was never synced")
@@ -247,25 +357,43 @@ def apply_delete(
         record = rt.store.load(key)
         if record.deleted or record.written.get(vendor) == GONE:
             return Outcome(key, "unchanged", detail="delete already applied")
-        event_time = datetime.fromtimestamp(envelope.received_at, UTC)
+        event_time = at or datetime.fromtimestamp(envelope.received_at, UTC)
         if policy == "delete":
             record.deleted = True
             record.state = record.state.replace(deleted=True)
         elif policy == "mark-lost":
-            record.state = record.state.replace(status=Status.LOST, stage=None)
-            record.times["status"] = record.times["stage"] = event_time.isoformat()
-            record.rules["status"] = f"deleted in {vendor}: marked lost"
+            _mark_lost(rt, record, vendor, event_time)
         event = InboundEvent(vendor_id=vendor_id, deleted=True)
         rt.store.save_state(
             record,
             source=vendor,
             source_seen=None,
             source_holds=GONE,
-            event=_event_summary(envelope, event, ["deleted"]),
+            event=_event_summary(envelope, event, ["deleted"], record.last_change),
         )
         record.written[vendor] = GONE
     targets = () if policy == "ignore" else _delete_targets(rt, record)
-    return Outcome(key, "deleted", targets, detail=detail or f"policy {policy}")
+    return Outcome(
+        key,
+        "deleted",
+        targets,
+        detail=detail or f"policy {policy}",
+        vendor_id=vendor_id,
+        fields=("deleted",),
+    )
+
+
+def _mark_lost(rt: Runtime, record: Record, vendor: str, event_time: datetime) -> None:
+    set_at = _as_time(record.times.get("status"))
+    if set_at is not None and event_time < set_at:
+        origin = record.sources.get("status", "an earlier change")
+        record.rules["status"] = f"deleted in {vendor}, but status set later by {origin}"
+        return
+    stage = _stage_agreeing(rt, record.state.stage, Status.LOST)
+    record.state = record.state.replace(status=Status.LOST, stage=stage)
+    rule = f"deleted in {vendor}: marked lost"
+    for name in ("status", "stage"):
+        _decided(rt, record, name, vendor, event_time, rule=rule)
 
 
 def _delete_targets(rt: Runtime, record: Record) -> tuple[str, ...]:
@@ -276,7 +404,11 @@ def _delete_targets(rt: Runtime, record: Record) -> tuple[str, ...]:
     return plan(rt, record)
 
 
-def _event_summary(envelope: Envelope, event: InboundEvent, taken: list[str]) -> dict[str, Any]:
+def _event_summary(
+    envelope: Envelope, event: InboundEvent, taken: list[str], previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The event as kept with the state (``last_event``; ``last_change`` when it changed
+    something). ``applied_at`` and ``after`` (the change before it) let pushes see a burst."""
     return {
         "vendor": envelope.vendor,
         "vendor_id": event.vendor_id,
@@ -285,49 +417,99 @@ def _event_summary(envelope: Envelope, event: InboundEvent, taken: list[str]) ->
         "correlation_id": envelope.correlation_id,
         "received_at": envelope.received_at,
         "fields": taken,
+        "applied_at": time.time(),
+        "after": (previous or {}).get("applied_at"),
     }
 
 
 def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
     """Make ``vendor`` hold the current state of ``key``; returns what was done.
 
-    Reads the state at push time, so a burst of changes coalesces into the latest one.
+    Reads the state when its turn comes, so a burst of changes coalesces into the latest
+    one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
     A create whose answer was lost leaves an intent: the next attempt looks the record up
     in the vendor before creating again.
     """
+    if not rt.store.claim_push(key, vendor):
+        return "coalesced"
+    turn = False
+    try:
+        with rt.lock(key, vendor):
+            turn = True
+            _settle(rt, key)
+            # From here on a newer change needs a push of its own: we may read before it.
+            rt.store.release_push(key, vendor)
+            return _push_now(rt, key, vendor, cause)
+    finally:
+        if not turn:  # the lock stayed busy: this push is retried later and reads then
+            rt.store.release_push(key, vendor)
+
+
+def _settle(rt: Runtime, key: str) -> None:
+    """While the deal is changing in a burst (its last two changes less than ``BURST_GAP``
+    apart), wait until it has been quiet for ``QUIET`` (at most ``SETTLE_MAX``): the changes
+    that arrive meanwhile coalesce into this push. A lone change is pushed at once."""
+    deadline = time.monotonic() + SETTLE_MAX.total_seconds()
+    while True:
+        change = rt.store.last_change(key) or {}
+        applied, after = change.get("applied_at"), change.get("after")
+        if applied is None or after is None or applied - after > BURST_GAP.total_seconds():
+            return
+        wait = min(applied + QUIET.total_seconds() - time.time(), deadline - time.monotonic())
+        if wait <= 0:
+            return
+        time.sleep(wait)
+
+
+def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
     adapter = rt.adapters[vendor]
-    with rt.lock(key, vendor):
-        record = rt.store.load(key)
-        if record.written.get(vendor) == GONE:
-            return "skipped"
-        if record.deleted:
-            return _push_delete(rt, record, vendor, cause)
-        target = adapter.project(record.state)
-        wanted = fingerprint(target, adapter.synced_fields)
-        if record.written.get(vendor) == wanted:
-            return "unchanged"
-        vendor_id = record.ids.get(vendor)
-        if vendor_id is None and vendor in record.intents:
-            since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
-            vendor_id = adapter.find_existing(record.state, key=key, since=since)
-        if vendor_id is None:
-            rt.store.start_intent(key, vendor)
-        result = adapter.upsert(
-            record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
-        )
-        rt.store.record_write(
-            key,
-            vendor,
-            vendor_id=result.vendor_id,
-            fingerprint=wanted,
-            extra=result.extra,
-            provenance={
-                **cause,
-                "at": datetime.now(UTC).isoformat(),
-                "action": "created" if result.created else "updated",
-            },
-        )
-        return "created" if result.created else "updated"
+    record = rt.store.load(key)
+    if record.written.get(vendor) == GONE:
+        return "skipped"
+    if record.deleted:
+        return _push_delete(rt, record, vendor, cause)
+    target = adapter.project(record.state)
+    wanted = fingerprint(target, adapter.synced_fields)
+    if record.written.get(vendor) == wanted:
+        return "unchanged"
+    vendor_id = record.ids.get(vendor)
+    if vendor_id is None and vendor in record.intents:
+        since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
+        vendor_id = adapter.find_existing(record.state, key=key, since=since)
+    if vendor_id is None:
+        rt.store.start_intent(key, vendor)
+    result = adapter.upsert(
+        record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
+    )
+    action = "created" if result.created else "updated"
+    provenance = _provenance(record, cause, action, result.vendor_id)
+    rt.store.record_write(
+        key,
+        vendor,
+        vendor_id=result.vendor_id,
+        fingerprint=wanted,
+        extra=result.extra,
+        provenance=provenance,
+    )
+    rt.store.note_write(key, vendor, provenance)
+    return action
+
+
+def _provenance(
+    record: Record, cause: dict[str, Any], action: str, vendor_id: str | None
+) -> dict[str, Any]:
+    """What one write was: when, what, and the event that caused it. When the write also
+    carries a later change (coalesced pushes), that change is named as well."""
+    entry: dict[str, Any] = {
+        **cause,
+        "at": datetime.now(UTC).isoformat(),
+        "action": action,
+        "target_id": vendor_id,
+    }
+    change = record.last_change
+    if change and change.get("delivery") != cause.get("delivery"):
+        entry["carries"] = {k: change.get(k) for k in ("vendor", "vendor_id", "delivery", "fields")}
+    return entry
 
 
 def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
@@ -336,17 +518,21 @@ def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]
     if vendor_id is None:
         rt.store.mark_written(record.key, vendor, GONE)
         return "skipped"
+    action = "deleted"
     try:
         adapter.delete(vendor_id)
     except Permanent as exc:
         if exc.reason != "unsupported":
             raise
         # The vendor cannot delete (iVvy has no delete action): the nearest is "lost".
+        lost = record.state.replace(status=Status.LOST, deleted=False)
         adapter.upsert(
-            record.state.replace(status=Status.LOST, stage=None, deleted=False),
+            lost.replace(stage=_stage_agreeing(rt, lost.stage, Status.LOST)),
             key=record.key,
             vendor_id=vendor_id,
             extra=record.extra.get(vendor, {}),
         )
+        action = "marked lost (cannot delete)"
     rt.store.mark_written(record.key, vendor, GONE)
+    rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
     return "deleted"

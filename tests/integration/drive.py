@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -54,7 +55,7 @@ def person_creates(stack: Stack, vendor: str, opp: Opportunity = DEAL) -> str:
     sim = stack.sims[vendor]
     mod = schema(vendor)
     if vendor == "siro":
-        return str(sim.apply_sync(mod.to_body(opp, MAPPING, key="crm-4711"))[0]["id"])
+        return str(sim.apply_sync(mod.to_body(opp, MAPPING, key=f"crm-{uuid.uuid4().hex[:8]}"))[0]["id"])
     if vendor == "salescaling":
         return str(sim.write(mod.to_body(opp, MAPPING))["id"])
     if vendor == "icloudready":

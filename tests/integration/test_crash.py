@@ -1,0 +1,109 @@
+"""Crash safety: a worker killed mid-push, and Redis stopped and restarted during ingest.
+
+These run on a stack of their own: Redis with an append-only file (as production should run
+it), a short broker visibility timeout so a killed worker's job comes back within seconds,
+and retry delays kept shorter than that timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.drive import DEAL, held, person_creates
+from tests.simulators.base import sign_standard_webhook
+from tests.stack import Stack, start_stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+TARGETS = ("leadway", "ivvy", "salescaling", "icloudready")
+
+
+@pytest.fixture(scope="module")
+def crash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(
+        Path(tmp_path_factory.mktemp("crash")),
+        appendonly=True,
+        OPPSYNC_VISIBILITY_TIMEOUT_SECONDS="6",
+        OPPSYNC_RETRY_MAX_SECONDS="2",
+        OPPSYNC_RETRY_BASE_SECONDS="0.2",
+        OPPSYNC_UNACKED_SWEEP_SECONDS="1",
+    )
+    yield stack
+    stack.stop()
+
+
+def names_held(stack: Stack, vendor: str) -> list[str]:
+    return sorted(str(o.name) for o in held(stack, vendor))
+
+
+def test_crash_sigkill_mid_push_loses_and_duplicates_nothing(crash_stack: Stack) -> None:
+    stack = crash_stack
+    slow = stack.sims["icloudready"]
+    # given iCloudReady answers slowly, so a push to it is in flight for seconds
+    slow.latency = 2.0
+    vendor_id = person_creates(stack, "siro", DEAL.replace(name="Killed Mid Push"))
+    assert stack.sims["siro"].emit_standard(vendor_id) == 202
+    # when the fast vendors are written and the worker is killed while iCloudReady's push
+    # is still waiting for its answer
+    wait_for(lambda: all(names_held(stack, v) == ["Killed Mid Push"]
+                         for v in ("leadway", "ivvy", "salescaling")), 30, "fast pushes")
+    stack.kill_worker(stack.workers[0], signal.SIGKILL)
+    slow.latency = 0.0
+    stack.start_worker()
+    # then the job comes back (late ack) and iCloudReady ends with exactly one record
+    wait_for(lambda: names_held(stack, "icloudready") == ["Killed Mid Push"], 120,
+             "the killed push was not redone")
+    time.sleep(2)  # anything still queued would show up as a second record
+    for vendor in TARGETS:
+        assert names_held(stack, vendor) == ["Killed Mid Push"], vendor
+
+
+def _deliver(url: str, secret: str, record: dict[str, object]) -> int:
+    body = json.dumps(record).encode()
+    try:
+        return httpx.post(url, content=body, headers=sign_standard_webhook(secret, body),
+                          timeout=10).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
+    crash_stack: Stack,
+) -> None:
+    stack = crash_stack
+    siro = stack.sims["siro"]
+    url = f"{stack.web_url}/webhooks/siro"
+    ids = [person_creates(stack, "siro", DEAL.replace(name=f"Restart Deal {n:02}"))
+           for n in range(30)]
+    answers: dict[str, int] = {}
+
+    def send_all() -> None:
+        for vendor_id in ids:
+            answers[vendor_id] = _deliver(url, siro.webhook_secret, dict(siro.records[vendor_id]))
+            time.sleep(0.05)
+
+    # given a stream of deliveries, when Redis stops for two seconds in the middle of it
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    wait_for(lambda: len(answers) >= 8, 30, "deliveries did not start")
+    stack.restart_redis(down_for=2.0)
+    sender.join(timeout=120)
+    # then some deliveries were refused, none of them with a 2xx
+    refused = [i for i, status in answers.items() if status not in (200, 202)]
+    assert refused, "Redis was down but every delivery was accepted"
+    assert all(answers[i] == 503 for i in refused if answers[i] != 0)
+    # and when the vendor redelivers what was refused, every deal lands exactly once
+    for vendor_id in refused:
+        assert _deliver(url, siro.webhook_secret, dict(siro.records[vendor_id])) == 202
+    expected = sorted(f"Restart Deal {n:02}" for n in range(30))
+    for vendor in TARGETS:
+        wait_for(lambda v=vendor: [n for n in names_held(stack, v) if n.startswith("Restart")]
+                 == expected, 120, f"{vendor} did not get every deal exactly once")
