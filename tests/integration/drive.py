@@ -55,7 +55,8 @@ def person_creates(stack: Stack, vendor: str, opp: Opportunity = DEAL) -> str:
     sim = stack.sims[vendor]
     mod = schema(vendor)
     if vendor == "siro":
-        return str(sim.apply_sync(mod.to_body(opp, MAPPING, key=f"crm-{uuid.uuid4().hex[:8]}"))[0]["id"])
+        crm_id = f"crm-{uuid.uuid4().hex[:8]}"  # the customer's CRM id, not our key
+        return str(sim.apply_sync(mod.to_body(opp, MAPPING, key=crm_id))[0]["id"])
     if vendor == "salescaling":
         return str(sim.write(mod.to_body(opp, MAPPING))["id"])
     if vendor == "icloudready":
