@@ -13,7 +13,9 @@ from collections.abc import Mapping as EnvMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from limits import parse_many
 from marshmallow import ValidationError
 
 from schemas.mapping import VENDORS, Mapping, parse_mapping
@@ -97,7 +99,12 @@ class Settings:
     dedup_ttl_seconds: int = 72 * 3600
     admin_user: str | None = None
     admin_password: str | None = None
-    ingress_rate_limit: str = "50/second"
+    ingress_rate_limit: str = "300/second"
+    quota_margin_seconds: float = 0.25
+    #: Webhooks per vendor route from all clients together (``limits`` notation).
+    ingress_vendor_rate_limit: str = "3000/second"
+    #: Proxies in front of the web process whose ``X-Forwarded-For`` is believed.
+    trusted_proxies: int = 0
     log_level: str = "INFO"
 
     def enabled(self, vendor: str) -> bool:
@@ -107,6 +114,10 @@ class Settings:
         values = [s for v in self.vendor.values() for s in v.secret_values()]
         if self.admin_password:
             values.append(self.admin_password)
+        # A managed Redis URL carries its password (redis://:password@host).
+        redis_password = urlsplit(self.redis_url).password
+        if redis_password:
+            values.append(unquote(redis_password))
         return values
 
 
@@ -118,6 +129,16 @@ def _number(env: EnvMapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _rate_limit(env: EnvMapping[str, str], name: str, default: str) -> str:
+    """A rate in the ``limits`` notation (``300/second;10000/minute``), checked at startup."""
+    raw = env.get(name) or default
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} is not a rate like '300/second', got {raw!r}") from None
+    return raw
 
 
 def _split(raw: str | None) -> tuple[str, ...]:
@@ -178,6 +199,10 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
                         f"{variable} is required when {vendor} is enabled "
                         f"(OPPSYNC_VENDORS={','.join(vendors)})"
                     )
+    if bool(env.get("OPPSYNC_ADMIN_USER")) != bool(env.get("OPPSYNC_ADMIN_PASSWORD")):
+        raise ConfigError(
+            "OPPSYNC_ADMIN_USER and OPPSYNC_ADMIN_PASSWORD go together: set both or neither"
+        )
     mapping_path = env.get("OPPSYNC_MAPPING") or None
     return Settings(
         redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
@@ -193,7 +218,12 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
         signature_tolerance_seconds=int(_number(env, "OPPSYNC_SIGNATURE_TOLERANCE_SECONDS", 300)),
         admin_user=env.get("OPPSYNC_ADMIN_USER") or None,
         admin_password=env.get("OPPSYNC_ADMIN_PASSWORD") or None,
-        ingress_rate_limit=env.get("OPPSYNC_INGRESS_RATE_LIMIT") or "50/second",
+        ingress_rate_limit=_rate_limit(env, "OPPSYNC_INGRESS_RATE_LIMIT", "300/second"),
+        quota_margin_seconds=_number(env, "OPPSYNC_QUOTA_MARGIN_SECONDS", 0.25),
+        ingress_vendor_rate_limit=_rate_limit(
+            env, "OPPSYNC_INGRESS_VENDOR_RATE_LIMIT", "3000/second"
+        ),
+        trusted_proxies=int(_number(env, "OPPSYNC_TRUSTED_PROXIES", 0)),
         log_level=env.get("OPPSYNC_LOG_LEVEL") or "INFO",
     )
 

@@ -1,0 +1,63 @@
+"""The shared vendor quota, on a real Redis: never more than the limit in any window."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+from worker.embedded_redis import EmbeddedRedis
+from worker.errors import RateLimited
+from worker.ratelimit import VendorQuota
+
+
+def test_quota_allows_the_limit_then_waits_for_the_window(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-a", "5/1 second", margin=0.1)
+    assert [quota.try_acquire() for _ in range(5)] == [0.0] * 5
+    wait = quota.try_acquire()
+    assert 0.9 < wait <= 1.11
+
+
+def test_quota_is_shared_across_clients_and_threads(redis_server: EmbeddedRedis) -> None:
+    # given two "processes" (clients) drawing 20 requests each from a 10/1 s quota
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def draw(n: int) -> None:
+        quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-b", "10/1 second",
+                            margin=0.05)
+        for _ in range(n):
+            quota.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=draw, args=(20,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then no one-second window ever held more than ten of them
+    stamps.sort()
+    assert len(stamps) == 40
+    assert all(stamps[i + 10] - stamps[i] >= 1.0 for i in range(len(stamps) - 10))
+
+
+def test_quota_raises_rate_limited_past_max_wait(redis_server: EmbeddedRedis) -> None:
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-c", "1/minute",
+                        max_wait=0.2)
+    quota.acquire()
+    try:
+        quota.acquire()
+    except RateLimited as exc:
+        assert exc.retry_after and exc.retry_after > 50
+    else:
+        raise AssertionError("the second request in a minute was allowed")
+
+
+def test_quota_applies_every_limit(redis_server: EmbeddedRedis) -> None:
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-d",
+                        "100/second;3/hour")
+    assert [quota.try_acquire() for _ in range(3)] == [0.0] * 3
+    assert quota.try_acquire() > 3000
