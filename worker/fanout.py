@@ -16,13 +16,17 @@ from typing import Any
 
 import structlog
 
-from worker import metrics, pipeline
+from worker import breaker, metrics, pipeline, vendorhealth
 from worker.deadletters import DeadLetters
+from worker.errors import Transient
 from worker.logs import log
 from worker.retry import decide
 from worker.runtime import Runtime
 
 _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oppsync-push")
+
+#: Transient reasons that are our own waiting, not the vendor failing (breaker ignores them).
+OUR_OWN_WAITS = frozenset({"busy", "own_quota", "create_in_flight"})
 
 RetryScheduler = Callable[[str, str, dict[str, Any], float, int, float], None]
 
@@ -67,13 +71,21 @@ def _attempt(
     first_attempt_at: float,
     schedule_retry: RetryScheduler,
 ) -> PushResult:
+    if attempt == 1 and (wait := breaker.open_for(rt.redis, vendor)) > 0:
+        # The vendor keeps failing: don't hold this worker on it, queue the push for later.
+        schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, wait)
+        return PushResult(vendor, "retrying", "circuit open")
     try:
         outcome = pipeline.push(rt, key, vendor, cause=cause)
     except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
         verdict = decide(
             error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
         )
+        vendorhealth.record_push(rt.redis, vendor, error=error)  # for the status page
         if verdict.retry:
+            if (isinstance(error, Transient) and error.reason not in OUR_OWN_WAITS
+                    and breaker.record_failure(rt.redis, vendor)):
+                log.warning("breaker.open", vendor=vendor, seconds=breaker.OPEN_SECONDS)
             metrics.count(rt.redis, "oppsync_retries_total", vendor=vendor)
             metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome="retrying")
             schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, verdict.delay)
@@ -105,6 +117,8 @@ def _attempt(
         )
         return PushResult(vendor, "dead", verdict.reason)
     metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome=outcome)
+    vendorhealth.record_push(rt.redis, vendor, outcome=outcome)
+    breaker.record_success(rt.redis, vendor)
     log.info("push.done", key=key, vendor=vendor, outcome=outcome, attempt=attempt)
     return PushResult(vendor, outcome)
 

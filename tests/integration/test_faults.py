@@ -14,11 +14,12 @@ from tests.integration.drive import (
     DEAL,
     announce,
     as_held_by,
+    held,
     others,
     person_creates,
     wait_converged,
 )
-from tests.stack import VENDORS, Stack
+from tests.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +91,21 @@ def test_fault_reset_before_commit_is_retried(live: Stack, target: str) -> None:
     # given the connection drops before the target handled the write
     aim(live, target, "reset", times=2)
     sync_through_fault(live, target)
+
+
+def test_fault_vendor_down_delays_no_other_vendor(live: Stack) -> None:
+    # given iCloudReady refuses every write for now
+    aim(live, "icloudready", "error", status=503, times=10_000)
+    names = [f"Outage Deal {n}" for n in range(8)]
+    for name in names:
+        vendor_id = person_creates(live, "siro", DEAL.replace(name=name))
+        assert announce(live, "siro", vendor_id) == 202
+    # then the other vendors get every deal while it is down
+    for vendor in ("leadway", "ivvy", "salescaling"):
+        wait_for(lambda v=vendor: sorted(str(o.name) for o in held(live, v)) == names, 60,
+                 f"{vendor} waited for the vendor that is down")
+    assert held(live, "icloudready") == []
+    # and when it comes back, it gets each deal exactly once
+    live.sims["icloudready"].faults.clear()
+    wait_for(lambda: sorted(str(o.name) for o in held(live, "icloudready")) == names, 90,
+             "iCloudReady did not catch up")
