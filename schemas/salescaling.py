@@ -171,7 +171,7 @@ def to_body(opp: Opportunity, mapping: Mapping) -> dict[str, Any]:
     }
 
 
-def parse_event(payload: dict[str, Any]) -> InboundEvent | None:
+def parse_native(payload: dict[str, Any]) -> InboundEvent | None:
     """A Standard Webhooks delivery from the customer's automation: the record (bare or in
     the API's ``{"statusCode", "data"}`` envelope) or ``{"id": ...}``. Salescaling's own
     meeting/note events are not about opportunities: ``None``. Raises ``ValidationError``."""

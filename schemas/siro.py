@@ -234,7 +234,7 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     )
 
 
-def parse_event(payload: dict[str, Any]) -> InboundEvent | None:
+def parse_native(payload: dict[str, Any]) -> InboundEvent | None:
     """An event about a SIRO opportunity: SIRO's own webhooks are only about recordings
     (VENDORS.md §1.7) and are ignored; a customer's automation sends the record or
     ``{"id": …}`` (Standard Webhooks). Raises ``ValidationError``."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from web import health, receiver
+from web import health, limits, metrics, openapi, receiver, status
 from web.sns import SnsVerifier
 from worker.logs import configure as configure_logs
 from worker.runtime import Runtime, build_runtime
@@ -32,11 +33,23 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.register_blueprint(receiver.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(openapi.bp)
+    limits.install(app, settings)
+
+    @app.before_request
+    def fresh_log_context() -> None:
+        # Server threads are reused: without this, one request's correlation id would be
+        # logged with the next request handled by the same thread.
+        structlog.contextvars.clear_contextvars()
 
     @app.errorhandler(HTTPException)
     def http_problem(exc: HTTPException) -> Any:
         # Every error body is JSON with a human sentence (413 from MAX_CONTENT_LENGTH too).
         reason = (exc.name or "error").lower().replace(" ", "_")
-        return receiver.problem(exc.code or 500, exc.description or exc.name, reason)
+        # Keep the headers the error carries (405's Allow, for one).
+        carried = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return receiver.problem(exc.code or 500, exc.description or exc.name, reason, carried)
 
     return app

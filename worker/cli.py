@@ -34,6 +34,21 @@ def run(sandbox: bool, port: int) -> None:
 
 
 @main.command()
+@click.option("--port", default=8000, show_default=True, help="Port of the web receiver.")
+@click.option(
+    "--exit-when-converged",
+    is_flag=True,
+    help="Stop everything once every vendor holds every sample deal (for scripts and CI).",
+)
+def demo(port: int, exit_when_converged: bool) -> None:
+    """Run the stack on five simulated vendors, send a sample deal from each, and show a live
+    table of every deal in every vendor until they agree; then keep running until Ctrl-C."""
+    from worker.demo import demo as run_demo
+
+    sys.exit(run_demo(port=port, exit_when_converged=exit_when_converged))
+
+
+@main.command()
 @click.argument("ref")
 def show(ref: str) -> None:
     """Show one opportunity in every vendor: REF is a canonical key or VENDOR:ID."""
@@ -126,6 +141,90 @@ def config_check() -> None:
     sys.exit(0 if ok else 1)
 
 
+@main.command()
+@click.option("--vendor", type=click.Choice(VENDORS), help="Compare and repair this vendor only.")
+def reconcile(vendor: str | None) -> None:
+    """Compare every linked opportunity with what each vendor really holds, and repair drift
+    (a missed webhook, a manual edit); prints what it changed. Exit status 1 on errors."""
+    from worker.reconcile import Reconciler, exclusive
+    from worker.tasks import ingest_now, push_now
+
+    rt = _interactive_runtime()
+    if vendor and not rt.settings.enabled(vendor):
+        raise click.ClickException(f"{vendor} is not enabled (OPPSYNC_VENDORS)")
+    with exclusive(rt) as keep_alive:
+        if keep_alive is None:
+            raise click.ClickException("a reconciliation is already running; try again later")
+        reconciler = Reconciler(
+            rt, feed=ingest_now, push=push_now, vendor=vendor, keep_alive=keep_alive
+        )
+        with _progress() as progress:
+            listing = progress.add_task("Listing", total=len(reconciler.vendors))
+            for name in reconciler.vendors:
+                progress.update(listing, description=f"Listing {name}")
+                reconciler.list_vendor(name)
+                progress.advance(listing)
+            keys = reconciler.keys()
+            comparing = progress.add_task("Comparing", total=len(keys))
+            for key in keys:
+                reconciler.reconcile(key)
+                progress.advance(comparing)
+    click.echo(reconciler.report.summary())
+    sys.exit(1 if reconciler.report.errors else 0)
+
+
+@main.command()
+@click.option(
+    "--from", "source", type=click.Choice(VENDORS), required=True, help="The vendor to link from."
+)
+@click.option("--dry-run", is_flag=True, help="Decide and print, change nothing.")
+def backfill(source: str, dry_run: bool) -> None:
+    """Link the opportunities that already exist in one vendor to the others: records of the
+    same deal (name, and contact where both hold one) are linked before anything is created."""
+    from worker.backfill import Backfill
+    from worker.tasks import enqueue_ingest, push_now
+
+    rt = _interactive_runtime()
+    if not rt.settings.enabled(source):
+        raise click.ClickException(f"{source} is not enabled (OPPSYNC_VENDORS)")
+    run = Backfill(rt, source, push=push_now, enqueue=enqueue_ingest, dry_run=dry_run)
+    with _progress() as progress:
+        listing = progress.add_task("Listing", total=len(run.vendors))
+        for name in run.vendors:
+            progress.update(listing, description=f"Listing {name}")
+            run.list_vendor(name)
+            progress.advance(listing)
+        linking = progress.add_task("Deciding" if dry_run else "Linking", total=len(run.records))
+        for record in run.records:
+            run.apply(run.decide(record))
+            progress.advance(linking)
+    click.echo(run.report.summary())
+
+
+def _progress() -> Any:
+    """A progress display on stderr (stdout keeps the summary)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def _interactive_runtime() -> Any:
+    """The runtime, with info logs held back so they do not break the progress display."""
+    from worker.logs import configure
+
+    rt = _runtime()
+    level = rt.settings.log_level
+    configure(rt.settings.secret_values(), "WARNING" if level in ("INFO", "DEBUG") else level)
+    return rt
+
+
 def _runtime() -> Any:
     from worker.runtime import get_runtime
 
@@ -133,3 +232,7 @@ def _runtime() -> Any:
         return get_runtime()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":  # ``python -m worker.cli``: the same commands without the script
+    main()

@@ -102,6 +102,7 @@ class VendorQuota:
         for key, (window_ms, amount) in zip(self.keys, self.limits, strict=True):
             now_ms = int(time.time() * 1000)
             used = self.script.registered_client.zcount(  # type: ignore[union-attr]
-                key, now_ms - window_ms - self.margin_ms, "+inf")
-            rows.append((f"{amount}/{window_ms // 1000}s", int(used), amount))
+                key, now_ms - window_ms - self.margin_ms, "+inf"
+            )
+            rows.append((f"{amount}/{window_ms // 1000}s", int(used), amount))  # type: ignore[arg-type]
         return rows

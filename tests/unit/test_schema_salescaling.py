@@ -284,26 +284,26 @@ def test_project_truncates_a_datetime_close_date() -> None:
 # -- events (Standard Webhooks from the customer's automation) -------------------------------
 
 
-def test_parse_event_reads_thin_fat_and_enveloped_payloads() -> None:
+def test_parse_native_reads_thin_fat_and_enveloped_payloads() -> None:
     # given the three shapes an automation may send
     # when / then each names the record, and the fat ones carry it
-    thin = salescaling.parse_event({"id": DOC_RECORD["id"]})
+    thin = salescaling.parse_native({"id": DOC_RECORD["id"]})
     assert thin is not None and thin.vendor_id == DOC_RECORD["id"] and thin.record is None
-    fat = salescaling.parse_event(DOC_RECORD)
+    fat = salescaling.parse_native(DOC_RECORD)
     assert fat is not None and fat.record == DOC_RECORD
     assert fat.event_time == datetime(2024, 1, 15, 10, tzinfo=UTC)
-    wrapped = salescaling.parse_event(
+    wrapped = salescaling.parse_native(
         {"statusCode": 200, "count": 1, "error": None, "data": DOC_RECORD}
     )
     assert wrapped is not None and wrapped.record == DOC_RECORD
 
 
-def test_parse_event_ignores_meeting_events_and_refuses_garbage() -> None:
+def test_parse_native_ignores_meeting_events_and_refuses_garbage() -> None:
     # given a native meeting event and a payload that is neither record nor id
     # when / then the meeting event is ignored and the other is invalid
-    assert salescaling.parse_event({"meetingId": "m1", "status": "meeting_created"}) is None
+    assert salescaling.parse_native({"meetingId": "m1", "status": "meeting_created"}) is None
     with pytest.raises(ValidationError) as caught:
-        salescaling.parse_event({"name": "no id"})
+        salescaling.parse_native({"name": "no id"})
     assert "id" in caught.value.messages
 
 

@@ -211,11 +211,11 @@ def test_record_id_and_key_of_read_siro_and_our_ids() -> None:
         siro.record_id({"id": ""})
 
 
-def test_parse_event_reads_fat_thin_and_ignores_recording_events() -> None:
+def test_parse_native_reads_fat_thin_and_ignores_recording_events() -> None:
     # given a fat record, a thin id and one of SIRO's recording webhooks
-    fat = siro.parse_event(a_record(deletedAt="2024-04-01T00:00:00Z"))
-    thin = siro.parse_event({"id": 7})
-    recording = siro.parse_event({"eventType": "integrations.recordingLinked", "recordingId": "r"})
+    fat = siro.parse_native(a_record(deletedAt="2024-04-01T00:00:00Z"))
+    thin = siro.parse_native({"id": 7})
+    recording = siro.parse_native({"eventType": "integrations.recordingLinked", "recordingId": "r"})
     # then the record is carried, the thin one must be fetched, recordings are not ours
     assert fat is not None and fat.record is not None and fat.deleted
     assert fat.vendor_id == "6f1c1f5e-0d7e-4c47-9a53-3b1f0b6b8a11"

@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import ModuleType
 from typing import Any, Protocol
 
+from marshmallow import ValidationError
+
 from schemas.envelope import InboundEvent
+from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
+from worker.errors import InvalidPayload
 
 
 @dataclass(frozen=True)
@@ -74,3 +79,53 @@ class VendorAdapter(Protocol):
     def probe(self) -> str:
         """One harmless read; returns a plain sentence about what worked."""
         ...
+
+
+def invalid_payload(vendor: str, what: str, exc: ValidationError) -> InvalidPayload:
+    """A schema's refusal as the dead-letterable error naming each bad field."""
+    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    return InvalidPayload(f"{vendor} {what} is invalid: {', '.join(map(str, messages))}",
+                          fields=messages)  # fmt: skip
+
+
+class SchemaTranslation:
+    """The pure half every adapter shares: its ``schemas/<vendor>.py`` module, with
+    validation errors turned into ``InvalidPayload``. A schema module provides
+    ``record_id``, ``to_canonical``, ``project`` and, where the vendor has them,
+    ``key_of`` (our key stored on the record) and ``parse_native`` (its own webhooks)."""
+
+    name: str
+    schema: ModuleType
+    synced_fields: frozenset[str]
+    mapping: Mapping
+
+    def record_id(self, record: dict[str, Any]) -> str:
+        try:
+            return str(self.schema.record_id(record))
+        except ValidationError as exc:
+            raise invalid_payload(self.name, "record id", exc) from None
+
+    def key_of(self, record: dict[str, Any]) -> str | None:
+        key_of = getattr(self.schema, "key_of", None)
+        return key_of(record) if key_of is not None else None
+
+    def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
+        parse = getattr(self.schema, "parse_native", None)
+        if parse is None:
+            return None
+        try:
+            event: InboundEvent | None = parse(payload)
+        except ValidationError as exc:
+            raise invalid_payload(self.name, "event", exc) from None
+        return event
+
+    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
+        try:
+            opp: Opportunity = self.schema.to_canonical(record, self.mapping)
+        except ValidationError as exc:
+            raise invalid_payload(self.name, "record", exc) from None
+        return opp
+
+    def project(self, opp: Opportunity) -> Opportunity:
+        projected: Opportunity = self.schema.project(opp, self.mapping)
+        return projected

@@ -23,9 +23,9 @@ from schemas import icloudready as icr
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
-from worker.errors import InvalidPayload, OutcomeUnknown, Permanent
+from worker.errors import OutcomeUnknown, Permanent
 from worker.settings import VendorSettings
-from worker.vendors.base import UpsertResult
+from worker.vendors.base import SchemaTranslation, UpsertResult, invalid_payload
 from worker.vendors.http import VendorHTTP
 
 API = "/api/v2"
@@ -119,8 +119,9 @@ def _token_in(response: httpx.Response) -> str:
     )
 
 
-class IcloudreadyAdapter:
+class IcloudreadyAdapter(SchemaTranslation):
     name = "icloudready"
+    schema = icr
     synced_fields = icr.SYNCED_FIELDS
 
     def __init__(
@@ -153,16 +154,6 @@ class IcloudreadyAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
-    def key_of(self, record: dict[str, Any]) -> str | None:
-        """iCloudReady has no field for our key (no external id, VENDORS.md §5.3)."""
-        return None
-
-    def record_id(self, record: dict[str, Any]) -> str:
-        try:
-            return icr.record_id(record)
-        except ValidationError as exc:
-            raise InvalidPayload("icloudready record without an id", fields=_fields(exc)) from None
-
     def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
         """iCloudReady sends no webhooks of its own; what arrives is a customer automation's
         Standard Webhooks delivery: the record as the API returns it, or ``{"id": …}``."""
@@ -170,7 +161,7 @@ class IcloudreadyAdapter:
             try:
                 return thin_event(payload)
             except ValidationError as exc:
-                raise InvalidPayload("icloudready event id invalid", fields=_fields(exc)) from None
+                raise invalid_payload(self.name, "event id", exc) from None
         opp = self.to_canonical(payload)
         return InboundEvent(
             vendor_id=self.record_id(payload),
@@ -178,18 +169,6 @@ class IcloudreadyAdapter:
             record=icr.unwrap_record(payload),
             event_time=opp.updated_at,
         )
-
-    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
-        try:
-            return icr.to_canonical(record, self.mapping)
-        except ValidationError as exc:
-            raise InvalidPayload(
-                f"icloudready record invalid: {', '.join(map(str, _fields(exc)))}",
-                fields=_fields(exc),
-            ) from None
-
-    def project(self, opp: Opportunity) -> Opportunity:
-        return icr.project(opp, self.mapping)
 
     # -- I/O -----------------------------------------------------------------------------
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
@@ -293,11 +272,6 @@ class IcloudreadyAdapter:
             return icr.unwrap_list(answer)
         except ValidationError:
             raise _bad_answer(f"GET {OPPORTUNITIES}", "a list of records", answer) from None
-
-
-def _fields(exc: ValidationError) -> dict[str, Any]:
-    messages = exc.messages
-    return messages if isinstance(messages, dict) else {"_schema": messages}
 
 
 def _bad_answer(where: str, expected: str, answer: Any) -> Permanent:

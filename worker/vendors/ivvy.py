@@ -32,7 +32,7 @@ from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
 from worker.errors import ConfigError, InvalidPayload, Permanent
 from worker.settings import VendorSettings
-from worker.vendors.base import UpsertResult
+from worker.vendors.base import SchemaTranslation, UpsertResult, invalid_payload
 from worker.vendors.http import VendorHTTP
 
 API_VERSION = "1.0"
@@ -138,8 +138,9 @@ def _int_setting(settings: VendorSettings, variable: str) -> int:
         raise ConfigError(f"{variable} must be an iVvy integer id, got {raw!r}") from None
 
 
-class IvvyAdapter:
+class IvvyAdapter(SchemaTranslation):
     name = "ivvy"
+    schema = schema
     synced_fields: frozenset[str] = schema.SYNCED_FIELDS
 
     def __init__(
@@ -185,15 +186,6 @@ class IvvyAdapter:
             raise
 
     # -- pure translation ----------------------------------------------------------------
-    def record_id(self, record: dict[str, Any]) -> str:
-        try:
-            return schema.record_id(record)
-        except ValidationError as exc:
-            raise _invalid("record", exc) from None
-
-    def key_of(self, record: dict[str, Any]) -> str | None:
-        return schema.key_of(record)
-
     def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
         """An SNS ``Notification`` (its ``Message`` is unwrapped) or the inner iVvy message;
         events about another venue of the account are ignored."""
@@ -201,20 +193,11 @@ class IvvyAdapter:
             message = schema.unwrap_sns(payload)
             event = schema.parse_native(message)
         except ValidationError as exc:
-            raise _invalid("notification", exc) from None
+            raise invalid_payload(self.name, "notification", exc) from None
         venue = schema.message_venue(message)
         if event is None or (venue is not None and venue != self.venue_id):
             return None
         return event
-
-    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
-        try:
-            return schema.to_canonical(record, self.mapping)
-        except ValidationError as exc:
-            raise _invalid("record", exc) from None
-
-    def project(self, opp: Opportunity) -> Opportunity:
-        return schema.project(opp, self.mapping)
 
     # -- I/O -----------------------------------------------------------------------------
     def stages(self) -> list[dict[str, Any]]:

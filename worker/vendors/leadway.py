@@ -16,15 +16,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError
-
 from schemas import leadway as schema
-from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
-from worker.errors import InvalidPayload, OutcomeUnknown, Permanent
+from worker.errors import OutcomeUnknown, Permanent
 from worker.settings import VendorSettings
-from worker.vendors.base import UpsertResult
+from worker.vendors.base import SchemaTranslation, UpsertResult
 from worker.vendors.http import VendorHTTP
 
 API_VERSION = "2021-07-28"
@@ -33,15 +30,9 @@ PAGE_SIZE = 100  # the search's maximum (VENDORS.md §2.5)
 CONTACT_MEMORY = 4096
 
 
-def _invalid(message: str, exc: ValidationError) -> InvalidPayload:
-    messages = exc.messages
-    return InvalidPayload(
-        message, fields=messages if isinstance(messages, dict) else {"_schema": messages}
-    )
-
-
-class LeadwayAdapter:
+class LeadwayAdapter(SchemaTranslation):
     name = "leadway"
+    schema = schema
     synced_fields = schema.SYNCED_FIELDS
 
     def __init__(
@@ -75,32 +66,6 @@ class LeadwayAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
-    def key_of(self, record: dict[str, Any]) -> str | None:
-        """Our key is not stored on HighLevel records (a custom field would need a
-        tenant-specific field id); identity comes from the link map and fingerprints."""
-        return None
-
-    def record_id(self, record: dict[str, Any]) -> str:
-        try:
-            return schema.record_id(record)
-        except ValidationError as exc:
-            raise _invalid("leadway record has no id", exc) from None
-
-    def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
-        try:
-            return schema.parse_native(payload)
-        except ValidationError as exc:
-            raise _invalid("leadway webhook is invalid", exc) from None
-
-    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
-        try:
-            return schema.to_canonical(record, self.mapping)
-        except ValidationError as exc:
-            raise _invalid("leadway record is invalid", exc) from None
-
-    def project(self, opp: Opportunity) -> Opportunity:
-        return schema.project(opp, self.mapping)
-
     # -- I/O -----------------------------------------------------------------------------
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
         answer = self.http.request("GET", f"/opportunities/{vendor_id}", allow_404=True)

@@ -18,15 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from marshmallow import ValidationError
-
 from schemas import salescaling as schema
-from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
-from worker.errors import InvalidPayload, OutcomeUnknown, Permanent
+from worker.errors import OutcomeUnknown, Permanent
 from worker.settings import VendorSettings
-from worker.vendors.base import UpsertResult
+from worker.vendors.base import SchemaTranslation, UpsertResult
 from worker.vendors.http import VendorHTTP
 
 PATH = "/api/v1/opportunities"
@@ -45,10 +42,11 @@ def _created_at(record: dict[str, Any]) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-class SalescalingAdapter:
+class SalescalingAdapter(SchemaTranslation):
     """The ``VendorAdapter`` for Salescaling (see ``worker.vendors.base``)."""
 
     name = "salescaling"
+    schema = schema
     synced_fields: frozenset[str] = schema.SYNCED_FIELDS
     #: Page size for listing; the docs give no maximum, 100 is the usual ceiling.
     page_size = 100
@@ -79,35 +77,6 @@ class SalescalingAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
-    def key_of(self, record: dict[str, Any]) -> str | None:
-        """Salescaling has no field for our key (no external id, VENDORS.md §4.3)."""
-        return None
-
-    def record_id(self, record: dict[str, Any]) -> str:
-        try:
-            return schema.record_id(record)
-        except ValidationError as exc:
-            raise InvalidPayload("salescaling record has no id", fields=_as_dict(exc)) from None
-
-    def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
-        try:
-            return schema.parse_event(payload)
-        except ValidationError as exc:
-            raise InvalidPayload(
-                f"salescaling event is invalid: {exc.messages}", fields=_as_dict(exc)
-            ) from None
-
-    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
-        try:
-            return schema.to_canonical(record, self.mapping)
-        except ValidationError as exc:
-            raise InvalidPayload(
-                f"salescaling record is invalid: {exc.messages}", fields=_as_dict(exc)
-            ) from None
-
-    def project(self, opp: Opportunity) -> Opportunity:
-        return schema.project(opp, self.mapping)
-
     # -- I/O -----------------------------------------------------------------------------
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
         answer = self.http.request("GET", self._path(vendor_id), allow_404=True)
@@ -220,8 +189,3 @@ class SalescalingAdapter:
             answer=str(answer)[:300],
             reason="bad_answer",
         )
-
-
-def _as_dict(exc: ValidationError) -> dict[str, Any]:
-    messages = exc.messages
-    return messages if isinstance(messages, dict) else {"_schema": messages}

@@ -19,12 +19,11 @@ from urllib.parse import quote
 from marshmallow import ValidationError
 
 from schemas import siro as schema
-from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
-from worker.errors import InvalidPayload, Permanent
+from worker.errors import Permanent
 from worker.settings import VendorSettings
-from worker.vendors.base import UpsertResult
+from worker.vendors.base import SchemaTranslation, UpsertResult
 from worker.vendors.http import VendorHTTP
 
 SYNC_PATH = "/v1/integrations/sync/opportunities"
@@ -34,13 +33,9 @@ OPPORTUNITIES_PATH = "/v1/integrations/opportunities"
 EXTERNAL_ID = "external_id"
 
 
-def _invalid(what: str, exc: ValidationError) -> InvalidPayload:
-    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-    return InvalidPayload(f"siro {what} is invalid: {messages}", fields=messages)
-
-
-class SiroAdapter:
+class SiroAdapter(SchemaTranslation):
     name = "siro"
+    schema = schema
     synced_fields: frozenset[str] = schema.SYNCED_FIELDS
 
     def __init__(
@@ -66,31 +61,6 @@ class SiroAdapter:
         self.http.close()
 
     # -- pure translation ----------------------------------------------------------------
-    def record_id(self, record: dict[str, Any]) -> str:
-        try:
-            return schema.record_id(record)
-        except ValidationError as exc:
-            raise _invalid("record", exc) from None
-
-    def key_of(self, record: dict[str, Any]) -> str | None:
-        """Our canonical key when we wrote the record (SIRO keeps it as ``externalId``)."""
-        return schema.key_of(record)
-
-    def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
-        try:
-            return schema.parse_event(payload)
-        except ValidationError as exc:
-            raise _invalid("event", exc) from None
-
-    def to_canonical(self, record: dict[str, Any]) -> Opportunity:
-        try:
-            return schema.to_canonical(record, self.mapping)
-        except ValidationError as exc:
-            raise _invalid("record", exc) from None
-
-    def project(self, opp: Opportunity) -> Opportunity:
-        return schema.project(opp, self.mapping)
-
     # -- I/O -----------------------------------------------------------------------------
     def _bad_answer(self, what: str, answer: Any) -> Permanent:
         return Permanent(

@@ -1,0 +1,163 @@
+"""Logs: one JSON object per line, secrets and personal data redacted, one correlation id per
+request. Logging is configured for real here, into a buffer, and restored afterwards."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from web.app import create_app
+from worker.embedded_redis import EmbeddedRedis
+from worker.logs import Redactor, configure
+from worker.settings import from_env
+
+ENV = {
+    "OPPSYNC_VENDORS": "siro,leadway,ivvy,salescaling,icloudready",
+    "SIRO_API_TOKEN": "siro-live-token-8f2a",
+    "LEADWAY_API_TOKEN": "pit-3c1e9a77-5b0d-4f8e-9a1c-2b7d6e5f4a3b",
+    "LEADWAY_LOCATION_ID": "ve9EPM428h8vShlRW1KT",
+    "LEADWAY_PIPELINE_ID": "pipeline-1",
+    "IVVY_API_KEY": "ivvy-key-0f9e8d7c",
+    "IVVY_API_SECRET": "ivvy-secret-1a2b3c4d",
+    "IVVY_VENUE_ID": "107",
+    "IVVY_TYPE_ID": "18",
+    "IVVY_SOURCE_ID": "25",
+    "SALESCALING_API_KEY": "sc-key-77aa88bb",
+    "SALESCALING_WEBHOOK_SECRET": (
+        "whsec_c2FsZXNjYWxpbmctc2VjcmV0LS0t,whsec_b2xkLXNlY3JldC0tLS0tLS0t"
+    ),
+    "ICLOUDREADY_EMAIL": "ops@icloudready.example",
+    "ICLOUDREADY_PASSWORD": "icr-password-Q7w",
+    "OPPSYNC_ADMIN_USER": "ops",
+    "OPPSYNC_ADMIN_PASSWORD": "admin-password-5e6f",
+}
+SECRETS = [
+    ENV["SIRO_API_TOKEN"],
+    ENV["LEADWAY_API_TOKEN"],
+    ENV["IVVY_API_KEY"],
+    ENV["IVVY_API_SECRET"],
+    ENV["SALESCALING_API_KEY"],
+    *ENV["SALESCALING_WEBHOOK_SECRET"].split(","),
+    ENV["ICLOUDREADY_PASSWORD"],
+    ENV["OPPSYNC_ADMIN_PASSWORD"],
+]
+
+
+@pytest.fixture
+def lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Logs configured with every configured secret, written to a buffer."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    configure(from_env(ENV).secret_values(), "INFO")
+    yield buffer
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _records(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+
+def test_settings_secret_values_name_every_configured_secret() -> None:
+    assert set(SECRETS) <= set(from_env(ENV).secret_values())
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_logs_redact_each_configured_secret(lines: io.StringIO, secret: str) -> None:
+    # when a secret turns up in a message, a field, and a nested value
+    log = structlog.get_logger("test")
+    log.warning(
+        f"vendor said: bad credentials {secret}",
+        header=f"Bearer {secret}",
+        request={"headers": [["x-api-key", secret]]},
+    )
+    # then the line is JSON and the secret is nowhere in it
+    out = lines.getvalue()
+    assert secret not in out
+    (record,) = _records(lines)
+    assert record["header"] == "Bearer [secret]"
+    assert record["request"] == {"headers": [["x-api-key", "[secret]"]]}
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("contact dana@harbour.example replied", "contact [email] replied"),
+        ("owner alice+crm@sub.example.co.uk.", "owner [email]."),
+        ("phone +61400111222", "phone [phone]"),
+        ("phone +1 (415) 555-0100 ext", "phone [phone] ext"),
+        ("phone +44 20 7946 0958.", "phone [phone]."),
+    ],
+)
+def test_logs_redact_emails_and_phone_numbers(lines: io.StringIO, text: str, redacted: str) -> None:
+    structlog.get_logger("test").info("seen", detail=text)
+    (record,) = _records(lines)
+    assert record["detail"] == redacted
+
+
+def test_logs_keep_ids_amounts_and_dates(lines: io.StringIO) -> None:
+    # ids, amounts and dates are what an operator needs: they are not phone numbers
+    detail = "id 5516cd47-2bd0-4f4f-adc2-22524e54ba4d amount 12500.00 on 2027-03-15 n=1234567890"
+    structlog.get_logger("test").info("seen", detail=detail, count=3)
+    (record,) = _records(lines)
+    assert record["detail"] == detail
+    assert record["count"] == 3
+
+
+def test_logs_redact_tracebacks_and_library_logs(lines: io.StringIO) -> None:
+    # given an exception whose text carries a secret and an email
+    try:
+        raise RuntimeError(f"401 for {SECRETS[0]} (user dana@harbour.example)")
+    except RuntimeError:
+        structlog.get_logger("test").exception("push.failed")
+        # and a library (Celery, gunicorn) logging through the standard library
+        logging.getLogger("celery.worker").error("retry with token %s", SECRETS[1])
+    out = lines.getvalue()
+    # then neither reaches the log, and each line is still JSON
+    assert SECRETS[0] not in out and SECRETS[1] not in out
+    assert "dana@harbour.example" not in out
+    first, second = _records(lines)
+    assert "[secret]" in first["exception"] and "[email]" in first["exception"]
+    assert second["event"] == "retry with token [secret]"
+    assert second["logger"] == "celery.worker"
+
+
+def test_redactor_prefers_the_longest_secret() -> None:
+    # a short secret that is part of a longer one must not leave the rest of it behind
+    redactor = Redactor(["abcd", "abcdefgh-long-token"])
+    assert redactor.scrub("x abcdefgh-long-token y abcd") == "x [secret] y [secret]"
+
+
+def test_redactor_ignores_values_too_short_to_be_secrets() -> None:
+    # a three-character "secret" would blank out ordinary words everywhere
+    assert Redactor(["abc"]).scrub("abc abcabc") == "abc abcabc"
+
+
+def test_web_request_starts_without_a_previous_correlation_id(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a server thread that logged one event's correlation id
+    app = create_app(
+        from_env({"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/8", "OPPSYNC_VENDORS": ""})
+    )
+    structlog.contextvars.bind_contextvars(correlation_id="from-the-previous-request")
+    try:
+        # when the same thread serves the next request
+        with app.test_request_context("/healthz"):
+            app.preprocess_request()
+            seen = structlog.contextvars.get_contextvars()
+    finally:
+        structlog.contextvars.clear_contextvars()
+    # then that request's lines carry no stale id
+    assert "correlation_id" not in seen
