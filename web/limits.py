@@ -1,0 +1,97 @@
+"""Ingress rate limits on the webhook routes: per client and vendor, and per vendor overall.
+
+flask-limiter counts in the same Redis as everything else, so every web process shares one
+count. ``OPPSYNC_INGRESS_RATE_LIMIT`` (default ``300/second``) bounds one client address on
+one vendor route; ``OPPSYNC_INGRESS_VENDOR_RATE_LIMIT`` (default ``3000/second``) bounds a
+vendor route over all clients. Over either, the answer is 429 with a JSON sentence and
+``Retry-After`` — which HighLevel treats as "deliver again later", as the others do.
+
+When Redis cannot be reached the limiter fails open (``swallow_errors``): the request goes
+on, and the receiver answers 503 (429 for HighLevel) itself because it cannot queue either.
+Behind a PaaS router the client address is the router's, so ``OPPSYNC_TRUSTED_PROXIES``
+says how many ``X-Forwarded-For`` hops to believe (Heroku: 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from flask import Flask, Response, current_app, request
+from flask_limiter import Limiter, RateLimitExceeded
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from schemas.mapping import VENDORS
+from web import receiver
+from worker.settings import Settings
+
+#: Prefix of the limiter's own Redis keys (``LIMITS:LIMITER/oppsync-ingress/…``).
+KEY_PREFIX = "oppsync-ingress"
+#: Strategy of the ``limits`` library: one Lua call per hit, no burst at window edges.
+STRATEGY = "sliding-window-counter"
+
+
+def _vendor() -> str:
+    # Only known vendors get their own counters: a flood of made-up names must not mint
+    # new Redis keys (limiter windows, metrics) per name.
+    vendor = (request.view_args or {}).get("vendor")
+    return vendor if vendor in VENDORS else "unknown"
+
+
+def client_and_vendor() -> str:
+    """The per-client key: the sender's address on one vendor route."""
+    return f"client:{request.remote_addr or '-'}:{_vendor()}"
+
+
+def vendor_only() -> str:
+    """The per-vendor key: one vendor route, whoever sends."""
+    return f"vendor:{_vendor()}"
+
+
+def install(app: Flask, settings: Settings) -> Limiter:
+    """Limit ``POST /webhooks/<vendor>`` on ``app``; health and the OpenAPI page stay free."""
+    if settings.trusted_proxies > 0:
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    limiter = Limiter(
+        client_and_vendor,
+        storage_uri=settings.redis_url,
+        storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
+        strategy=STRATEGY,
+        key_prefix=KEY_PREFIX,
+        swallow_errors=True,  # fail open: a Redis outage is the receiver's to answer
+        headers_enabled=False,  # Retry-After is set on a breach only (one Redis call less)
+    )
+    limiter.limit(settings.ingress_rate_limit, key_func=client_and_vendor)(receiver.bp)
+    limiter.limit(settings.ingress_vendor_rate_limit, key_func=vendor_only)(receiver.bp)
+    limiter.init_app(app)
+    app.extensions["oppsync.limiter"] = limiter
+    app.register_error_handler(RateLimitExceeded, too_many_requests)
+    return limiter
+
+
+def retry_after_seconds(limiter: Limiter) -> int:
+    """Whole seconds until the breached window frees a slot (at least 1)."""
+    breached = limiter.current_limit
+    if breached is None:
+        return 1
+    try:
+        reset_at = breached.reset_at
+    except Exception:  # noqa: BLE001 - the storage failed between the breach and now
+        return 1
+    # reset_at is rounded up to the next second: never ask for more than one window.
+    return max(1, min(breached.limit.get_expiry(), math.ceil(reset_at - time.time())))
+
+
+def too_many_requests(exc: RateLimitExceeded) -> Response:
+    """429 in the receiver's JSON shape, with ``Retry-After``, counted like other outcomes."""
+    limiter: Limiter = current_app.extensions["oppsync.limiter"]
+    vendor = _vendor()
+    runtime = current_app.extensions["oppsync.runtime"]
+    receiver.metrics_safe(runtime.redis, vendor, "rate_limited")
+    return receiver.problem(
+        429,
+        f"Too many requests to {request.path} ({exc.limit.limit}); retry later.",
+        "rate_limited",
+        {"Retry-After": str(retry_after_seconds(limiter))},
+    )
