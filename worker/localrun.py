@@ -9,6 +9,7 @@ every vendor at them. Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -59,6 +60,20 @@ def run_stack(
         env = {**stack_env(env["REDIS_URL"], sims), "PORT": str(port)}
         for name, sim in sims.items():
             sim.webhook_url = f"http://127.0.0.1:{port}/webhooks/{name}"  # type: ignore[attr-defined]
+        # Fresh credentials for /status, /metrics and Flower: the sandbox listens on every
+        # interface, like the Procfile, so it gets no well-known password.
+        password = secrets.token_urlsafe(12)
+        env.update(
+            {
+                "OPPSYNC_ADMIN_USER": "admin",
+                "OPPSYNC_ADMIN_PASSWORD": password,
+                "FLOWER_BASIC_AUTH": f"admin:{password}",
+            }
+        )
+        print(
+            f"sandbox: /status, /metrics and Flower take user 'admin', password {password}",
+            flush=True,
+        )
     env.setdefault("PORT", str(port))
     env.setdefault("OPPSYNC_BEAT_SCHEDULE", str(STATE_DIR / "beat-schedule"))
     env.setdefault("FLOWER_DB", str(STATE_DIR / "flower.db"))

@@ -19,6 +19,9 @@ import structlog
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 # International numbers (+…); bare digit runs are ids and dates more often than phones.
 PHONE = re.compile(r"\+\d[\d ()-]{6,}\d")
+# Credentials we were not configured with but may meet: a vendor's session token (iCloudReady
+# signs us in), or an ``Authorization`` value echoed in an error answer.
+BEARER = re.compile(r"(?i)\b(bearer|IWS)\s+[A-Za-z0-9._~+/=:-]{8,}")
 
 
 class Redactor:
@@ -30,6 +33,7 @@ class Redactor:
     def scrub(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "[secret]")
+        text = BEARER.sub(r"\1 [secret]", text)
         text = EMAIL.sub("[email]", text)
         return PHONE.sub("[phone]", text)
 
