@@ -10,14 +10,18 @@ never given for an event that was not queued.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_input_stream
 
 from schemas.envelope import Envelope
 from schemas.mapping import VENDORS
@@ -38,6 +42,23 @@ from worker.settings import Settings
 log = structlog.get_logger("oppsync.web")
 bp = Blueprint("receiver", __name__)
 UNAVAILABLE_RETRY_AFTER = "5"
+
+# Replay windows. Standard Webhooks senders sign every attempt afresh, so the window is
+# OPPSYNC_SIGNATURE_TOLERANCE_SECONDS. HighLevel (after a 429) and SNS redeliver the very
+# bytes they signed first, so their window also spans the sender's redelivery schedule, or
+# every redelivery would be refused as stale and the event lost. Delivery ids are remembered
+# far longer (72 h), so a replay inside the window is answered "duplicate", never queued.
+#: HighLevel: six retries 10 minutes apart plus jitter, "~1 hr 10 min" worst case
+#: (help.gohighlevel.com, "Automated Webhook Retries"; VENDORS.md §2.7).
+HIGHLEVEL_REDELIVERY_SECONDS = 70 * 60
+#: SNS: "The total policy retry time for an HTTP/S endpoint cannot be greater than 3,600
+#: seconds" (docs.aws.amazon.com/sns/latest/dg/sns-message-delivery-retries.html).
+SNS_REDELIVERY_SECONDS = 3600
+#: Standard Webhooks timestamps are whole seconds since the epoch.
+INTEGER_SECONDS = re.compile(r"\s*[0-9]{1,12}\s*")
+#: Deepest JSON nesting queued. Vendor records are a few levels deep; deeper input would
+#: only cost the worker (and Python's recursion limit) more.
+MAX_JSON_DEPTH = 32
 
 
 def problem(
@@ -69,12 +90,18 @@ def verify(vendor: str, body: bytes) -> Verified | Response:
     tolerance = settings.signature_tolerance_seconds
     headers = request.headers
     if "webhook-signature" in headers or "webhook-id" in headers:
+        stamp = headers.get("webhook-timestamp")
+        if stamp and not INTEGER_SECONDS.fullmatch(stamp):
+            # Only digits: "nan" or "1e3" would otherwise reach float() and slip the window.
+            raise Rejected(
+                "webhook-timestamp is not whole seconds.", status=401, reason="bad_timestamp"
+            )
         return verify_standard(body, headers, vs.webhook_secrets, tolerance)
     if vendor == "leadway" and ("x-ghl-signature" in headers or "x-wh-signature" in headers):
         return verify_highlevel(
             body,
             headers,
-            tolerance=tolerance,
+            tolerance=tolerance + HIGHLEVEL_REDELIVERY_SECONDS,
             ed25519_pem=vs.get("LEADWAY_WEBHOOK_PUBLIC_KEY") or HIGHLEVEL_ED25519_PEM,
             rsa_pem=vs.get("LEADWAY_WEBHOOK_RSA_PUBLIC_KEY") or HIGHLEVEL_RSA_PEM,
         )
@@ -85,10 +112,37 @@ def verify(vendor: str, body: bytes) -> Verified | Response:
     )
 
 
+def _check_sns_age(message: dict[str, Any]) -> None:
+    """Refuse an SNS message sent before SNS could still be redelivering it.
+
+    Checked before the signature (it only refuses, and spares a certificate fetch); a
+    missing or malformed ``Timestamp`` is left for the verifier to report.
+    """
+    stamp = message.get("Timestamp")
+    if not isinstance(stamp, str):
+        return
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        sent_at = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise Rejected(
+            "SNS message is malformed: Timestamp is not ISO 8601.",
+            status=400,
+            reason="sns_malformed",
+        ) from None
+    tolerance = _settings().signature_tolerance_seconds
+    age = time.time() - sent_at
+    if age > tolerance + SNS_REDELIVERY_SECONDS or age < -tolerance:
+        raise Rejected(
+            "The SNS message Timestamp is outside the replay window.", status=401, reason="stale"
+        )
+
+
 def _verify_sns(body: bytes) -> Verified | Response:
     message = parse_json_object(body)
     kind = message.get("Type")
     verifier = _sns()
+    _check_sns_age(message)
     if kind == "SubscriptionConfirmation":
         verifier.confirm_subscription(message)
         log.info("sns.subscribed", topic=message.get("TopicArn"))
@@ -101,8 +155,46 @@ def _verify_sns(body: bytes) -> Verified | Response:
     return Verified("sns", str(message.get("MessageId", "")), inner_payload)
 
 
+def read_body(max_bytes: int) -> bytes | None:
+    """The body, or ``None`` when it is longer than ``max_bytes``; never reads more than one
+    byte past the limit, also without Content-Length (chunked).
+
+    Werkzeug's own limit (``MAX_CONTENT_LENGTH``) silently truncates a chunked body at the
+    limit, so read one byte more than allowed and look.
+    """
+    stream = get_input_stream(request.environ, max_content_length=max_bytes + 1)
+    try:
+        body = stream.read()
+    except RequestEntityTooLarge:
+        return None
+    return None if len(body) > max_bytes else body
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests more than ``limit`` levels (iteratively)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def enqueue(vendor: str, verified: Verified) -> bool:
     """Queue the event; False when the delivery was already queued. Raises on Redis loss."""
+    if nested_deeper_than(verified.payload, MAX_JSON_DEPTH):
+        raise Rejected(
+            f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.",
+            status=400,
+            reason="too_deep",
+        )
     rt = _runtime()
     if not rt.store.claim_delivery(vendor, verified.delivery_id, rt.settings.dedup_ttl_seconds):
         return False
@@ -140,12 +232,14 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
             404, f"Vendor {vendor!r} is not enabled (OPPSYNC_VENDORS).", "vendor_disabled"
         )
     redis_client = _runtime().redis
-    if (request.content_length or 0) > settings.max_body_bytes:
+    # A declared length over the limit is refused before reading a byte of it.
+    too_long = (request.content_length or 0) > settings.max_body_bytes
+    body = None if too_long else read_body(settings.max_body_bytes)
+    if body is None:
         metrics_safe(redis_client, vendor, "too_large")
         return problem(
             413, f"The body is larger than {settings.max_body_bytes} bytes.", "too_large"
         )
-    body = request.get_data(cache=False)  # bounded by MAX_CONTENT_LENGTH
     try:
         verified = verify(vendor, body)
         if isinstance(verified, Response):
@@ -155,6 +249,10 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
         metrics_safe(redis_client, vendor, exc.reason)
         log.info("webhook.rejected", vendor=vendor, reason=exc.reason)
         return problem(exc.status, str(exc), exc.reason)
+    except RecursionError:
+        # json.loads of "[[[[…" deeper than the interpreter's recursion limit.
+        metrics_safe(redis_client, vendor, "too_deep")
+        return problem(400, "The JSON body is nested too deeply.", "too_deep")
     except (RedisError, OperationalError, OSError) as exc:
         log.error("webhook.unavailable", vendor=vendor, error=type(exc).__name__)
         if vendor == "leadway":  # HighLevel redelivers only on 429 (VENDORS.md §2.7)

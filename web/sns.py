@@ -84,6 +84,16 @@ def _check_shape(message: Any) -> None:
         raise _malformed(f"unsupported SignatureVersion {message.get('SignatureVersion')!r}")
 
 
+def _host_matches(host: str, pattern: str) -> bool:
+    """``*`` stands for one DNS label (fnmatch's own ``*`` also matches dots). Never an S3
+    host: SNS serves its certificates itself, and S3 bucket hosts (``sns.s3.amazonaws.com``,
+    ``sns.s3-external-1.amazonaws.com``) can be owned by anyone."""
+    labels, wanted = host.split("."), pattern.split(".")
+    if any(label == "s3" or label.startswith("s3-") for label in labels):
+        return False
+    return len(labels) == len(wanted) and all(map(fnmatchcase, labels, wanted))
+
+
 class SnsVerifier:
     """One per process: it keeps the signing certificates it has fetched, by URL."""
 
@@ -105,11 +115,12 @@ class SnsVerifier:
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
+            parts.port  # noqa: B018 - raises ValueError for a port no URL can have
         except ValueError:
             return False
         if not host or parts.username or parts.password:
             return False
-        if not any(fnmatchcase(host, pattern) for pattern in self.cert_hosts):
+        if not any(_host_matches(host, pattern) for pattern in self.cert_hosts):
             return False
         return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
 

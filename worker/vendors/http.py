@@ -10,6 +10,7 @@ raises from ``worker.errors``:
   from ``Retry-After`` or HighLevel's ``X-RateLimit-Interval-Milliseconds``)
 * 5xx                                                       -> ``OutcomeUnknown``
 * 401 / 403                                                 -> ``Permanent`` (reason ``auth``)
+* 3xx (redirects are never followed)                        -> ``Permanent`` (``redirect``)
 * other 4xx                                                 -> ``Permanent`` with the answer
 """
 
@@ -156,6 +157,15 @@ class VendorHTTP:
                 status=status,
                 answer=answer,
                 reason="auth",
+            )
+        if 300 <= status < 400:
+            # Never followed (the host comes only from configuration), never read as data.
+            raise Permanent(
+                f"{where}: answered {status} (redirect not followed)",
+                vendor=self.vendor,
+                status=status,
+                answer=answer,
+                reason="redirect",
             )
         if status >= 400:
             field = _field_in(answer, self.body_fields)
