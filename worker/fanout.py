@@ -99,7 +99,7 @@ def _attempt(
                 error=str(error),
             )
             return PushResult(vendor, "retrying", verdict.reason)
-        DeadLetters(rt.redis).add(
+        DeadLetters(rt.redis, rt.settings.secret_values()).add(
             kind="push",
             vendor=vendor,
             attempts=attempt,

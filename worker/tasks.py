@@ -12,14 +12,19 @@ from typing import Any
 
 import structlog
 from celery import Task
+from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
-from worker import fanout, metrics, pipeline
+from worker import fanout, metrics, pipeline, polling
 from worker.celery_app import app, queue_for
 from worker.deadletters import DeadLetter, DeadLetters
+from worker.errors import VendorError
 from worker.logs import log
+from worker.reconcile import Reconciler, exclusive
 from worker.retry import decide
 from worker.runtime import get_runtime
+from worker.settings import POLLED_VENDORS
+from worker.state import poll_lock_name
 
 
 def schedule_push_retry(
@@ -83,7 +88,7 @@ def ingest_change(
                     countdown=verdict.delay,
                 )
                 return "retrying"
-            DeadLetters(rt.redis).add(
+            DeadLetters(rt.redis, rt.settings.secret_values()).add(
                 kind="ingest", vendor=env.vendor, job=envelope, attempts=attempt, error=error
             )
             _note(rt, env, "dead_letter", None, verdict.reason)
@@ -104,6 +109,8 @@ def ingest_change(
             "delivery": env.delivery_id,
             "correlation_id": env.correlation_id,
             "received_at": env.received_at,
+            "vendor_id": outcome.vendor_id,  # provenance: which record, which fields
+            "fields": list(outcome.fields),
         }
         results = fanout.push_all(
             rt, outcome.key, outcome.targets, cause=cause, schedule_retry=schedule_push_retry
@@ -172,3 +179,95 @@ def replay_dead_letter(letter_id: str) -> DeadLetter | None:
             letter.job["key"], letter.vendor, letter.job.get("cause", {}), now, 1, 0
         )
     return letter
+
+
+#: How long one vendor's poll may hold its lock (a crashed poll frees it by then).
+POLL_LOCK_SECONDS = 600
+
+
+def enqueue_ingest(envelope: Envelope) -> None:
+    """Queue one envelope for ``ingest_change``, as the receiver does for a webhook."""
+    ingest_change.apply_async(kwargs={"envelope": envelope.to_dict()}, queue="ingest")
+
+
+def ingest_now(envelope: Envelope) -> str:
+    """Run ``ingest_change`` for one envelope in this process (merge, then the fan-out) and
+    return its outcome; what fails is retried on the queues as for any event."""
+    return str(ingest_change.apply(kwargs={"envelope": envelope.to_dict()}).get())
+
+
+def push_now(key: str, vendor: str, cause: dict[str, Any]) -> str:
+    """One push in this process; a failure is retried on the vendor's queue as usual."""
+    result = fanout.push_once(
+        get_runtime(),
+        key,
+        vendor,
+        cause=cause,
+        attempt=1,
+        first_attempt_at=time.time(),
+        schedule_retry=schedule_push_retry,
+    )
+    return result.outcome
+
+
+@app.task(name="oppsync.poll_vendor")
+def poll_vendor(vendor: str, full: bool = False) -> str:
+    """List one polled vendor's records and queue each change for ``ingest_change``.
+
+    Idempotent: a record already merged is recognised as unchanged, and a change queued twice
+    merges once. One poll per vendor at a time; a listing that fails waits for the next beat
+    (no delete is inferred from it).
+    """
+    rt = get_runtime()
+    if vendor not in POLLED_VENDORS or not rt.settings.enabled(vendor):
+        return "not polled"
+    lock = rt.redis.lock(poll_lock_name(vendor), timeout=POLL_LOCK_SECONDS)
+    if not lock.acquire(blocking=False):
+        return "busy"
+    try:
+        report = polling.poll(rt, vendor, enqueue_ingest, full=full)
+    except VendorError as error:
+        log.warning("poll.failed", vendor=vendor, reason=error.reason, error=str(error))
+        return "failed"
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            pass  # expired while held: the next poll already owns it
+    log.info(
+        "poll.done",
+        vendor=vendor,
+        full=report.full,
+        listed=report.listed,
+        queued=report.queued,
+        deletes=report.deletes,
+        invalid=report.invalid,
+        decided=dict(report.decided),
+    )
+    return report.summary()
+
+
+@app.task(name="oppsync.reconcile")
+def reconcile_opportunities(vendor: str | None = None) -> str:
+    """Compare every linked opportunity with what the vendors hold, and repair drift.
+
+    Idempotent: a second run finds nothing to repair (changes are merged by the pipeline,
+    pushes write only what differs). One run at a time: a run while another holds the lock
+    returns ``busy``.
+    """
+    rt = get_runtime()
+    with exclusive(rt) as keep_alive:
+        if keep_alive is None:
+            return "busy"
+        reconciler = Reconciler(
+            rt, feed=ingest_now, push=push_now, vendor=vendor, keep_alive=keep_alive
+        )
+        report = reconciler.run()
+    log.info(
+        "reconcile.done",
+        opportunities=report.opportunities,
+        compared=report.compared,
+        repairs=len(report.repairs),
+        errors=len(report.errors),
+    )
+    return report.summary()
