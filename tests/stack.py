@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,23 @@ ADMIN_USER, ADMIN_PASSWORD = "ops", "status-page-password"
 
 def whsec(seed: str) -> str:
     return "whsec_" + base64.b64encode(seed.encode().ljust(24, b"-")).decode()
+
+
+def procfile_args(process: str, env: Mapping[str, str]) -> list[str]:
+    """The Procfile's command line for ``process`` (``web``, ``worker``, ...): each
+    ``${VAR:-default}`` expanded from ``env``, and the program taken from this virtualenv."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process:
+            expanded = re.sub(
+                r"\$\{(\w+)(?::-([^}]*))?\}",
+                lambda m: env.get(m.group(1)) or m.group(2) or "",
+                command,
+            )
+            args = shlex.split(expanded)
+            local = BIN / args[0]
+            return [str(local) if local.exists() else args[0], *args[1:]]
+    raise KeyError(f"no {process!r} process in the Procfile")
 
 
 def start_simulators(
@@ -148,6 +167,37 @@ class Stack:
         wait_for(lambda: _answers(f"{self.web_url}/readyz"), 60, "worker did not become ready")
         return process
 
+    def start_procfile_web(self, app: str | None = None) -> subprocess.Popen[bytes]:
+        """The Procfile's ``web`` line on ``web_port``; ``app`` swaps the WSGI app (the
+        benchmark's bare ceiling) while every gunicorn setting stays the Procfile's."""
+        self.web_port = self.web_port or free_port()
+        args = procfile_args("web", {**self.env, "PORT": str(self.web_port)})
+        if app is not None:
+            args = [app if a == "web.app:create_app()" else a for a in args]
+        self.web = self._spawn("web", args, self.env)
+        # Any answer will do: the bare app has no /healthz, its 404 says it serves.
+        wait_for(lambda: _serves(f"{self.web_url}/healthz"), 30, "web did not start")
+        for name, sim in self.sims.items():
+            sim.webhook_url = f"{self.web_url}/webhooks/{name}"
+        return self.web
+
+    def start_procfile_worker(
+        self,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+        wait: bool = True,
+    ) -> subprocess.Popen[bytes]:
+        """The Procfile's ``worker`` line (``env`` replaces the stack's environment), named
+        apart from the others as separate hosts would be; ``wait`` for ``/readyz``."""
+        n = len(self.workers)
+        env = env or self.env
+        args = [*procfile_args("worker", env), "-n", f"worker{n}@%h", *extra_args]
+        process = self._spawn(f"worker{n}", args, env)
+        self.workers.append(process)
+        if wait:
+            wait_for(lambda: _answers(f"{self.web_url}/readyz"), 60, "worker did not become ready")
+        return process
+
     def restart_redis(self, down_for: float = 0.0) -> None:
         """Stop Redis, wait, and start it again on the same port and data directory."""
         self.redis.stop()
@@ -191,6 +241,13 @@ class Stack:
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _serves(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code < 500
     except httpx.HTTPError:
         return False
 

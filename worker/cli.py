@@ -49,6 +49,32 @@ def demo(port: int, exit_when_converged: bool) -> None:
 
 
 @main.command()
+@click.option("--quick", is_flag=True, help="A short run (under a minute): fewer events.")
+@click.option(
+    "--latency-ms",
+    default=50.0,
+    show_default=True,
+    help="How long each simulated vendor takes to answer.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    default="bench-results.json",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write every figure as JSON.",
+)
+def bench(quick: bool, latency_ms: float, json_path: str) -> None:
+    """Start the real stack against the vendor simulators, load it over HTTP, and print every
+    performance figure next to a ceiling measured in the same run (README "Performance")."""
+    from pathlib import Path
+
+    from worker.bench import run_benchmark
+
+    run_benchmark(quick=quick, latency_ms=latency_ms, json_path=Path(json_path))
+
+
+@main.command()
 @click.argument("ref")
 def show(ref: str) -> None:
     """Show one opportunity in every vendor: REF is a canonical key or VENDOR:ID."""

@@ -26,6 +26,8 @@ def snapshot(rt: Runtime, key: str) -> dict[str, Any]:
         "deleted": record.deleted,
         "state": dump(record.state),
         "rules": record.rules,
+        "sources": record.sources,
+        "times": record.times,
         "vendors": {
             vendor: {
                 "id": record.ids.get(vendor),
@@ -37,6 +39,7 @@ def snapshot(rt: Runtime, key: str) -> dict[str, Any]:
             for vendor in rt.settings.vendors
         },
         "last_event": record.last_event,
+        "writes": rt.store.writes(key),
     }
 
 
@@ -74,4 +77,25 @@ def describe(rt: Runtime, key: str) -> str:
             f"last event: {event.get('vendor')} {event.get('vendor_id')} "
             f"(delivery {event.get('delivery')}, fields {event.get('fields')})"
         )
+    if snap["writes"]:
+        lines.append("writes (newest first):")
+        lines.extend(f"  {_write_line(w)}" for w in snap["writes"])
     return "\n".join(lines)
+
+
+def _write_line(write: dict[str, Any]) -> str:
+    """One write's provenance: when, where, what, and the event (vendor, record, delivery)
+    that caused it, plus a later change it carried when pushes were coalesced."""
+    fields = ", ".join(write.get("fields") or []) or "-"
+    line = (
+        f"{write.get('at', '')[:23]} {write.get('target', '?'):12} {write.get('action')} "
+        f"{write.get('target_id') or '-'} <- {write.get('vendor')} {write.get('vendor_id') or '-'} "
+        f"delivery {write.get('delivery')} (fields {fields})"
+    )
+    carried = write.get("carries")
+    if carried:
+        line += (
+            f"; carries {carried.get('vendor')} delivery {carried.get('delivery')} "
+            f"(fields {', '.join(carried.get('fields') or []) or '-'})"
+        )
+    return line

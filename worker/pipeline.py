@@ -18,10 +18,11 @@ waits for its turn, the next ones for that vendor are dropped ("coalesced"): the
 will carry their changes too, so a burst of edits ends in a few writes.
 
 Echoes: an event is ours when the vendor holds what we last wrote there, or something we
-wrote there earlier that the vendor has not changed since (its record time is not after our
-last write). iVvy names the API key behind a change: ours is dropped before anything else.
-When a record an event carries might predate our last write to that vendor (the times are
-too close to tell), what the vendor holds is "unsure" and it is written again.
+wrote there earlier (fingerprints are kept before each write is sent) and the record is not
+surely newer than our last write: fetched after it, or stamped by the vendor later than it
+plus ``CLOCK_SKEW``. iVvy names the API key behind a change: ours is dropped first. When a
+record might predate our last write to its vendor (a snapshot our write has since replaced),
+what that vendor holds is "unsure" and it gets the merged state again.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ CLOCK_SKEW = timedelta(seconds=2)
 #: ``written:<v>`` when we cannot tell what the vendor holds: never a fingerprint, so the
 #: vendor is a target and gets the merged state again.
 UNSURE = "unsure"
+#: A write started longer ago than this is no longer in flight (its worker died).
+WRITE_IN_FLIGHT = timedelta(seconds=60)
 #: Two changes to one deal closer than this are a burst; its pushes wait until the deal has
 #: been quiet for ``QUIET``, but no longer than ``SETTLE_MAX``.
 BURST_GAP = timedelta(seconds=1)
@@ -251,16 +254,20 @@ def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
             detail=f"{vendor} says our API key made this change",
         )
     if event.deleted:
-        return apply_delete(rt, vendor, event.vendor_id, envelope, at=event.event_time)
+        return apply_delete(rt, vendor, event.vendor_id, envelope, Sighting(event.event_time))
+    fetched_at = None if event.record is not None else time.time()
     record_data = event.record if event.record is not None else adapter.fetch(event.vendor_id)
     if record_data is None:
-        return apply_delete(rt, vendor, event.vendor_id, envelope, detail="record is gone")
+        gone = Sighting(None, fetched_at)
+        return apply_delete(rt, vendor, event.vendor_id, envelope, gone, detail="record is gone")
     incoming = canonical_of(adapter, record_data)
     if incoming.deleted:
-        return apply_delete(rt, vendor, event.vendor_id, envelope, at=incoming.updated_at)
+        deleted = Sighting(incoming.updated_at, fetched_at)
+        return apply_delete(rt, vendor, event.vendor_id, envelope, deleted)
     key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
+    sighting = Sighting(incoming.updated_at, fetched_at)
     with rt.lock(key):
-        return _apply(rt, key, vendor, incoming, event, envelope)
+        return _apply(rt, key, vendor, incoming, event, envelope, sighting)
 
 
 def _apply(
@@ -270,13 +277,19 @@ def _apply(
     incoming: Opportunity,
     event: InboundEvent,
     envelope: Envelope,
+    sighting: Sighting,
 ) -> Outcome:
     record = rt.store.load(key)
     adapter = rt.adapters[vendor]
     if record.deleted or record.written.get(vendor) == GONE:
         return Outcome(key, "late", detail="the opportunity was deleted; late event dropped")
     holds = fingerprint(incoming, adapter.synced_fields)
-    if _is_echo(rt, record, vendor, holds, incoming.updated_at):
+    after = sighting.after_our_write(record, vendor)
+    if record.written.get(vendor) == holds or (
+        # We wrote exactly this there once: our echo, unless the vendor's record changed
+        # after our last write (then a person put an earlier value back: a change).
+        rt.store.key_we_wrote(vendor, holds) == key and after is not True
+    ):
         # Nothing new from the source; but a redelivered event must still finish what its
         # first run left undone (a push lost with a killed worker), so plan anyway.
         return Outcome(key, "echo", plan(rt, record), detail=f"{vendor} holds what we wrote")
@@ -287,8 +300,8 @@ def _apply(
         incoming.updated_at or event.event_time or datetime.fromtimestamp(envelope.received_at, UTC)
     )
     taken = merge(rt, record, incoming, vendor, event_time)
-    # A record our later write has replaced is not what the vendor holds: write it again.
-    holds_now = holds if _is_current(record, vendor, incoming.updated_at) else UNSURE
+    # A record our later write may have replaced is not surely what the vendor holds.
+    holds_now = UNSURE if after is False else holds
     rt.store.save_state(
         record,
         source=vendor,
@@ -308,29 +321,33 @@ def _apply(
     )
 
 
-def _last_write(record: Record, vendor: str) -> datetime | None:
-    """When our last write to ``vendor`` was acknowledged (our clock)."""
-    return _as_time((record.provenance.get(vendor) or {}).get("at"))
+@dataclass(frozen=True)
+class Sighting:
+    """How new a vendor record an event brought is: the vendor's own time for it, and (for
+    a record fetched rather than carried by the event) when our fetch started."""
+
+    updated_at: datetime | None
+    fetched_at: float | None = None
+
+    def after_our_write(self, record: Record, vendor: str) -> bool | None:
+        """Whether the record is surely newer than our last write to ``vendor`` (True), may
+        be older than it or than a write still in flight (False), or cannot say (None)."""
+        if _writing(record, vendor):
+            return False
+        last = _as_time((record.provenance.get(vendor) or {}).get("at"))
+        if last is None:
+            return True
+        if self.fetched_at is not None:  # both times are ours: no skew to allow for
+            return self.fetched_at > last.timestamp()
+        if self.updated_at is not None:
+            return self.updated_at > last + CLOCK_SKEW
+        return None
 
 
-def _is_echo(
-    rt: Runtime, record: Record, vendor: str, holds: str, updated_at: datetime | None
-) -> bool:
-    if record.written.get(vendor) == holds:
-        return True
-    if rt.store.key_we_wrote(vendor, holds) != record.key:
-        return False
-    # We wrote exactly this there once. It is our echo unless the vendor's record changed
-    # after our last write: then a person put an earlier value back, and that is a change.
-    last = _last_write(record, vendor)
-    return updated_at is None or last is None or updated_at <= last + CLOCK_SKEW
-
-
-def _is_current(record: Record, vendor: str, updated_at: datetime | None) -> bool:
-    """Whether a record from ``vendor`` is surely newer than our last write there (else the
-    vendor may hold our write instead, and the event's record is a stale snapshot)."""
-    last = _last_write(record, vendor)
-    return last is None or updated_at is None or updated_at > last + CLOCK_SKEW
+def _writing(record: Record, vendor: str) -> bool:
+    """A write to ``vendor`` started and not yet acknowledged (a dead worker's is old)."""
+    started = record.writing.get(vendor)
+    return started is not None and time.time() - started < WRITE_IN_FLIGHT.total_seconds()
 
 
 def apply_delete(
@@ -338,16 +355,18 @@ def apply_delete(
     vendor: str,
     vendor_id: str,
     envelope: Envelope,
+    sighting: Sighting,
     *,
     detail: str = "",
-    at: datetime | None = None,
 ) -> Outcome:
     """A record deleted in ``vendor``: act on the others by that vendor's delete policy.
 
     ``delete`` leaves a tombstone: every later event about the deal is dropped as late.
     ``mark-lost`` sets the status (and a lost stage) as a change made at the delete's time,
     so an older change cannot reopen it. Either way the deleted vendor is never written
-    again, so no late event can bring the record back there.
+    again, so no late event can bring the record back there; and when one of our writes may
+    have crossed the delete (SIRO's upsert revives a deleted record), that vendor is
+    checked once and the record deleted again if it is back.
     """
     key = rt.store.key_for(vendor, vendor_id)
     if key is None:
@@ -357,7 +376,8 @@ def apply_delete(
         record = rt.store.load(key)
         if record.deleted or record.written.get(vendor) == GONE:
             return Outcome(key, "unchanged", detail="delete already applied")
-        event_time = at or datetime.fromtimestamp(envelope.received_at, UTC)
+        event_time = sighting.updated_at or datetime.fromtimestamp(envelope.received_at, UTC)
+        crossed = sighting.after_our_write(record, vendor) is False
         if policy == "delete":
             record.deleted = True
             record.state = record.state.replace(deleted=True)
@@ -372,7 +392,11 @@ def apply_delete(
             event=_event_summary(envelope, event, ["deleted"], record.last_change),
         )
         record.written[vendor] = GONE
+        if crossed:
+            rt.store.mark_recheck(key, vendor)
     targets = () if policy == "ignore" else _delete_targets(rt, record)
+    if crossed:
+        targets = (*targets, vendor)
     return Outcome(
         key,
         "deleted",
@@ -465,7 +489,7 @@ def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
     adapter = rt.adapters[vendor]
     record = rt.store.load(key)
     if record.written.get(vendor) == GONE:
-        return "skipped"
+        return _recheck(rt, record, vendor, cause) if vendor in record.rechecks else "skipped"
     if record.deleted:
         return _push_delete(rt, record, vendor, cause)
     target = adapter.project(record.state)
@@ -478,9 +502,22 @@ def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
         vendor_id = adapter.find_existing(record.state, key=key, since=since)
     if vendor_id is None:
         rt.store.start_intent(key, vendor)
-    result = adapter.upsert(
-        record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
-    )
+    # Known as ours before it is sent: the vendor's echo can beat the answer.
+    rt.store.start_write(key, vendor, wanted)
+    try:
+        result = adapter.upsert(
+            record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
+        )
+    except Permanent as exc:
+        rt.store.end_write(key, vendor)
+        if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):
+            # Deleted there while we wrote. Its delete (the vendor's event, the next poll or
+            # reconciliation) applies the policy; nothing to retry, no dead letter.
+            return "vanished"
+        raise
+    except BaseException:
+        rt.store.end_write(key, vendor)
+        raise
     action = "created" if result.created else "updated"
     provenance = _provenance(record, cause, action, result.vendor_id)
     rt.store.record_write(
@@ -510,6 +547,26 @@ def _provenance(
     if change and change.get("delivery") != cause.get("delivery"):
         entry["carries"] = {k: change.get(k) for k in ("vendor", "vendor_id", "delivery", "fields")}
     return entry
+
+
+def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
+    """The deal was deleted in ``vendor`` while a write of ours was under way: if that
+    write brought the record back, delete it again."""
+    adapter = rt.adapters[vendor]
+    vendor_id = record.ids.get(vendor)
+    found = adapter.fetch(vendor_id) if vendor_id else None
+    outcome = "unchanged"
+    if found is not None and not adapter.to_canonical(found).deleted:
+        try:
+            adapter.delete(str(vendor_id))
+            outcome = "deleted"
+        except Permanent as exc:
+            if exc.reason != "unsupported":
+                raise
+        action = "deleted again (our write crossed its delete)"
+        rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
+    rt.store.clear_recheck(record.key, vendor)
+    return outcome
 
 
 def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:

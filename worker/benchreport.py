@@ -1,0 +1,239 @@
+"""The benchmark's table: each figure of issue 8 with its ceiling, ratio, target and verdict,
+then where the CPU went and what Redis did per event (for whoever tunes the pipeline).
+
+Printed as Markdown so the README's Performance section is the output of a run, pasted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    measured: str
+    ceiling: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+
+    def cells(self) -> list[str]:
+        verdict = {True: "yes", False: "**no**", None: "—"}[self.met]
+        return [self.figure, self.measured, self.ceiling, self.ratio, self.target, verdict]
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _cpu(cpu: dict[str, float], *names: str) -> float:
+    return sum(cpu.get(n, 0.0) for n in names)
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    plan = r["plan"]
+    vendor_ms = plan["latency_ms"]
+    ceiling, ingest = r["ingest_ceiling"], r["ingest"]
+    noop, thr = r["noop_ceiling"], r["throughput"]
+    light, half = r["latency_light"], r["latency_half"]
+    out = [
+        Row(
+            "ingest rate (signed 2 KB deliveries answered 202, "
+            f"{plan['connections']} connections, {plan['seconds']:g} s)",
+            f"{_n(ingest['rate'])}/s",
+            f"{_n(ceiling['rate'])}/s bare Flask LPUSH",
+            f"{ingest['rate'] / ceiling['rate']:.2f}×",
+            "≥ 0.7×",
+            ingest["rate"] >= 0.7 * ceiling["rate"],
+        ),
+        Row(
+            "ingest latency p50 / p99",
+            f"{_n(ingest['p50_ms'], 1)} / {_n(ingest['p99_ms'], 1)} ms",
+            f"{_n(ceiling['p50_ms'], 1)} / {_n(ceiling['p99_ms'], 1)} ms bare",
+            f"{ingest['p99_ms'] / ceiling['p99_ms']:.2f}× (p99)",
+            "p99 ≤ 50 ms",
+            ingest["p99_ms"] <= 50,
+        ),
+        Row(
+            f"end-to-end throughput ({thr['completed']:,} events, each to 4 vendors)",
+            f"{_n(thr['rate'], 1)} events/s",
+            f"{_n(noop['rate'])} no-op tasks/s",
+            f"{thr['rate'] / noop['rate']:.3f}×",
+            "≥ 0.25×",
+            thr["rate"] >= 0.25 * noop["rate"],
+        ),
+        Row(
+            f"end-to-end latency p50 / p99 at {_n(plan['light_rate'])} events/s",
+            f"{_n(light['p50_ms'])} / {_n(light['p99_ms'])} ms",
+            f"vendor latency {vendor_ms:g} ms",
+            f"{light['p50_ms'] / vendor_ms:.1f}× (p50)",
+            "p50 ≤ 3×",
+            light["p50_ms"] <= 3 * vendor_ms,
+        ),
+        Row(
+            f"end-to-end latency p50 / p99 at 50 % ({_n(half['offered_rate'], 1)} events/s)",
+            f"{_n(half['p50_ms'])} / {_n(half['p99_ms'])} ms",
+            f"vendor latency {vendor_ms:g} ms",
+            f"{half['p50_ms'] / vendor_ms:.1f}× (p50)",
+            "p99 ≤ 1 s",
+            half["p99_ms"] <= 1000,
+        ),
+    ]
+    out += [_quota_row(r["quota"]), _correctness_row(r), _cpu_row(r)]
+    out += _memory_rows(r)
+    out += [_redis_row(r)]
+    return out
+
+
+def _quota_row(q: dict[str, Any]) -> Row:
+    return Row(
+        f"quota use ({q['backlog']:,}-event backlog, Leadway {q['quota']}, 2 workers, "
+        f"{q['seconds']:g} s)",
+        f"{q['used'] * 100:.1f} % used, {q['rate_limited']} × 429",
+        f"{q['quota']}",
+        f"{q['used']:.3f}×",
+        "≥ 95 %, zero 429",
+        q["used"] >= 0.95 and q["rate_limited"] == 0,
+    )
+
+
+def _correctness_row(r: dict[str, Any]) -> Row:
+    c, q = r["correctness"], r["quota"]
+    return Row(
+        "correctness under load (counted in the simulators)",
+        f"{c['lost']} lost, {c['duplicated']} duplicated of {c['events']:,} events × 4 "
+        f"vendors; quota phase {q['duplicated']} duplicated; "
+        f"{r['dead_letters']} dead letters",
+        "",
+        "",
+        "zero lost, zero duplicated",
+        c["lost"] == 0 and c["duplicated"] == 0 and q["duplicated"] == 0,
+    )
+
+
+def _cpu_row(r: dict[str, Any]) -> Row:
+    thr, cpu = r["throughput"], r["throughput"]["cpu"]
+    per_k = 1000 / max(1, thr["completed"])
+    ours = _cpu(cpu, "web", "worker", "redis") * per_k
+    # The floor: a bare ingest plus a no-op task per event, measured in the same run.
+    ceil = r["ingest_ceiling"]
+    floor = (
+        _cpu(ceil["cpu"], "web", "redis") / max(1, ceil["accepted"])
+        + _cpu(r["noop_ceiling"]["cpu"], "worker", "redis") / r["noop_ceiling"]["tasks"]
+    )
+    return Row(
+        "CPU per 1,000 events (web + worker + Redis)",
+        f"{ours:.2f} s (web {cpu.get('web', 0) * per_k:.2f}, worker "
+        f"{cpu.get('worker', 0) * per_k:.2f}, Redis {cpu.get('redis', 0) * per_k:.2f})",
+        f"{floor * 1000:.2f} s bare LPUSH + no-op task",
+        f"{ours / (floor * 1000):.1f}×",
+        "report",
+    )
+
+
+def _memory_rows(r: dict[str, Any]) -> list[Row]:
+    first, end = r["throughput"]["rss"], r["rss_end"]
+    growth = {p: (end[p] - first[p]) / first[p] for p in ("web", "worker")}
+    quick = " (quick run: fewer events)" if r["plan"]["quick"] else ""
+    per_opp = r["throughput"]["bytes_per_opportunity"]
+    families = r["throughput"]["key_families"]
+    findings = [f for f, v in families.items() if v["finding"]]
+    return [
+        Row(
+            f"memory: RSS web / worker after {first['events']:,} → {end['events']:,} events{quick}",
+            f"{first['web'] / MB:.0f} / {first['worker'] / MB:.0f} MB → "
+            f"{end['web'] / MB:.0f} / {end['worker'] / MB:.0f} MB",
+            "",
+            f"+{growth['web'] * 100:.1f} % / +{growth['worker'] * 100:.1f} %",
+            "growth ≤ 10 %",
+            max(growth.values()) <= 0.10,
+        ),
+        Row(
+            "Redis bytes per linked opportunity (5 vendors)",
+            f"{per_opp.get('total', 0):,} B kept (state {per_opp.get('state hash', 0):,}, links "
+            f"{per_opp.get('link map', 0):,}, provenance {per_opp.get('provenance list', 0):,})",
+            "",
+            "",
+            "≤ 2 KB",
+            per_opp.get("total", 0) <= 2048,
+        ),
+        Row(
+            "dedup / intent keys expire",
+            "every per-event key expires"
+            if not findings
+            else "never expire: " + ", ".join(findings),
+            "",
+            "",
+            "all expire",
+            not findings,
+        ),
+    ]
+
+
+def _redis_row(r: dict[str, Any]) -> Row:
+    thr = r["throughput"]
+    events = max(1, thr["completed"])
+    calls = sum(v["calls"] for v in thr["commands"].values()) / events
+    redis_cpu = thr["cpu"].get("redis", 0.0) / events
+    shard = 1 / redis_cpu if redis_cpu else float("nan")
+    return Row(
+        "Redis commands per event (INFO commandstats)",
+        f"{calls:.1f} → one Redis core carries ≈ {_n(shard)} events/s",
+        f"Redis CPU {redis_cpu * 1e6:.0f} µs/event",
+        "",
+        "≤ 40",
+        calls <= 40,
+    )
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def cpu_table(r: dict[str, Any]) -> str:
+    phases = [
+        ("ingest ceiling", "ingest_ceiling"),
+        ("ingest", "ingest"),
+        ("no-op ceiling", "noop_ceiling"),
+        ("end-to-end", "throughput"),
+        ("latency 20/s", "latency_light"),
+        ("latency 50 %", "latency_half"),
+        ("soak", "soak"),
+    ]
+    names = ["web", "worker", "redis", "simulators", "load generator", "other"]
+    body = []
+    for label, key in phases:
+        if key not in r:
+            continue
+        cpu = r[key]["cpu"]
+        busy = cpu["machine_busy"] / max(0.01, cpu["machine_capacity"]) * 100
+        body.append([label] + [f"{cpu.get(n, 0):.1f}" for n in names] + [f"{busy:.0f} %"])
+    return markdown(["CPU seconds", *names, "machine busy"], body)
+
+
+def redis_table(r: dict[str, Any], top: int = 12) -> str:
+    thr = r["throughput"]
+    events = max(1, thr["completed"])
+    ranked = sorted(thr["commands"].items(), key=lambda kv: -kv[1]["calls"])[:top]
+    body = [[name, f"{v['calls'] / events:.2f}", f"{v['usec'] / events:.1f}"] for name, v in ranked]
+    return markdown(["Redis command", "calls per event", "µs per event"], body)
+
+
+def render(r: dict[str, Any]) -> str:
+    m, plan = r["machine"], r["plan"]
+    head = (
+        f"oppsync bench{' --quick' if plan['quick'] else ''}: {m['cores']} cores "
+        f"({m['cpu']}), vendor latency {plan['latency_ms']:g} ms, {r['wall_seconds']:.0f} s"
+    )
+    table = markdown(
+        ["figure", "measured", "ceiling (same run)", "ratio", "target", "met"],
+        [row.cells() for row in rows(r)],
+    )
+    return "\n\n".join([head, table, cpu_table(r), redis_table(r)])
