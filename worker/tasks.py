@@ -18,7 +18,7 @@ from schemas.envelope import Envelope
 from worker import fanout, metrics, pipeline, polling
 from worker.celery_app import app, queue_for
 from worker.deadletters import DeadLetter, DeadLetters
-from worker.errors import VendorError
+from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
 from worker.reconcile import Reconciler, exclusive
 from worker.retry import decide
@@ -226,7 +226,7 @@ def poll_vendor(vendor: str, full: bool = False) -> str:
         return "busy"
     try:
         report = polling.poll(rt, vendor, enqueue_ingest, full=full)
-    except VendorError as error:
+    except (VendorError, InvalidPayload) as error:
         log.warning("poll.failed", vendor=vendor, reason=error.reason, error=str(error))
         return "failed"
     finally:

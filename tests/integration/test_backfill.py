@@ -32,7 +32,6 @@ from tests.stack import ROOT, VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-CLI = "from worker.cli import main; main(prog_name='oppsync')"
 
 HARBOUR = DEAL
 QUAYSIDE = DEAL.replace(
@@ -51,7 +50,7 @@ RIVERSIDE = DEAL.replace(
 
 def oppsync(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", CLI, *args],
+        [sys.executable, "-m", "worker.cli", *args],
         cwd=ROOT,
         env=stack.env,
         capture_output=True,

@@ -30,12 +30,10 @@ from worker.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 
-CLI = "from worker.cli import main; main(prog_name='oppsync')"
-
 
 def oppsync(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", CLI, *args],
+        [sys.executable, "-m", "worker.cli", *args],
         cwd=ROOT,
         env=stack.env,
         capture_output=True,
