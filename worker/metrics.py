@@ -9,7 +9,10 @@ are the ones DESIGN.md pins: ``oppsync_events_received_total{vendor,outcome}``,
 
 from __future__ import annotations
 
+import atexit
 import json
+import threading
+from collections import defaultdict
 
 import redis
 
@@ -18,19 +21,103 @@ LATENCY = "oppsync:metrics:latency"  # hash "<bucket>" / "sum" / "count"
 LATENCY_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
+FLUSH_SECONDS = 1.0
+# Keeps the larger of two numbers in a hash field (timestamps from several processes).
+_SET_IF_NEWER = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 3))
+end
+"""
+
+
+class Batch:
+    """Increments kept in memory and written to Redis at most once a second per process.
+
+    Counting every event straight into Redis cost more commands than the event itself;
+    batched, a busy process sends one pipeline a second. A process that dies loses at most
+    the last second of counts (metrics, never state).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: redis.Redis | None = None
+        self._incr: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self._newest: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
+        self._expire: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+
+    def incr(self, client: redis.Redis, key: str, field: str, amount: float = 1,
+             *, expire: int | None = None) -> None:  # fmt: skip
+        with self._lock:
+            self._client = client
+            self._incr[(key, field)] += amount
+            if expire is not None:
+                self._expire[key] = expire
+            self._start()
+
+    def newest(self, client: redis.Redis, key: str, field: str, value: float,
+               *extra: str) -> None:  # fmt: skip
+        """Set ``field`` to ``value`` (and ``extra`` field/value pairs) unless it is newer."""
+        with self._lock:
+            self._client = client
+            if value > self._newest.get((key, field), (float("-inf"), ()))[0]:
+                self._newest[(key, field)] = (value, extra)
+            self._start()
+
+    def flush(self) -> None:
+        with self._lock:
+            client, incr, newest, expire = self._client, self._incr, self._newest, self._expire
+            self._incr, self._newest, self._expire = defaultdict(float), {}, {}
+        if client is None or not (incr or newest):
+            return
+        pipe = client.pipeline(transaction=False)
+        for (key, field), amount in incr.items():
+            if float(amount).is_integer():
+                pipe.hincrby(key, field, int(amount))
+            else:
+                pipe.hincrbyfloat(key, field, amount)
+        for (key, field), (value, extra) in newest.items():
+            pipe.eval(_SET_IF_NEWER, 1, key, field, repr(value), *extra)
+        for key, seconds in expire.items():
+            pipe.expire(key, seconds)
+        try:
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            pass  # metrics are best effort: never fail or block the work they count
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="oppsync-metrics",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            threading.Event().wait(FLUSH_SECONDS)
+            self.flush()
+
+
+batch = Batch()
+atexit.register(batch.flush)
+
+
+def flush() -> None:
+    """Write what this process has counted now (tests, shutdown)."""
+    batch.flush()
+
+
 def count(client: redis.Redis, name: str, amount: int = 1, **labels: str) -> None:
     field = f"{name}|{json.dumps(labels, sort_keys=True)}"
-    client.hincrby(COUNTERS, field, amount)
+    batch.incr(client, COUNTERS, field, amount)
 
 
 def observe_latency(client: redis.Redis, seconds: float) -> None:
-    pipe = client.pipeline()
     for bucket in LATENCY_BUCKETS:
         if seconds <= bucket:
-            pipe.hincrby(LATENCY, str(bucket), 1)
-    pipe.hincrbyfloat(LATENCY, "sum", seconds)
-    pipe.hincrby(LATENCY, "count", 1)
-    pipe.execute()
+            batch.incr(client, LATENCY, str(bucket))
+    batch.incr(client, LATENCY, "sum", seconds)
+    batch.incr(client, LATENCY, "count")
 
 
 def read_counters(client: redis.Redis) -> list[tuple[str, dict[str, str], int]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from worker import metrics
 from worker.errors import OppsyncError, VendorError
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings
@@ -25,14 +26,6 @@ WRITES = frozenset({"created", "updated", "deleted"})
 #: Reasons a push waited that say nothing about the vendor.
 OURS = frozenset({"busy", "own_quota", "create_in_flight"})
 # Workers finish out of order: a time (and the reason that goes with it) only moves forward.
-_SET_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if not current or tonumber(current) < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  if ARGV[3] then redis.call('HSET', KEYS[1], ARGV[3], ARGV[4]) end
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -63,29 +56,20 @@ def record_push(
     """Count one push's result: a write the vendor accepted, or a failure that was its own."""
     now = time.time() if now is None else now
     calls = CALLS.format(vendor=vendor, minute=int(now // 60))
-    pipe = client.pipeline()
+    keep = (WINDOW_MINUTES + 1) * 60
     if error is None:
         if outcome not in WRITES:
             return  # nothing was written: says nothing about the vendor
-        pipe.eval(_SET_IF_NEWER, 1, HEALTH.format(vendor=vendor), "last_success", repr(now))
-        pipe.hincrby(calls, "ok", 1)
-    else:
-        reason = error.reason if isinstance(error, OppsyncError) else type(error).__name__
-        if not isinstance(error, VendorError) or reason in OURS:
-            return
-        pipe.eval(
-            _SET_IF_NEWER,
-            1,
-            HEALTH.format(vendor=vendor),
-            "last_error",
-            repr(now),
-            "last_error_reason",
-            reason,
-        )
-        pipe.hincrby(calls, "error", 1)
-        pipe.hincrby(calls, f"error:{reason}", 1)
-    pipe.expire(calls, (WINDOW_MINUTES + 1) * 60)
-    pipe.execute()
+        metrics.batch.newest(client, HEALTH.format(vendor=vendor), "last_success", now)
+        metrics.batch.incr(client, calls, "ok", expire=keep)
+        return
+    reason = error.reason if isinstance(error, OppsyncError) else type(error).__name__
+    if not isinstance(error, VendorError) or reason in OURS:
+        return
+    metrics.batch.newest(client, HEALTH.format(vendor=vendor), "last_error", now,
+                         "last_error_reason", reason)  # fmt: skip
+    metrics.batch.incr(client, calls, "error", expire=keep)
+    metrics.batch.incr(client, calls, f"error:{reason}", expire=keep)
 
 
 def read_health(

@@ -56,8 +56,13 @@ def test_metrics_count_one_change_from_edge_to_every_vendor(live: Stack) -> None
     # when a deal created in Salescaling is synced to the other four
     sync_one(live)
     # then the edge, the upserts and the latency histogram each counted it
+    # (each process writes its counts once a second)
     after = wait_for(
-        lambda: (s := scrape(live)) and value(s, "oppsync_sync_latency_seconds_count") > 0 and s,
+        lambda: (s := scrape(live))
+        and value(s, "oppsync_sync_latency_seconds_count") > 0
+        and value(s, "oppsync_events_received_total", vendor="salescaling", outcome="queued")
+        > value(before, "oppsync_events_received_total", vendor="salescaling", outcome="queued")
+        and s,
         10,
         "no latency observed",
     )
@@ -88,10 +93,13 @@ def test_metrics_and_status_ask_for_credentials(live: Stack) -> None:
 def test_status_shows_each_vendors_health_and_the_latest_event(live: Stack) -> None:
     # given a change synced from Salescaling to the other four
     sync_one(live)
-    # when an operator opens the status page
-    page = httpx.get(f"{live.web_url}/status", auth=AUTH)
-    assert page.status_code == 200
-    html = page.text
+    # when an operator opens the status page (push results reach it within a second)
+    def page_with_successes() -> str | None:
+        page = httpx.get(f"{live.web_url}/status", auth=AUTH)
+        assert page.status_code == 200
+        return page.text if page.text.count(" s ago") >= len(others("salescaling")) else None
+
+    html = wait_for(page_with_successes, 10, "the status page shows no recent success")
     # then each vendor written shows a recent success, and the event is listed with its
     # outcome and correlation id
     for target in others("salescaling"):

@@ -94,6 +94,7 @@ def test_metrics_exports_the_pinned_families(url: str, client: redis.Redis) -> N
     metrics.count(client, "oppsync_retries_total", vendor="salescaling", amount=3)
     metrics.observe_latency(client, 0.2)
     metrics.observe_latency(client, 4.0)
+    metrics.flush()  # counts are batched in-process and written once a second
     DeadLetters(client).add(
         kind="push", vendor="siro", job={"key": "opp_1"}, attempts=1, error=Permanent(
             "refused", vendor="siro", status=400)
@@ -262,6 +263,7 @@ def test_vendorhealth_counts_the_vendors_own_failures_in_the_window(
     vendorhealth.record_push(
         client, "siro", error=RateLimited("q", vendor="siro", reason="own_quota"), now=now
     )
+    metrics.flush()  # results are batched in-process and written once a second
     # when the status page reads them
     health = vendorhealth.read_health(client, ("siro", "salescaling"), now=now)
     # then only the vendor's own results in the window count
