@@ -9,6 +9,9 @@ not slowed. Retries on the vendor's queue still call it, and the first success c
 
 from __future__ import annotations
 
+import threading
+import time
+
 import redis
 
 THRESHOLD = 5
@@ -24,14 +27,30 @@ def _open(vendor: str) -> str:
     return f"oppsync:breaker:{vendor}:open"
 
 
+#: How long a process trusts what it last read of a breaker (saves a Redis call per push).
+CHECK_EVERY = 1.0
+_lock = threading.Lock()
+_read: dict[str, tuple[float, float]] = {}  # vendor -> (read at, open until)
+_failing: set[str] = set()  # vendors this process saw fail since their last success
+
+
 def open_for(client: redis.Redis, vendor: str) -> float:
-    """Seconds the breaker stays open (0.0 when closed)."""
-    ttl = client.pttl(_open(vendor))
-    return max(0.0, float(ttl) / 1000.0) if isinstance(ttl, int) and ttl > 0 else 0.0
+    """Seconds the breaker stays open (0.0 when closed), as of at most a second ago."""
+    now = time.monotonic()
+    with _lock:
+        read_at, until = _read.get(vendor, (float("-inf"), 0.0))
+    if now - read_at > CHECK_EVERY:
+        ttl = client.pttl(_open(vendor))
+        until = now + (float(ttl) / 1000.0 if isinstance(ttl, int) and ttl > 0 else 0.0)
+        with _lock:
+            _read[vendor] = (now, until)
+    return max(0.0, until - now)
 
 
 def record_failure(client: redis.Redis, vendor: str) -> bool:
     """Count a transient failure; True when this one opened the breaker."""
+    with _lock:
+        _failing.add(vendor)
     pipe = client.pipeline()
     pipe.incr(_failures(vendor))
     pipe.expire(_failures(vendor), FAILURE_WINDOW)
@@ -42,4 +61,10 @@ def record_failure(client: redis.Redis, vendor: str) -> bool:
 
 
 def record_success(client: redis.Redis, vendor: str) -> None:
+    """A success closes the breaker (only a process that saw failures needs to say so)."""
+    with _lock:
+        if vendor not in _failing:
+            return
+        _failing.discard(vendor)
+        _read.pop(vendor, None)
     client.delete(_failures(vendor), _open(vendor))
