@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from worker import breaker, metrics, pipeline, vendorhealth
+from worker import breaker, metrics, vendorhealth, writer
 from worker.deadletters import DeadLetters
 from worker.errors import Transient
 from worker.logs import log
@@ -76,7 +76,7 @@ def _attempt(
         schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, wait)
         return PushResult(vendor, "retrying", "circuit open")
     try:
-        outcome = pipeline.push(rt, key, vendor, cause=cause)
+        outcome = writer.push(rt, key, vendor, cause=cause)
     except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
         verdict = decide(
             error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings

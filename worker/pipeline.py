@@ -2,8 +2,8 @@
 
 Plain functions over a ``Runtime`` (settings, store, adapters, locks); no Celery here, and
 vendor I/O only through the adapters. ``ingest`` decides what an event changes and which
-vendors must be written; ``push`` writes one vendor. Both are idempotent: running either
-twice for the same input leaves the same state and the same vendor records.
+vendors must be written; ``worker/writer.py`` then writes each of them. Both are idempotent:
+running either twice for the same input leaves the same state and the same vendor records.
 
 Merge rule: a field is taken from the source only when it differs from what the source would
 hold for the current state (so lossy vendors don't flip values), the field is not owned by
@@ -37,7 +37,7 @@ from marshmallow import ValidationError
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
-from worker.errors import InvalidPayload, Permanent, Transient
+from worker.errors import InvalidPayload, Transient
 from worker.runtime import Runtime
 from worker.state import Record, new_key
 from worker.vendors.base import VendorAdapter
@@ -170,7 +170,7 @@ def merge(
     # A vendor without stages (or whose stage change was refused) still moves the status:
     # the stage follows it, so every vendor that has stages can hold the same status.
     if "status" in changes and ("stage" not in adapter.synced_fields or "stage" in refused):
-        stage = _stage_agreeing(rt, record.state.stage, changes["status"])
+        stage = stage_agreeing(rt, record.state.stage, changes["status"])
         if stage != record.state.stage:
             changes["stage"] = stage
             _decided(rt, record, "stage", source, event_time, rule=f"follows status from {source}")
@@ -217,7 +217,7 @@ def _decided(
     record.sources[name] = source
 
 
-def _stage_agreeing(rt: Runtime, stage: str | None, status: Status | None) -> str | None:
+def stage_agreeing(rt: Runtime, stage: str | None, status: Status | None) -> str | None:
     """A stage consistent with a status set by a vendor without stages: the current one
     if it has that status, else the mapping's first stage with it."""
     stages = rt.settings.mapping.stages
@@ -413,7 +413,7 @@ def _mark_lost(rt: Runtime, record: Record, vendor: str, event_time: datetime) -
         origin = record.sources.get("status", "an earlier change")
         record.rules["status"] = f"deleted in {vendor}, but status set later by {origin}"
         return
-    stage = _stage_agreeing(rt, record.state.stage, Status.LOST)
+    stage = stage_agreeing(rt, record.state.stage, Status.LOST)
     record.state = record.state.replace(status=Status.LOST, stage=stage)
     rule = f"deleted in {vendor}: marked lost"
     for name in ("status", "stage"):
@@ -444,152 +444,3 @@ def _event_summary(
         "applied_at": time.time(),
         "after": (previous or {}).get("applied_at"),
     }
-
-
-def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
-    """Make ``vendor`` hold the current state of ``key``; returns what was done.
-
-    Reads the state when its turn comes, so a burst of changes coalesces into the latest
-    one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
-    A create whose answer was lost leaves an intent: the next attempt looks the record up
-    in the vendor before creating again.
-    """
-    if not rt.store.claim_push(key, vendor):
-        return "coalesced"
-    turn = False
-    try:
-        with rt.lock(key, vendor):
-            turn = True
-            _settle(rt, key)
-            # From here on a newer change needs a push of its own: we may read before it.
-            rt.store.release_push(key, vendor)
-            return _push_now(rt, key, vendor, cause)
-    finally:
-        if not turn:  # the lock stayed busy: this push is retried later and reads then
-            rt.store.release_push(key, vendor)
-
-
-def _settle(rt: Runtime, key: str) -> None:
-    """While the deal is changing in a burst (its last two changes less than ``BURST_GAP``
-    apart), wait until it has been quiet for ``QUIET`` (at most ``SETTLE_MAX``): the changes
-    that arrive meanwhile coalesce into this push. A lone change is pushed at once."""
-    deadline = time.monotonic() + SETTLE_MAX.total_seconds()
-    while True:
-        change = rt.store.last_change(key) or {}
-        applied, after = change.get("applied_at"), change.get("after")
-        if applied is None or after is None or applied - after > BURST_GAP.total_seconds():
-            return
-        wait = min(applied + QUIET.total_seconds() - time.time(), deadline - time.monotonic())
-        if wait <= 0:
-            return
-        time.sleep(wait)
-
-
-def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
-    adapter = rt.adapters[vendor]
-    record = rt.store.load(key)
-    if record.written.get(vendor) == GONE:
-        return _recheck(rt, record, vendor, cause) if vendor in record.rechecks else "skipped"
-    if record.deleted:
-        return _push_delete(rt, record, vendor, cause)
-    target = adapter.project(record.state)
-    wanted = fingerprint(target, adapter.synced_fields)
-    if record.written.get(vendor) == wanted:
-        return "unchanged"
-    vendor_id = record.ids.get(vendor)
-    if vendor_id is None and vendor in record.intents:
-        since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
-        vendor_id = adapter.find_existing(record.state, key=key, since=since)
-    if vendor_id is None:
-        rt.store.start_intent(key, vendor)
-    # Known as ours before it is sent: the vendor's echo can beat the answer.
-    rt.store.start_write(key, vendor, wanted)
-    try:
-        result = adapter.upsert(
-            record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
-        )
-    except Permanent as exc:
-        rt.store.end_write(key, vendor)
-        if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):
-            # Deleted there while we wrote. Its delete (the vendor's event, the next poll or
-            # reconciliation) applies the policy; nothing to retry, no dead letter.
-            return "vanished"
-        raise
-    except BaseException:
-        rt.store.end_write(key, vendor)
-        raise
-    action = "created" if result.created else "updated"
-    provenance = _provenance(record, cause, action, result.vendor_id)
-    rt.store.record_write(
-        key,
-        vendor,
-        vendor_id=result.vendor_id,
-        fingerprint=wanted,
-        extra=result.extra,
-        provenance=provenance,
-    )
-    rt.store.note_write(key, vendor, provenance)
-    return action
-
-
-def _provenance(
-    record: Record, cause: dict[str, Any], action: str, vendor_id: str | None
-) -> dict[str, Any]:
-    """What one write was: when, what, and the event that caused it. When the write also
-    carries a later change (coalesced pushes), that change is named as well."""
-    entry: dict[str, Any] = {
-        **cause,
-        "at": datetime.now(UTC).isoformat(),
-        "action": action,
-        "target_id": vendor_id,
-    }
-    change = record.last_change
-    if change and change.get("delivery") != cause.get("delivery"):
-        entry["carries"] = {k: change.get(k) for k in ("vendor", "vendor_id", "delivery", "fields")}
-    return entry
-
-
-def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
-    """The deal was deleted in ``vendor`` while a write of ours was under way: if that
-    write brought the record back, delete it again."""
-    adapter = rt.adapters[vendor]
-    vendor_id = record.ids.get(vendor)
-    found = adapter.fetch(vendor_id) if vendor_id else None
-    outcome = "unchanged"
-    if found is not None and not adapter.to_canonical(found).deleted:
-        try:
-            adapter.delete(str(vendor_id))
-            outcome = "deleted"
-        except Permanent as exc:
-            if exc.reason != "unsupported":
-                raise
-        action = "deleted again (our write crossed its delete)"
-        rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
-    rt.store.clear_recheck(record.key, vendor)
-    return outcome
-
-
-def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
-    adapter = rt.adapters[vendor]
-    vendor_id = record.ids.get(vendor)
-    if vendor_id is None:
-        rt.store.mark_written(record.key, vendor, GONE)
-        return "skipped"
-    action = "deleted"
-    try:
-        adapter.delete(vendor_id)
-    except Permanent as exc:
-        if exc.reason != "unsupported":
-            raise
-        # The vendor cannot delete (iVvy has no delete action): the nearest is "lost".
-        lost = record.state.replace(status=Status.LOST, deleted=False)
-        adapter.upsert(
-            lost.replace(stage=_stage_agreeing(rt, lost.stage, Status.LOST)),
-            key=record.key,
-            vendor_id=vendor_id,
-            extra=record.extra.get(vendor, {}),
-        )
-        action = "marked lost (cannot delete)"
-    rt.store.mark_written(record.key, vendor, GONE)
-    rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
-    return "deleted"

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
+import threading
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -13,7 +16,9 @@ from typing import Any
 import redis
 
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
-from tests.stack import VENDORS, Stack, wait_for
+from tests.integration.conftest import wait_idle
+from tests.simulators.base import LoggedRequest
+from tests.stack import ROOT, VENDORS, Stack, wait_for
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 
 DEAL = Opportunity(
@@ -161,3 +166,111 @@ def writes(stack: Stack) -> int:
 def live_events(stack: Stack) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
     return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
+
+
+# -- what a person does in each vendor, and what each vendor was sent ------------------------
+def person_edits(
+    stack: Stack, vendor: str, vendor_id: str, *, name: str, amount: int | None = None
+) -> None:
+    """A person renames the deal (and sets its amount, where the vendor has one)."""
+    sim = stack.sims[vendor]
+    money = (
+        {}
+        if amount is None
+        else {
+            "siro": {"amount": amount},
+            "leadway": {"monetaryValue": amount},
+            "salescaling": {"amount": amount},
+            "icloudready": {"revenue": amount},
+            "ivvy": {},
+        }[vendor]
+    )
+    sim.edit(vendor_id, name=name, **money)
+
+
+def upserts(stack: Stack, vendor: str) -> list[LoggedRequest]:
+    """The opportunity writes (creates and updates) the vendor has answered."""
+
+    def is_upsert(r: LoggedRequest) -> bool:
+        if vendor == "siro":
+            return r.method == "PUT" and r.path.endswith("/sync/opportunities")
+        if vendor == "leadway":
+            return r.method == "POST" and r.path == "/opportunities/upsert"
+        if vendor == "ivvy":
+            return "action=addOrUpdateOpportunity" in r.query
+        if vendor == "salescaling":
+            return r.method in ("POST", "PUT") and "/contacts" not in r.path
+        return r.method in ("POST", "PATCH") and "/opportunities" in r.path
+
+    return [r for r in list(stack.sims[vendor].log) if is_upsert(r)]
+
+
+def written_name(vendor: str, request: LoggedRequest) -> str:
+    body = request.body or {}
+    if vendor == "icloudready":
+        return str((body.get("opportunityInformation") or {}).get("name"))
+    return str(body.get("name"))
+
+
+def a_moment_later() -> None:
+    """Let the clocks move on, so two edits get different times (the vendors keep ms)."""
+    threading.Event().wait(0.01)
+
+
+def only_id(stack: Stack, vendor: str) -> str:
+    (vendor_id,) = list(stack.sims[vendor].records)
+    return str(vendor_id)
+
+
+def names(stack: Stack) -> dict[str, list[str | None]]:
+    return {v: [o.name for o in held(stack, v)] for v in VENDORS}
+
+
+def wait_names(stack: Stack, wanted: str, vendors: tuple[str, ...] = VENDORS) -> None:
+    try:
+        wait_for(lambda: all(names(stack)[v] == [wanted] for v in vendors), 30, "no convergence")
+    except TimeoutError:
+        raise AssertionError(f"wanted {wanted!r} everywhere, held {names(stack)}") from None
+
+
+def everywhere(held_values: dict[str, list[Any]], wanted: Any) -> bool:
+    """Each vendor holds exactly one record, with ``wanted``."""
+    return all(values == [wanted] for values in held_values.values())
+
+
+def settle(stack: Stack) -> None:
+    wait_idle(redis.Redis.from_url(stack.redis.url), timeout=60)
+
+
+def synced_from(stack: Stack, source: str) -> str:
+    """A deal a person created in ``source``, synced to all five; returns its key."""
+    vendor_id = person_creates(stack, source)
+    assert announce(stack, source, vendor_id) == 202
+    wait_names(stack, DEAL.name or "")
+    settle(stack)
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    key = client.get(f"oppsync:link:{source}:{vendor_id}")
+    assert key
+    return str(key)
+
+
+def events(stack: Stack) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
+
+
+# -- 1. per-record ordering -----------------------------------------------------------------
+
+
+def oppsync_show(stack: Stack, ref: str) -> str:
+    answer = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "show", ref],
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr
+    return answer.stdout

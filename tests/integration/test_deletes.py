@@ -16,10 +16,12 @@ import redis
 
 from schemas.opportunity import Status
 from tests.integration.conftest import wait_idle
-from tests.integration.drive import DEAL, announce, held
-from tests.integration.test_conflicts import (
+from tests.integration.drive import (
+    DEAL,
+    announce,
     events,
     everywhere,
+    held,
     names,
     only_id,
     oppsync_show,

@@ -14,8 +14,17 @@ import pytest
 import redis
 
 from tests.integration.conftest import wait_idle
-from tests.integration.drive import DEAL, announce, held, person_creates
-from tests.integration.test_conflicts import everywhere, names, only_id, person_edits, upserts
+from tests.integration.drive import (
+    DEAL,
+    announce,
+    everywhere,
+    held,
+    names,
+    only_id,
+    person_creates,
+    person_edits,
+    upserts,
+)
 from tests.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration

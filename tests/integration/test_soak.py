@@ -21,8 +21,7 @@ import pytest
 import redis
 
 from schemas.opportunity import load
-from tests.integration.drive import DEAL, announce, person_creates, schema, synced
-from tests.integration.test_conflicts import person_edits
+from tests.integration.drive import DEAL, announce, person_creates, person_edits, schema, synced
 from tests.integration.test_deletes import ivvy_deletes, leadway_deletes
 from tests.integration.test_echoes import quiet
 from tests.stack import VENDORS, Stack, wait_for

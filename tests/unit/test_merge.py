@@ -18,7 +18,7 @@ from schemas.envelope import Envelope, InboundEvent
 from schemas.mapping import Mapping, Stage
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status
 from tests.unit.test_pipeline import MemoryAdapter
-from worker import pipeline
+from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
 from worker.errors import Permanent
 from worker.runtime import Runtime
@@ -105,7 +105,7 @@ def announce(rt: Runtime, vendor: str, vendor_id: str, **extra: Any) -> pipeline
 
 def sync(rt: Runtime, outcome: pipeline.Outcome) -> dict[str, str]:
     return {
-        v: pipeline.push(rt, outcome.key, v, cause={"vendor": "test", "delivery": "d"})  # type: ignore[arg-type]
+        v: writer.push(rt, outcome.key, v, cause={"vendor": "test", "delivery": "d"})  # type: ignore[arg-type]
         for v in outcome.targets
     }
 
@@ -285,9 +285,9 @@ def test_push_while_another_waits_for_its_turn_is_coalesced(rt: Runtime) -> None
     key = deal(rt, "leadway")
     deliver(rt, "leadway", {**held(rt, "leadway"), "name": "Renamed"}, now())
     assert rt.store.claim_push(key, "siro")  # another push is waiting for its turn
-    assert pipeline.push(rt, key, "siro", cause={}) == "coalesced"
+    assert writer.push(rt, key, "siro", cause={}) == "coalesced"
     rt.store.release_push(key, "siro")
-    assert pipeline.push(rt, key, "siro", cause={}) == "updated"
+    assert writer.push(rt, key, "siro", cause={}) == "updated"
 
 
 def test_push_during_a_burst_waits_and_carries_the_last_change(rt: Runtime) -> None:
@@ -298,7 +298,7 @@ def test_push_during_a_burst_waits_and_carries_the_last_change(rt: Runtime) -> N
         deliver(rt, "leadway", {**held(rt, "leadway"), "name": f"Burst {i}"}, now(offset))
     results: list[str] = []
     pusher = threading.Thread(
-        target=lambda: results.append(pipeline.push(rt, key, "siro", cause={}))
+        target=lambda: results.append(writer.push(rt, key, "siro", cause={}))
     )
     pusher.start()
     time.sleep(pipeline.QUIET.total_seconds() / 3)
@@ -316,7 +316,7 @@ def test_push_provenance_names_the_event_behind_each_write(rt: Runtime) -> None:
     outcome = deliver(rt, "leadway", {"id": "L9", "name": "Deal", "status": "open"}, now(-60))
     cause = {"vendor": "leadway", "vendor_id": "L9", "delivery": "wh-1", "fields": ["name"]}
     for vendor in outcome.targets:
-        pipeline.push(rt, outcome.key, vendor, cause=cause)  # type: ignore[arg-type]
+        writer.push(rt, outcome.key, vendor, cause=cause)  # type: ignore[arg-type]
     writes = rt.store.writes(outcome.key)  # type: ignore[arg-type]
     assert sorted(w["target"] for w in writes) == ["ivvy", "salescaling", "siro"]
     assert {(w["vendor"], w["delivery"], w["action"]) for w in writes} == {

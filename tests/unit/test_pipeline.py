@@ -17,7 +17,7 @@ import redis
 from schemas.envelope import Envelope, InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
-from worker import pipeline
+from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
 from worker.runtime import Runtime
 from worker.settings import from_env
@@ -113,7 +113,7 @@ def deliver(rt: Runtime, vendor: str, record: dict[str, Any]) -> pipeline.Outcom
 
 def sync(rt: Runtime, outcome: pipeline.Outcome) -> None:
     for vendor in outcome.targets:
-        pipeline.push(rt, outcome.key, vendor, cause={"vendor": "test"})  # type: ignore[arg-type]
+        writer.push(rt, outcome.key, vendor, cause={"vendor": "test"})  # type: ignore[arg-type]
 
 
 def test_ingest_new_record_targets_every_other_vendor(rt: Runtime) -> None:

@@ -1,0 +1,170 @@
+"""Writing one vendor: make it hold the current state of one opportunity.
+
+The push side of the pipeline (``worker/pipeline.py`` decides what must be written). A push
+holds the (record, vendor) lock and reads the state when its turn comes; while one push
+waits for its turn, later ones for that vendor are dropped ("coalesced"), and during a burst
+of edits it waits for the deal to go quiet, so a burst ends in a few writes carrying the
+final state. Creates leave an intent first; a write's fingerprint is remembered before it is
+sent, so the vendor's echo is recognised even when it beats the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.opportunity import Status, fingerprint
+from worker.errors import Permanent
+from worker.pipeline import BURST_GAP, GONE, QUIET, SETTLE_MAX, stage_agreeing
+from worker.runtime import Runtime
+from worker.state import Record
+
+
+def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
+    """Make ``vendor`` hold the current state of ``key``; returns what was done.
+
+    Reads the state when its turn comes, so a burst of changes coalesces into the latest
+    one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
+    A create whose answer was lost leaves an intent: the next attempt looks the record up
+    in the vendor before creating again.
+    """
+    if not rt.store.claim_push(key, vendor):
+        return "coalesced"
+    turn = False
+    try:
+        with rt.lock(key, vendor):
+            turn = True
+            _settle(rt, key)
+            # From here on a newer change needs a push of its own: we may read before it.
+            rt.store.release_push(key, vendor)
+            return _push_now(rt, key, vendor, cause)
+    finally:
+        if not turn:  # the lock stayed busy: this push is retried later and reads then
+            rt.store.release_push(key, vendor)
+
+
+def _settle(rt: Runtime, key: str) -> None:
+    """While the deal is changing in a burst (its last two changes less than ``BURST_GAP``
+    apart), wait until it has been quiet for ``QUIET`` (at most ``SETTLE_MAX``): the changes
+    that arrive meanwhile coalesce into this push. A lone change is pushed at once."""
+    deadline = time.monotonic() + SETTLE_MAX.total_seconds()
+    while True:
+        change = rt.store.last_change(key) or {}
+        applied, after = change.get("applied_at"), change.get("after")
+        if applied is None or after is None or applied - after > BURST_GAP.total_seconds():
+            return
+        wait = min(applied + QUIET.total_seconds() - time.time(), deadline - time.monotonic())
+        if wait <= 0:
+            return
+        time.sleep(wait)
+
+
+def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
+    adapter = rt.adapters[vendor]
+    record = rt.store.load(key)
+    if record.written.get(vendor) == GONE:
+        return _recheck(rt, record, vendor, cause) if vendor in record.rechecks else "skipped"
+    if record.deleted:
+        return _push_delete(rt, record, vendor, cause)
+    target = adapter.project(record.state)
+    wanted = fingerprint(target, adapter.synced_fields)
+    if record.written.get(vendor) == wanted:
+        return "unchanged"
+    vendor_id = record.ids.get(vendor)
+    if vendor_id is None and vendor in record.intents:
+        since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
+        vendor_id = adapter.find_existing(record.state, key=key, since=since)
+    if vendor_id is None:
+        rt.store.start_intent(key, vendor)
+    # Known as ours before it is sent: the vendor's echo can beat the answer.
+    rt.store.start_write(key, vendor, wanted)
+    try:
+        result = adapter.upsert(
+            record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
+        )
+    except Permanent as exc:
+        rt.store.end_write(key, vendor)
+        if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):
+            # Deleted there while we wrote. Its delete (the vendor's event, the next poll or
+            # reconciliation) applies the policy; nothing to retry, no dead letter.
+            return "vanished"
+        raise
+    except BaseException:
+        rt.store.end_write(key, vendor)
+        raise
+    action = "created" if result.created else "updated"
+    provenance = _provenance(record, cause, action, result.vendor_id)
+    rt.store.record_write(
+        key,
+        vendor,
+        vendor_id=result.vendor_id,
+        fingerprint=wanted,
+        extra=result.extra,
+        provenance=provenance,
+    )
+    rt.store.note_write(key, vendor, provenance)
+    return action
+
+
+def _provenance(
+    record: Record, cause: dict[str, Any], action: str, vendor_id: str | None
+) -> dict[str, Any]:
+    """What one write was: when, what, and the event that caused it. When the write also
+    carries a later change (coalesced pushes), that change is named as well."""
+    entry: dict[str, Any] = {
+        **cause,
+        "at": datetime.now(UTC).isoformat(),
+        "action": action,
+        "target_id": vendor_id,
+    }
+    change = record.last_change
+    if change and change.get("delivery") != cause.get("delivery"):
+        entry["carries"] = {k: change.get(k) for k in ("vendor", "vendor_id", "delivery", "fields")}
+    return entry
+
+
+def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
+    """The deal was deleted in ``vendor`` while a write of ours was under way: if that
+    write brought the record back, delete it again."""
+    adapter = rt.adapters[vendor]
+    vendor_id = record.ids.get(vendor)
+    found = adapter.fetch(vendor_id) if vendor_id else None
+    outcome = "unchanged"
+    if found is not None and not adapter.to_canonical(found).deleted:
+        try:
+            adapter.delete(str(vendor_id))
+            outcome = "deleted"
+        except Permanent as exc:
+            if exc.reason != "unsupported":
+                raise
+        action = "deleted again (our write crossed its delete)"
+        rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
+    rt.store.clear_recheck(record.key, vendor)
+    return outcome
+
+
+def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
+    adapter = rt.adapters[vendor]
+    vendor_id = record.ids.get(vendor)
+    if vendor_id is None:
+        rt.store.mark_written(record.key, vendor, GONE)
+        return "skipped"
+    action = "deleted"
+    try:
+        adapter.delete(vendor_id)
+    except Permanent as exc:
+        if exc.reason != "unsupported":
+            raise
+        # The vendor cannot delete (iVvy has no delete action): the nearest is "lost".
+        lost = record.state.replace(status=Status.LOST, deleted=False)
+        adapter.upsert(
+            lost.replace(stage=stage_agreeing(rt, lost.stage, Status.LOST)),
+            key=record.key,
+            vendor_id=vendor_id,
+            extra=record.extra.get(vendor, {}),
+        )
+        action = "marked lost (cannot delete)"
+    rt.store.mark_written(record.key, vendor, GONE)
+    rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
+    return "deleted"
