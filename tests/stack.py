@@ -188,14 +188,23 @@ class Stack:
         wait: bool = True,
     ) -> subprocess.Popen[bytes]:
         """The Procfile's ``worker`` line (``env`` replaces the stack's environment), named
-        apart from the others as separate hosts would be; ``wait`` for ``/readyz``."""
+        apart from the others as separate hosts would be; ``wait`` until this worker says
+        it is ready (``/readyz`` is satisfied by any worker)."""
         n = len(self.workers)
         env = env or self.env
+        log = self.log_dir / f"worker{n}.log"
+        offset = log.stat().st_size if log.exists() else 0
         args = [*procfile_args("worker", env), "-n", f"worker{n}@%h", *extra_args]
         process = self._spawn(f"worker{n}", args, env)
         self.workers.append(process)
+
+        def ready() -> bool:
+            with open(log, "rb") as lines:
+                lines.seek(offset)
+                return b"ready." in lines.read()
+
         if wait:
-            wait_for(lambda: _answers(f"{self.web_url}/readyz"), 60, "worker did not become ready")
+            wait_for(ready, 60, f"worker{n} did not become ready")
         return process
 
     def restart_redis(self, down_for: float = 0.0) -> None:

@@ -80,10 +80,10 @@ def machine() -> dict[str, Any]:
 
 @dataclass
 class CpuMeter:
-    """CPU taken by named process trees (and by this process, the simulators' host) over
-    one phase, and by everything else on the machine (other jobs sharing it)."""
+    """CPU taken over one phase by named groups of process trees, by this process (the
+    benchmark's own bookkeeping) and by everything else on the machine (other jobs)."""
 
-    pids: dict[str, int]
+    pids: dict[str, list[int]]
     start: dict[str, float] = field(default_factory=dict)
     machine_start: tuple[float, float] = (0.0, 0.0)
 
@@ -93,8 +93,8 @@ class CpuMeter:
 
     def _now(self) -> dict[str, float]:
         times = os.times()
-        now = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        now["simulators"] = times.user + times.system
+        now = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()}
+        now["bench"] = times.user + times.system
         return now
 
     def stop(self, extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -104,20 +104,24 @@ class CpuMeter:
         used = {name: round(now[name] - self.start[name], 2) for name in now}
         used.update(extra or {})
         busy, total = machine_cpu()
+        ours = sum(used.values())
         used["machine_busy"] = round(busy - self.machine_start[0], 2)
         used["machine_capacity"] = round(total - self.machine_start[1], 2)
-        used["other"] = round(
-            max(
-                0.0,
-                used["machine_busy"]
-                - sum(v for k, v in used.items() if not k.startswith("machine")),
-            ),
-            2,
-        )
+        used["other"] = round(max(0.0, used["machine_busy"] - ours), 2)
         return used
 
 
 # -- Redis ---------------------------------------------------------------------------------
+
+
+def number(reply: Any) -> int:
+    """A Redis integer reply (redis-py types every reply as possibly awaitable)."""
+    return int(reply or 0)
+
+
+def used_memory(client: redis.Redis) -> int:
+    info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+    return int(info["used_memory"])
 
 
 def command_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
@@ -129,16 +133,16 @@ def command_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
     }
 
 
-_ID_LIKE = re.compile(r"[0-9a-f-]{16,}|.*\d.*", re.IGNORECASE)
+#: A part of a key that is an id: it holds a digit, or is a long mixed-case token
+#: (Leadway's ids are 20 letters).
+_ID_LIKE = re.compile(r".*\d.*|(?=.*[A-Z])(?=.*[a-z])[A-Za-z_-]{12,}")
 
 
 def family(key: str) -> str:
-    """A key's name with its ids replaced by ``*``: ``oppsync:link:siro:*``."""
+    """A key's name with its ids (any part holding a digit) replaced by ``*``:
+    ``oppsync:link:siro:*``."""
     parts = re.split(r"([:/|])", key)
-    return "".join(
-        "*" if i % 2 == 0 and len(p) >= 6 and _ID_LIKE.fullmatch(p) else p
-        for i, p in enumerate(parts)
-    )
+    return "".join("*" if i % 2 == 0 and _ID_LIKE.fullmatch(p) else p for i, p in enumerate(parts))
 
 
 #: Families meant to live as long as their opportunity (the state, the link map, provenance);
@@ -152,11 +156,11 @@ PERMANENT = (
 
 
 def key_families(client: redis.Redis, events: int) -> dict[str, dict[str, Any]]:
-    """Per key family: how many keys, how many never expire, and for a single key its size.
-    ``finding`` marks a family that grows with events without expiring and is not state."""
+    """Per key family: how many keys, how many never expire, and for a key of its own (a
+    family of one) its length. ``finding`` marks a family of keys without expiry that
+    grows with events (one per two events or more) and is not an opportunity's state."""
     counts: Counter[str] = Counter()
     no_ttl: Counter[str] = Counter()
-    sizes: dict[str, int] = {}
     batch: list[str] = []
 
     def flush() -> None:
@@ -164,12 +168,8 @@ def key_families(client: redis.Redis, events: int) -> dict[str, dict[str, Any]]:
         for key in batch:
             pipe.ttl(key)
         for key, ttl in zip(batch, pipe.execute(), strict=True):
-            fam = family(key)
-            counts[fam] += 1
-            if ttl == -1:
-                no_ttl[fam] += 1
-                if fam == key:  # a single key: how big it has grown
-                    sizes[fam] = _size(client, key)
+            counts[family(key)] += 1
+            no_ttl[family(key)] += ttl == -1
         batch.clear()
 
     for raw in client.scan_iter(count=2000):
@@ -177,17 +177,32 @@ def key_families(client: redis.Redis, events: int) -> dict[str, dict[str, Any]]:
         if len(batch) >= 2000:
             flush()
     flush()
-    families = {}
+    families: dict[str, dict[str, Any]] = {}
     for fam, n in counts.most_common():
-        permanent = any(re.fullmatch(p.replace("*", ".*"), fam) for p in PERMANENT)
-        grows = no_ttl[fam] >= events / 2 or sizes.get(fam, 0) >= events / 2
-        families[fam] = {
-            "keys": n,
-            "without_ttl": no_ttl[fam],
-            **({"size": sizes[fam]} if fam in sizes else {}),
-            "finding": bool(grows and not permanent),
-        }
+        entry: dict[str, Any] = {"keys": n, "without_ttl": no_ttl[fam]}
+        if n == 1 and no_ttl[fam] and "*" not in fam:
+            entry["size"] = _size(client, fam)
+        entry["finding"] = no_ttl[fam] >= events / 2 and not permanent(fam)
+        families[fam] = entry
     return families
+
+
+def permanent(fam: str) -> bool:
+    return any(re.fullmatch(p.replace("*", ".*"), fam) for p in PERMANENT)
+
+
+def grown_keys(
+    client: redis.Redis, families: dict[str, dict[str, Any]], events: int
+) -> dict[str, dict[str, int]]:
+    """Keys of their own without expiry (lists, sets, hashes) that grew by one per two
+    events or more since ``families`` was read, ``events`` events ago."""
+    grown = {}
+    for fam, entry in families.items():
+        if "size" in entry and not permanent(fam):
+            now = _size(client, fam)
+            if events and now - entry["size"] >= events / 2:
+                grown[fam] = {"before": entry["size"], "after": now}
+    return grown
 
 
 def _size(client: redis.Redis, key: str) -> int:
@@ -200,31 +215,38 @@ def _size(client: redis.Redis, key: str) -> int:
         "hash": client.hlen,
         "stream": client.xlen,
     }.get(kind)
-    return int(measure(key)) if measure else 0  # type: ignore[operator]
+    return number(measure(key)) if measure else 0
+
+
+def _usage(client: redis.Redis, key: str) -> int:
+    # SAMPLES 0: every field counted; the default (5 sampled) misjudges a hash whose values
+    # range from a flag to a kilobyte of JSON.
+    return number(client.memory_usage(key, samples=0))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def bytes_per_opportunity(client: redis.Redis, sample: int = 200) -> dict[str, float]:
     """Redis memory one linked opportunity keeps for good (``MEMORY USAGE`` of its hash,
     provenance list, link-map entries and index member), averaged over a sample."""
-    keys = [
-        k.decode() if isinstance(k, bytes) else str(k)
-        for k in client.srandmember(state.OPPS_INDEX, sample) or []
-    ]  # type: ignore[union-attr]
+    members: list[Any] = client.srandmember(state.OPPS_INDEX, sample) or []  # type: ignore[assignment]
+    keys = [_text(k) for k in members]
     if not keys:
         return {"opportunities_sampled": 0}
     parts: Counter[str] = Counter()
     for key in keys:
+        parts["state hash"] += _usage(client, state.opp_key(key))
+        parts["provenance list"] += _usage(client, state.writes_key(key))
         fields: dict[Any, Any] = client.hgetall(state.opp_key(key))  # type: ignore[assignment]
-        parts["state hash"] += client.memory_usage(state.opp_key(key)) or 0
-        parts["provenance list"] += client.memory_usage(state.writes_key(key)) or 0
         for name, value in fields.items():
-            name = name.decode() if isinstance(name, bytes) else name
-            if name.startswith("id:"):
-                value = value.decode() if isinstance(value, bytes) else value
-                parts["link map"] += client.memory_usage(state.link_key(name[3:], value)) or 0
-    index = (client.memory_usage(state.OPPS_INDEX) or 0) / max(1, client.scard(state.OPPS_INDEX))  # type: ignore[arg-type]
-    result = {name: round(total / len(keys)) for name, total in parts.items()}
-    result["index member"] = round(index)
+            if _text(name).startswith("id:"):
+                link = state.link_key(_text(name)[3:], _text(value))
+                parts["link map"] += _usage(client, link)
+    indexed = number(client.scard(state.OPPS_INDEX))
+    result: dict[str, float] = {n: round(total / len(keys)) for n, total in parts.items()}
+    result["index member"] = round(_usage(client, state.OPPS_INDEX) / max(1, indexed))
     result["total"] = sum(result.values())
     result["opportunities_sampled"] = len(keys)
     return result

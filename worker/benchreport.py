@@ -61,7 +61,8 @@ def rows(r: dict[str, Any]) -> list[Row]:
         ),
         Row(
             f"end-to-end throughput ({thr['completed']:,} events, each to 4 vendors)",
-            f"{_n(thr['rate'], 1)} events/s",
+            f"{_n(thr['rate'], 1)} events/s (simulators took {_per_event(thr, 'simulators')} "
+            f"ms CPU per event, the load generator {_per_event(thr, 'load generator')})",
             f"{_n(noop['rate'])} no-op tasks/s",
             f"{thr['rate'] / noop['rate']:.3f}×",
             "≥ 0.25×",
@@ -90,11 +91,18 @@ def rows(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def _per_event(phase: dict[str, Any], name: str) -> str:
+    """Milliseconds of CPU ``name`` took per event completed in ``phase``."""
+    return f"{phase['cpu'].get(name, 0.0) / max(1, phase['completed']) * 1000:.1f}"
+
+
 def _quota_row(q: dict[str, Any]) -> Row:
     return Row(
         f"quota use ({q['backlog']:,}-event backlog, Leadway {q['quota']}, 2 workers, "
         f"{q['seconds']:g} s)",
-        f"{q['used'] * 100:.1f} % used, {q['rate_limited']} × 429",
+        f"{q['used'] * 100:.1f} % used, {q['rate_limited']} × 429 (meanwhile the other "
+        f"vendors got {min(q['others_written_in_window'].values(), default=0):,} of the "
+        f"{q['backlog']:,} deals)",
         f"{q['quota']}",
         f"{q['used']:.3f}×",
         "≥ 95 %, zero 429",
@@ -139,10 +147,13 @@ def _cpu_row(r: dict[str, Any]) -> Row:
 def _memory_rows(r: dict[str, Any]) -> list[Row]:
     first, end = r["throughput"]["rss"], r["rss_end"]
     growth = {p: (end[p] - first[p]) / first[p] for p in ("web", "worker")}
-    quick = " (quick run: fewer events)" if r["plan"]["quick"] else ""
+    quick = "" if end["events"] >= 100_000 else " (fewer than 100,000: --quick or --soak-events)"
     per_opp = r["throughput"]["bytes_per_opportunity"]
     families = r["throughput"]["key_families"]
     findings = [f for f, v in families.items() if v["finding"]]
+    findings += [
+        f"{k} (grew {v['before']} → {v['after']})" for k, v in r["redis_end"]["grown_keys"].items()
+    ]
     return [
         Row(
             f"memory: RSS web / worker after {first['events']:,} → {end['events']:,} events{quick}",
@@ -207,7 +218,7 @@ def cpu_table(r: dict[str, Any]) -> str:
         ("latency 50 %", "latency_half"),
         ("soak", "soak"),
     ]
-    names = ["web", "worker", "redis", "simulators", "load generator", "other"]
+    names = ["web", "worker", "redis", "simulators", "load generator", "bench", "other"]
     body = []
     for label, key in phases:
         if key not in r:

@@ -64,14 +64,28 @@ def demo(port: int, exit_when_converged: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Where to write every figure as JSON.",
 )
-def bench(quick: bool, latency_ms: float, json_path: str) -> None:
+@click.option("--events", type=int, help="End-to-end events (default 10000; quick: 200).")
+@click.option(
+    "--soak-events",
+    type=int,
+    help="Events in all when memory is read again (default 100000; quick: none).",
+)
+def bench(
+    quick: bool, latency_ms: float, json_path: str, events: int | None, soak_events: int | None
+) -> None:
     """Start the real stack against the vendor simulators, load it over HTTP, and print every
     performance figure next to a ceiling measured in the same run (README "Performance")."""
     from pathlib import Path
 
     from worker.bench import run_benchmark
 
-    run_benchmark(quick=quick, latency_ms=latency_ms, json_path=Path(json_path))
+    run_benchmark(
+        quick=quick,
+        latency_ms=latency_ms,
+        json_path=Path(json_path),
+        events=events,
+        soak_events=soak_events,
+    )
 
 
 @main.command()
