@@ -51,7 +51,7 @@ def record_failure(client: redis.Redis, vendor: str) -> bool:
     """Count a transient failure; True when this one opened the breaker."""
     with _lock:
         _failing.add(vendor)
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)
     pipe.incr(_failures(vendor))
     pipe.expire(_failures(vendor), FAILURE_WINDOW)
     count, _ = pipe.execute()

@@ -78,7 +78,7 @@ class DeadLetters:
             at=time.time(),
             **describe(error),
         )
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hset(ITEMS, letter.id, self._scrub(json.dumps(asdict(letter), default=str)))
         pipe.zadd(INDEX, {letter.id: letter.at})
         pipe.execute()

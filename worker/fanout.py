@@ -8,6 +8,7 @@ dead letter. Nothing here blocks one vendor on another.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,11 @@ from worker.logs import log
 from worker.retry import decide
 from worker.runtime import Runtime
 
-_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="oppsync-push")
+#: Threads writing vendors for the fast path, shared by every task in the process: about
+#: four per concurrent ingest, since each event writes four vendors at once.
+_pool = ThreadPoolExecutor(
+    max_workers=int(os.environ.get("OPPSYNC_PUSH_THREADS", "64")), thread_name_prefix="oppsync-push"
+)
 
 #: Transient reasons that are our own waiting, not the vendor failing (breaker ignores them).
 OUR_OWN_WAITS = frozenset({"busy", "own_quota", "create_in_flight"})
@@ -83,8 +88,11 @@ def _attempt(
         )
         vendorhealth.record_push(rt.redis, vendor, error=error)  # for the status page
         if verdict.retry:
-            if (isinstance(error, Transient) and error.reason not in OUR_OWN_WAITS
-                    and breaker.record_failure(rt.redis, vendor)):
+            if (
+                isinstance(error, Transient)
+                and error.reason not in OUR_OWN_WAITS
+                and breaker.record_failure(rt.redis, vendor)
+            ):
                 log.warning("breaker.open", vendor=vendor, seconds=breaker.OPEN_SECONDS)
             metrics.count(rt.redis, "oppsync_retries_total", vendor=vendor)
             metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome="retrying")

@@ -84,6 +84,10 @@ def configure(secrets: Iterable[str], level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO: one line per vendor call repeats our own push lines
+    # and cost measurable CPU per event (bench); its warnings and errors still show.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 log = structlog.get_logger("oppsync")

@@ -159,7 +159,7 @@ return out
 
 def queue_depths(client: redis.Redis, queues: tuple[str, ...]) -> dict[str, tuple[int, int]]:
     """Per queue: (jobs waiting, jobs held unacked by a worker: running or scheduled)."""
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)
     for queue in queues:
         pipe.llen(queue)
         for step in PRIORITY_STEPS:

@@ -193,7 +193,7 @@ class Store:
             values["deleted"] = "1"
         if source_seen is not None:
             values[f"seen:{source}"] = source_seen.isoformat()
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(record.key), mapping=values)
         pipe.sadd(OPPS_INDEX, record.key)
         pipe.execute()
@@ -209,7 +209,7 @@ class Store:
         provenance: dict[str, Any],
     ) -> None:
         """After a vendor acknowledged a write: link, fingerprint, provenance; intent done."""
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         values = {
             f"id:{vendor}": vendor_id,
             f"written:{vendor}": fingerprint,
@@ -231,7 +231,7 @@ class Store:
     def note_write(self, key: str, vendor: str, provenance: dict[str, Any]) -> None:
         """Keep what caused one write (or delete) in ``vendor``: ``prov:<v>`` and the list."""
         entry = json.dumps({"target": vendor, **provenance})
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(key), f"prov:{vendor}", json.dumps(provenance))
         pipe.lpush(writes_key(key), entry)
         pipe.ltrim(writes_key(key), 0, WRITES_KEPT - 1)
@@ -243,7 +243,7 @@ class Store:
 
     def start_write(self, key: str, vendor: str, fingerprint: str) -> None:
         """Before a write is sent: it is in flight, and what it writes is known as ours."""
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(key), f"writing:{vendor}", str(time.time()))
         pipe.set(f"{PREFIX}:wrote:{vendor}:{fingerprint}", key, ex=WROTE_TTL_SECONDS)
         pipe.execute()
@@ -272,7 +272,7 @@ class Store:
 
     def forget_vendor_record(self, key: str, vendor: str, vendor_id: str) -> None:
         """The vendor's record is gone (deleted there): unlink it."""
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(opp_key(key), f"id:{vendor}", f"written:{vendor}", f"extra:{vendor}")
         pipe.delete(link_key(vendor, vendor_id))
         pipe.execute()
@@ -298,7 +298,7 @@ class Store:
     # -- create intents ------------------------------------------------------------------
     def start_intent(self, key: str, vendor: str) -> None:
         now = time.time()
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(key), f"intent:{vendor}", str(now))
         pipe.zadd(INTENTS, {f"{vendor}|{key}": now})
         pipe.execute()
@@ -333,7 +333,7 @@ class Store:
         """After a complete poll: keep the newest mark; a full scan replaces the id set,
         an incremental one adds to it."""
         current = self.poll_mark(vendor).mark
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         if mark is not None and (current is None or mark > current):
             pipe.hset(poll_key(vendor), "mark", mark.isoformat())
         if full:
@@ -346,12 +346,12 @@ class Store:
     def linked(self, vendor: str, vendor_ids: list[str]) -> dict[str, Linked]:
         """What the store says about each of the vendor's ids that is linked: two round
         trips for any number of ids (polling decides on every record of a scan)."""
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for vendor_id in vendor_ids:
             pipe.get(link_key(vendor, vendor_id))
         keys: list[str | None] = pipe.execute()
         known = [(i, k) for i, k in zip(vendor_ids, keys, strict=True) if k]
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         for _, key in known:
             pipe.hmget(opp_key(key), [f"written:{vendor}", f"seen:{vendor}"])
         views: list[list[str | None]] = pipe.execute()
@@ -362,7 +362,7 @@ class Store:
 
     # -- observability -------------------------------------------------------------------
     def note_event(self, entry: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(EVENTS, json.dumps(entry))
         pipe.ltrim(EVENTS, 0, RECENT_EVENTS - 1)
         pipe.execute()

@@ -82,7 +82,7 @@ def read_health(
     """Each vendor's last success and error, and its calls in the last ``window_minutes``."""
     now = time.time() if now is None else now
     minute = int(now // 60)
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)
     for vendor in vendors:
         pipe.hgetall(HEALTH.format(vendor=vendor))
         for m in range(minute - window_minutes + 1, minute + 1):
