@@ -72,8 +72,9 @@ def build_runtime(settings: Settings, *, with_adapters: bool = True) -> Runtime:
         for vendor in settings.vendors:
             vs = settings.vendor[vendor]
             scope = vs.get("LEADWAY_LOCATION_ID", "") or "" if vendor == "leadway" else ""
-            rt.quotas[vendor] = VendorQuota(client, vendor, vs.rate_limit, scope=scope,
-                                            margin=settings.quota_margin_seconds)
+            rt.quotas[vendor] = VendorQuota(
+                client, vendor, vs.rate_limit, scope=scope, margin=settings.quota_margin_seconds
+            )
         rt.adapters = build_adapters(settings, lambda v: rt.quotas[v].acquire)
     return rt
 

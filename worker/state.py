@@ -327,9 +327,7 @@ class Store:
     def poll_ids(self, vendor: str) -> set[str]:
         return set(self.redis.smembers(poll_ids_key(vendor)))  # type: ignore[arg-type]
 
-    def finish_poll(
-        self, vendor: str, *, mark: datetime | None, ids: set[str], full: bool
-    ) -> None:
+    def finish_poll(self, vendor: str, *, mark: datetime | None, ids: set[str], full: bool) -> None:
         """After a complete poll: keep the newest mark; a full scan replaces the id set,
         an incremental one adds to it."""
         current = self.poll_mark(vendor).mark

@@ -53,14 +53,22 @@ def test_crash_sigkill_mid_push_loses_and_duplicates_nothing(crash_stack: Stack)
     assert stack.sims["siro"].emit_standard(vendor_id) == 202
     # when the fast vendors are written and the worker is killed while iCloudReady's push
     # is still waiting for its answer
-    wait_for(lambda: all(names_held(stack, v) == ["Killed Mid Push"]
-                         for v in ("leadway", "ivvy", "salescaling")), 30, "fast pushes")
+    wait_for(
+        lambda: all(
+            names_held(stack, v) == ["Killed Mid Push"] for v in ("leadway", "ivvy", "salescaling")
+        ),
+        30,
+        "fast pushes",
+    )
     stack.kill_worker(stack.workers[0], signal.SIGKILL)
     slow.latency = 0.0
     stack.start_worker()
     # then the job comes back (late ack) and iCloudReady ends with exactly one record
-    wait_for(lambda: names_held(stack, "icloudready") == ["Killed Mid Push"], 120,
-             "the killed push was not redone")
+    wait_for(
+        lambda: names_held(stack, "icloudready") == ["Killed Mid Push"],
+        120,
+        "the killed push was not redone",
+    )
     time.sleep(2)  # anything still queued would show up as a second record
     for vendor in TARGETS:
         assert names_held(stack, vendor) == ["Killed Mid Push"], vendor
@@ -69,8 +77,9 @@ def test_crash_sigkill_mid_push_loses_and_duplicates_nothing(crash_stack: Stack)
 def _deliver(url: str, secret: str, record: dict[str, object]) -> int:
     body = json.dumps(record).encode()
     try:
-        return httpx.post(url, content=body, headers=sign_standard_webhook(secret, body),
-                          timeout=10).status_code
+        return httpx.post(
+            url, content=body, headers=sign_standard_webhook(secret, body), timeout=10
+        ).status_code
     except httpx.HTTPError:
         return 0
 
@@ -81,8 +90,9 @@ def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
     stack = crash_stack
     siro = stack.sims["siro"]
     url = f"{stack.web_url}/webhooks/siro"
-    ids = [person_creates(stack, "siro", DEAL.replace(name=f"Restart Deal {n:02}"))
-           for n in range(30)]
+    ids = [
+        person_creates(stack, "siro", DEAL.replace(name=f"Restart Deal {n:02}")) for n in range(30)
+    ]
     answers: dict[str, int] = {}
 
     def send_all() -> None:
@@ -105,5 +115,10 @@ def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
         assert _deliver(url, siro.webhook_secret, dict(siro.records[vendor_id])) == 202
     expected = sorted(f"Restart Deal {n:02}" for n in range(30))
     for vendor in TARGETS:
-        wait_for(lambda v=vendor: [n for n in names_held(stack, v) if n.startswith("Restart")]
-                 == expected, 120, f"{vendor} did not get every deal exactly once")
+        wait_for(
+            lambda v=vendor: (
+                [n for n in names_held(stack, v) if n.startswith("Restart")] == expected
+            ),
+            120,
+            f"{vendor} did not get every deal exactly once",
+        )

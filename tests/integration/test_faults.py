@@ -65,8 +65,9 @@ def test_fault_429_is_retried_after_the_vendors_retry_after(live: Stack, target:
     sync_through_fault(live, target)
     # then the next write came no sooner than it asked
     path, methods = WRITES[target]
-    attempts = [r for r in live.sims[target].log if path in r.path + "?" + r.query
-                and r.method in methods]
+    attempts = [
+        r for r in live.sims[target].log if path in r.path + "?" + r.query and r.method in methods
+    ]
     refused = next(i for i, r in enumerate(attempts) if r.status == 429)
     assert attempts[refused + 1].at - attempts[refused].at >= 2.0
 
@@ -102,10 +103,16 @@ def test_fault_vendor_down_delays_no_other_vendor(live: Stack) -> None:
         assert announce(live, "siro", vendor_id) == 202
     # then the other vendors get every deal while it is down
     for vendor in ("leadway", "ivvy", "salescaling"):
-        wait_for(lambda v=vendor: sorted(str(o.name) for o in held(live, v)) == names, 60,
-                 f"{vendor} waited for the vendor that is down")
+        wait_for(
+            lambda v=vendor: sorted(str(o.name) for o in held(live, v)) == names,
+            60,
+            f"{vendor} waited for the vendor that is down",
+        )
     assert held(live, "icloudready") == []
     # and when it comes back, it gets each deal exactly once
     live.sims["icloudready"].faults.clear()
-    wait_for(lambda: sorted(str(o.name) for o in held(live, "icloudready")) == names, 90,
-             "iCloudReady did not catch up")
+    wait_for(
+        lambda: sorted(str(o.name) for o in held(live, "icloudready")) == names,
+        90,
+        "iCloudReady did not catch up",
+    )

@@ -58,11 +58,13 @@ def test_metrics_count_one_change_from_edge_to_every_vendor(live: Stack) -> None
     # then the edge, the upserts and the latency histogram each counted it
     # (each process writes its counts once a second)
     after = wait_for(
-        lambda: (s := scrape(live))
-        and value(s, "oppsync_sync_latency_seconds_count") > 0
-        and value(s, "oppsync_events_received_total", vendor="salescaling", outcome="queued")
-        > value(before, "oppsync_events_received_total", vendor="salescaling", outcome="queued")
-        and s,
+        lambda: (
+            (s := scrape(live))
+            and value(s, "oppsync_sync_latency_seconds_count") > 0
+            and value(s, "oppsync_events_received_total", vendor="salescaling", outcome="queued")
+            > value(before, "oppsync_events_received_total", vendor="salescaling", outcome="queued")
+            and s
+        ),
         10,
         "no latency observed",
     )
@@ -93,6 +95,7 @@ def test_metrics_and_status_ask_for_credentials(live: Stack) -> None:
 def test_status_shows_each_vendors_health_and_the_latest_event(live: Stack) -> None:
     # given a change synced from Salescaling to the other four
     sync_one(live)
+
     # when an operator opens the status page (push results reach it within a second)
     def page_with_successes() -> str | None:
         page = httpx.get(f"{live.web_url}/status", auth=AUTH)

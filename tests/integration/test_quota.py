@@ -22,8 +22,11 @@ QUOTA = (10, 2.0)
 
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(Path(tmp_path_factory.mktemp("quota")), leadway_quota=QUOTA,
-                        LEADWAY_RATE_LIMIT=f"{QUOTA[0]}/{int(QUOTA[1])} seconds")
+    stack = start_stack(
+        Path(tmp_path_factory.mktemp("quota")),
+        leadway_quota=QUOTA,
+        LEADWAY_RATE_LIMIT=f"{QUOTA[0]}/{int(QUOTA[1])} seconds",
+    )
     stack.start_worker(concurrency=8)  # a second worker process on the same Redis
     yield stack
     stack.stop()
@@ -38,8 +41,11 @@ def test_quota_backlog_never_exceeds_the_vendor_limit(quota_stack: Stack) -> Non
         vendor_id = person_creates(stack, "siro", DEAL.replace(name=name))
         assert stack.sims["siro"].emit_standard(vendor_id) == 202
     # then Leadway receives every deal exactly once ...
-    wait_for(lambda: sorted(str(o.name) for o in held(stack, "leadway")) == names, 120,
-             "Leadway did not get every deal")
+    wait_for(
+        lambda: sorted(str(o.name) for o in held(stack, "leadway")) == names,
+        120,
+        "Leadway did not get every deal",
+    )
     # ... and never had to refuse a request: both workers kept within its quota
     assert leadway.rate_limited == 0
     assert len(leadway.log) >= 2 * len(names)

@@ -166,7 +166,9 @@ def test_web_request_starts_without_a_previous_correlation_id(
 def test_redactor_scrubs_bearer_and_ivvy_credentials_it_was_not_told_about() -> None:
     from worker.logs import Redactor
 
-    line = Redactor([]).scrub("answer: Authorization: Bearer eyJhbGciOi.abc-def; "
-                              "X-Api-Authorization: IWS key1234:74af7ec6fec55dc885")
+    line = Redactor([]).scrub(
+        "answer: Authorization: Bearer eyJhbGciOi.abc-def; "
+        "X-Api-Authorization: IWS key1234:74af7ec6fec55dc885"
+    )
     assert "eyJhbGciOi" not in line and "74af7ec6" not in line
     assert "Bearer [secret]" in line and "IWS [secret]" in line

@@ -297,9 +297,7 @@ def test_push_during_a_burst_waits_and_carries_the_last_change(rt: Runtime) -> N
     for i, offset in enumerate((-3, -2)):  # two quick changes: a burst has begun
         deliver(rt, "leadway", {**held(rt, "leadway"), "name": f"Burst {i}"}, now(offset))
     results: list[str] = []
-    pusher = threading.Thread(
-        target=lambda: results.append(writer.push(rt, key, "siro", cause={}))
-    )
+    pusher = threading.Thread(target=lambda: results.append(writer.push(rt, key, "siro", cause={})))
     pusher.start()
     time.sleep(pipeline.QUIET.total_seconds() / 3)
     # when the last change of the burst arrives while the push waits for quiet

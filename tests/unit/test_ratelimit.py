@@ -26,8 +26,9 @@ def test_quota_is_shared_across_clients_and_threads(redis_server: EmbeddedRedis)
     lock = threading.Lock()
 
     def draw(n: int) -> None:
-        quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-b", "10/1 second",
-                            margin=0.05)
+        quota = VendorQuota(
+            redis.Redis.from_url(redis_server.url), "unit-b", "10/1 second", margin=0.05
+        )
         for _ in range(n):
             quota.acquire()
             with lock:
@@ -45,8 +46,7 @@ def test_quota_is_shared_across_clients_and_threads(redis_server: EmbeddedRedis)
 
 
 def test_quota_raises_rate_limited_past_max_wait(redis_server: EmbeddedRedis) -> None:
-    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-c", "1/minute",
-                        max_wait=0.2)
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-c", "1/minute", max_wait=0.2)
     quota.acquire()
     try:
         quota.acquire()
@@ -57,7 +57,6 @@ def test_quota_raises_rate_limited_past_max_wait(redis_server: EmbeddedRedis) ->
 
 
 def test_quota_applies_every_limit(redis_server: EmbeddedRedis) -> None:
-    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-d",
-                        "100/second;3/hour")
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-d", "100/second;3/hour")
     assert [quota.try_acquire() for _ in range(3)] == [0.0] * 3
     assert quota.try_acquire() > 3000

@@ -28,16 +28,18 @@ def test_backoff_honours_a_longer_retry_after() -> None:
 
 
 def test_backoff_keeps_its_own_delay_when_retry_after_is_shorter() -> None:
-    delays = {backoff(8, base=2, cap=600, retry_after=0.5, rng=random.Random(s))
-              for s in range(20)}
+    delays = {backoff(8, base=2, cap=600, retry_after=0.5, rng=random.Random(s)) for s in range(20)}
     assert max(delays) > 0.5
 
 
-@pytest.mark.parametrize("error", [
-    Transient("down", vendor="siro"),
-    RateLimited("slow down", vendor="leadway", retry_after=10),
-    OutcomeUnknown("no answer", vendor="ivvy"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        Transient("down", vendor="siro"),
+        RateLimited("slow down", vendor="leadway", retry_after=10),
+        OutcomeUnknown("no answer", vendor="ivvy"),
+    ],
+)
 def test_decide_retries_transient_failures(error: Transient) -> None:
     verdict = decide(error, attempt=1, first_attempt_at=time.time(), settings=SETTINGS)
     assert verdict.retry
@@ -45,12 +47,15 @@ def test_decide_retries_transient_failures(error: Transient) -> None:
         assert verdict.delay >= error.retry_after
 
 
-@pytest.mark.parametrize("error", [
-    Permanent("bad request", vendor="salescaling", status=400),
-    Permanent("auth", vendor="siro", status=401, reason="auth"),
-    InvalidPayload("bad record"),
-    ValueError("a bug"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        Permanent("bad request", vendor="salescaling", status=400),
+        Permanent("auth", vendor="siro", status=401, reason="auth"),
+        InvalidPayload("bad record"),
+        ValueError("a bug"),
+    ],
+)
 def test_decide_sends_permanent_failures_to_dead_letters(error: Exception) -> None:
     verdict = decide(error, attempt=1, first_attempt_at=time.time(), settings=SETTINGS)
     assert not verdict.retry
@@ -59,8 +64,9 @@ def test_decide_sends_permanent_failures_to_dead_letters(error: Exception) -> No
 def test_decide_gives_up_after_the_horizon() -> None:
     # given a job first tried longer ago than the 72 h horizon
     first = time.time() - 73 * 3600
-    verdict = decide(Transient("down", vendor="siro"), attempt=400, first_attempt_at=first,
-                     settings=SETTINGS)
+    verdict = decide(
+        Transient("down", vendor="siro"), attempt=400, first_attempt_at=first, settings=SETTINGS
+    )
     assert not verdict.retry and "gave up" in verdict.reason
 
 
