@@ -122,3 +122,23 @@ def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
             120,
             f"{vendor} did not get every deal exactly once",
         )
+
+
+def test_crash_sigterm_mid_push_finishes_the_push_before_exiting(crash_stack: Stack) -> None:
+    stack = crash_stack
+    slow = stack.sims["ivvy"]
+    # given iVvy answers slowly, so a push to it is in flight for seconds
+    slow.latency = 1.5
+    vendor_id = person_creates(stack, "siro", DEAL.replace(name="Stopped Politely"))
+    assert stack.sims["siro"].emit_standard(vendor_id) == 202
+    wait_for(lambda: "Stopped Politely" in names_held(stack, "salescaling"), 30, "fast pushes")
+    # when the platform stops the worker (SIGTERM, as a PaaS does on deploy)
+    worker = stack.workers[0]
+    stack.kill_worker(worker, signal.SIGTERM)
+    # then it finished the push in flight before exiting: iVvy already holds the deal once
+    assert [n for n in names_held(stack, "ivvy") if n == "Stopped Politely"] == ["Stopped Politely"]
+    slow.latency = 0.0
+    stack.start_worker()
+    time.sleep(2)
+    for vendor in TARGETS:
+        assert names_held(stack, vendor).count("Stopped Politely") == 1, vendor
