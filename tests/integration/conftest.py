@@ -46,9 +46,8 @@ def wait_idle(client: redis.Redis, timeout: float = 30.0) -> None:
     raise TimeoutError("the worker did not go idle")
 
 
-@pytest.fixture
-def live(stack: Stack) -> Iterator[Stack]:
-    """The running stack with empty simulators and no oppsync state."""
+def emptied(stack: Stack) -> Iterator[Stack]:
+    """The running stack with empty simulators and no oppsync state; idle again after."""
     client = redis.Redis.from_url(stack.redis.url)
     wait_idle(client)
     for key in client.scan_iter("oppsync:*"):
@@ -61,3 +60,9 @@ def live(stack: Stack) -> Iterator[Stack]:
             sim.auto_emit = False
     yield stack
     wait_idle(client)
+
+
+@pytest.fixture
+def live(stack: Stack) -> Iterator[Stack]:
+    """The session's stack with empty simulators and no oppsync state."""
+    yield from emptied(stack)

@@ -262,15 +262,20 @@ def events(stack: Stack) -> list[dict[str, Any]]:
 # -- 1. per-record ordering -----------------------------------------------------------------
 
 
-def oppsync_show(stack: Stack, ref: str) -> str:
-    answer = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "show", ref],
-        env=stack.env,
+def run_cli(stack: Stack, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``oppsync <args>`` as an operator runs it, with the stack's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
         cwd=ROOT,
+        env=stack.env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
+
+
+def oppsync_show(stack: Stack, ref: str) -> str:
+    answer = run_cli(stack, "show", ref, timeout=60)
     assert answer.returncode == 0, answer.stderr
     return answer.stdout

@@ -7,7 +7,6 @@ already entered in several vendors by hand, some only in the source vendor.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections import Counter
 from decimal import Decimal
@@ -24,11 +23,12 @@ from tests.integration.drive import (
     expected,
     held,
     person_creates,
+    run_cli,
     schema,
     synced,
     writes,
 )
-from tests.stack import ROOT, VENDORS, Stack, wait_for
+from tests.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +49,7 @@ RIVERSIDE = DEAL.replace(
 
 
 def oppsync(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_cli(stack, *args)
 
 
 def in_siro(stack: Stack, opp: Opportunity, ref: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import wait_idle
+from tests.integration.conftest import emptied
 from tests.integration.drive import (
     DEAL,
     a_moment_later,
@@ -192,15 +192,7 @@ def owned_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def owned(owned_stack: Stack) -> Iterator[Stack]:
     """That stack with empty simulators and no oppsync state (as ``live`` is)."""
-    client = redis.Redis.from_url(owned_stack.redis.url)
-    wait_idle(client)
-    for key in client.scan_iter("oppsync:*"):
-        client.delete(key)
-    for name, sim in owned_stack.sims.items():
-        sim.reset()
-        sim.webhook_url = f"{owned_stack.web_url}/webhooks/{name}"
-    yield owned_stack
-    wait_idle(client)
+    yield from emptied(owned_stack)
 
 
 def amounts_held(stack: Stack) -> dict[str, list[Decimal | None]]:

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from schemas.opportunity import Status
-from tests.integration.conftest import wait_idle
+from tests.integration.conftest import emptied
 from tests.integration.drive import (
     DEAL,
     announce,
@@ -138,15 +137,7 @@ def policy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def policies(policy_stack: Stack) -> Iterator[Stack]:
     """That stack, emptied as ``live`` empties the session's."""
-    client = redis.Redis.from_url(policy_stack.redis.url)
-    wait_idle(client)
-    for key in client.scan_iter("oppsync:*"):
-        client.delete(key)
-    for name, sim in policy_stack.sims.items():
-        sim.reset()
-        sim.webhook_url = f"{policy_stack.web_url}/webhooks/{name}"
-    yield policy_stack
-    wait_idle(client)
+    yield from emptied(policy_stack)
 
 
 def test_delete_policy_delete_removes_the_deal_everywhere(policies: Stack) -> None:

@@ -7,7 +7,6 @@ environment, against the running stack (Redis, worker, simulators).
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import redis
@@ -23,24 +22,17 @@ from tests.integration.drive import (
     held,
     others,
     person_creates,
+    run_cli,
     wait_converged,
 )
-from tests.stack import ROOT, Stack, wait_for
+from tests.stack import Stack, wait_for
 from worker.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 
 
 def oppsync(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        cwd=ROOT,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(stack, *args)
 
 
 def synced_from(stack: Stack, source: str) -> str:
