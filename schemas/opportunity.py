@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, post_load, validate
@@ -157,8 +158,12 @@ def validation_errors(opp: Opportunity) -> dict[str, Any]:
     return _SCHEMA.validate(dump(opp))
 
 
+@lru_cache(maxsize=4096)
 def fingerprint(opp: Opportunity, field_names: tuple[str, ...] | frozenset[str]) -> str:
-    """A stable hash of the given synced fields; equal values give equal fingerprints."""
+    """A stable hash of the given synced fields; equal values give equal fingerprints.
+
+    Cached: one event fingerprints the same frozen values for every vendor several times
+    (echo check, merge, plan, push), and each costs a marshmallow dump."""
     data = dump(opp)
     selected = {name: data.get(name) for name in sorted(field_names)}
     blob = json.dumps(selected, sort_keys=True, separators=(",", ":"), default=str)
