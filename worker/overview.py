@@ -21,11 +21,13 @@ def resolve(rt: Runtime, ref: str) -> str | None:
 
 def snapshot(rt: Runtime, key: str) -> dict[str, Any]:
     record = rt.store.load(key)
+    writes = rt.store.writes(key)
+    state = dump(record.state)
     return {
         "key": key,
         "deleted": record.deleted,
-        "state": dump(record.state),
-        "rules": record.rules,
+        "state": state,
+        "rules": {name: rule for name in state if (rule := record.rule(name))},
         "sources": record.sources,
         "times": record.times,
         "vendors": {
@@ -33,13 +35,13 @@ def snapshot(rt: Runtime, key: str) -> dict[str, Any]:
                 "id": record.ids.get(vendor),
                 "in_sync": record.written.get(vendor) is not None,
                 "pending_create": vendor in record.intents,
-                "last_write": record.provenance.get(vendor),
+                "last_write": next((w for w in writes if w.get("target") == vendor), None),
                 "gone": record.written.get(vendor) == "gone",
             }
             for vendor in rt.settings.vendors
         },
         "last_event": record.last_event,
-        "writes": rt.store.writes(key),
+        "writes": writes,
     }
 
 

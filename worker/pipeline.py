@@ -39,7 +39,7 @@ from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
 from worker.errors import InvalidPayload, Transient
 from worker.runtime import Runtime
-from worker.state import Record, new_key
+from worker.state import HeldLock, Record, new_key
 from worker.vendors.base import VendorAdapter
 
 #: ``written:<v>`` value for a vendor whose record was deleted there: never written again.
@@ -96,6 +96,11 @@ def _messages(exc: ValidationError) -> dict[str, Any]:
 
 def _as_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _set_at(record: Record, name: str) -> float | None:
+    """When field ``name`` was last set (the source's time, epoch seconds)."""
+    return record.times.get(name)
 
 
 def canonical_of(adapter: VendorAdapter, record: dict[str, Any]) -> Opportunity:
@@ -190,11 +195,11 @@ def _refusal(
     owner = rt.settings.mapping.ownership.get(name)
     if owner is not None and owner != source and record.exists:
         return f"owned by {owner}: {source}'s change ignored"
-    set_at = _as_time(record.times.get(name))
+    set_at, at = _set_at(record, name), event_time.timestamp()
     origin = record.sources.get(name, "an earlier change")
-    if set_at is not None and event_time < set_at:
+    if set_at is not None and at < set_at:
         return f"last writer wins: {source}'s older change ignored, value from {origin}"
-    if set_at is not None and event_time == set_at and origin in VENDORS and origin > source:
+    if set_at is not None and at == set_at and origin in VENDORS and origin > source:
         # Two vendors, the same instant: a fixed order picks the same winner whichever
         # event arrives last, so every vendor still ends with one value.
         return f"last writer wins (a tie, broken by name): value from {origin}"
@@ -211,9 +216,12 @@ def _decided(
     rule: str | None = None,
 ) -> None:
     owner = rt.settings.mapping.ownership.get(name)
-    default = f"owned by {owner}: from {source}" if owner else f"last writer wins: from {source}"
-    record.rules[name] = rule or default
-    record.times[name] = event_time.isoformat()
+    rule = rule or (f"owned by {owner}: from {source}" if owner else None)
+    if rule is None:  # the default, "last writer wins: from <source>", is not stored
+        record.rules.pop(name, None)
+    else:
+        record.rules[name] = rule
+    record.times[name] = event_time.timestamp()
     record.sources[name] = source
 
 
@@ -266,20 +274,21 @@ def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
         return apply_delete(rt, vendor, event.vendor_id, envelope, deleted)
     key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
     sighting = Sighting(incoming.updated_at, fetched_at)
-    with rt.lock(key):
-        return _apply(rt, key, vendor, incoming, event, envelope, sighting)
+    with rt.locked(key) as (record, held):
+        return _apply(rt, record, held, vendor, incoming, event, envelope, sighting)
 
 
 def _apply(
     rt: Runtime,
-    key: str,
+    record: Record,
+    held: HeldLock | None,
     vendor: str,
     incoming: Opportunity,
     event: InboundEvent,
     envelope: Envelope,
     sighting: Sighting,
 ) -> Outcome:
-    record = rt.store.load(key)
+    key = record.key
     adapter = rt.adapters[vendor]
     if record.deleted or record.written.get(vendor) == GONE:
         return Outcome(key, "late", detail="the opportunity was deleted; late event dropped")
@@ -308,6 +317,7 @@ def _apply(
         source_seen=incoming.updated_at,
         source_holds=holds_now,
         event=_event_summary(envelope, event, taken, record.last_change),
+        unlock=held,  # the targets are planned from the merged record, not from Redis
     )
     record.written[vendor] = holds_now
     targets = plan(rt, record)
@@ -334,13 +344,13 @@ class Sighting:
         be older than it or than a write still in flight (False), or cannot say (None)."""
         if _writing(record, vendor):
             return False
-        last = _as_time((record.provenance.get(vendor) or {}).get("at"))
+        last = record.wrote_at.get(vendor)
         if last is None:
             return True
         if self.fetched_at is not None:  # both times are ours: no skew to allow for
-            return self.fetched_at > last.timestamp()
+            return self.fetched_at > last
         if self.updated_at is not None:
-            return self.updated_at > last + CLOCK_SKEW
+            return self.updated_at.timestamp() > last + CLOCK_SKEW.total_seconds()
         return None
 
 
@@ -372,8 +382,7 @@ def apply_delete(
     if key is None:
         return Outcome(None, "ignored", detail="deleted record was never synced")
     policy = rt.settings.vendor[vendor].delete_policy
-    with rt.lock(key):
-        record = rt.store.load(key)
+    with rt.locked(key) as (record, _):
         if record.deleted or record.written.get(vendor) == GONE:
             return Outcome(key, "unchanged", detail="delete already applied")
         event_time = sighting.updated_at or datetime.fromtimestamp(envelope.received_at, UTC)
@@ -408,8 +417,8 @@ def apply_delete(
 
 
 def _mark_lost(rt: Runtime, record: Record, vendor: str, event_time: datetime) -> None:
-    set_at = _as_time(record.times.get("status"))
-    if set_at is not None and event_time < set_at:
+    set_at = _set_at(record, "status")
+    if set_at is not None and event_time.timestamp() < set_at:
         origin = record.sources.get("status", "an earlier change")
         record.rules["status"] = f"deleted in {vendor}, but status set later by {origin}"
         return

@@ -17,7 +17,7 @@ from redis.exceptions import LockError
 from worker.errors import Transient
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings, get_settings
-from worker.state import Store, lock_name
+from worker.state import HeldLock, Record, Store, lock_name
 from worker.vendors import build_adapters
 from worker.vendors.base import VendorAdapter
 
@@ -53,6 +53,24 @@ class Runtime:
                 lock.release()
             except LockError:
                 pass  # expired while held: the next holder already owns it
+
+    @contextmanager
+    def locked(
+        self, key: str, vendor: str | None = None
+    ) -> Iterator[tuple[Record, HeldLock | None]]:
+        """Hold the record's lock (or its lock for one vendor) with the record read under
+        it. A free lock is taken and the record read in one round trip; the holder may
+        free it early with its last write (``HeldLock``); a busy one is waited for."""
+        taken = self.store.lock_and_read(key, vendor, LOCK_TIMEOUT_SECONDS)
+        if taken is None:
+            with self.lock(key, vendor):
+                yield self.store.load(key), None
+            return
+        held, record = taken
+        try:
+            yield record, held
+        finally:
+            self.store.unlock(held)
 
     def own_api_key(self, vendor: str) -> str | None:
         variable = API_KEY_VARIABLE.get(vendor)

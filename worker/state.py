@@ -2,21 +2,23 @@
 
 Per opportunity (canonical key ``k``), one hash ``oppsync:opp:k`` holds:
 
-    state            canonical value (JSON)           times   per-field source time (JSON)
-    rules            which rule decided each field     deleted "1" once deleted (tombstone)
-    sources          which vendor set each field       last_change the last event that changed it
+    state            canonical value (JSON)           times   per-field source time (JSON, epoch s)
+    rules            a rule that decided a field, when it is not "last writer wins: from
+                     <its source>" (JSON; the default is not stored)
+    sources          which vendor set each field       deleted "1" once deleted (tombstone)
+    last_change      the last event that changed it    last_event the last event ("=": last_change)
     id:<v>           the record's id in vendor v       extra:<v>   ids v needed (JSON)
     written:<v>      fingerprint of what v holds       seen:<v>    newest source time from v
-    intent:<v>       time a create in v was started    prov:<v>    what caused the last write
+    intent:<v>       time a create in v was started    wrote_at:<v> when our last write to v ended
     writing:<v>      time a write to v was sent, until it is acknowledged
     recheck:<v>      v deleted it while we wrote there: check it is still gone
-    last_event       the last event applied
 
 plus ``oppsync:link:<v>:<vendor id>`` -> ``k`` (the link map, both directions with ``id:<v>``),
 ``oppsync:wrote:<v>:<fingerprint>`` -> ``k`` (short-lived: recognises our own echo even before
 the link is stored), and the edge's delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
 ``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance);
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
+``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v.
 
 Polling keeps, per polled vendor, ``oppsync:poll:<v>`` (hash: ``mark``, the newest
 ``updatedAt`` seen; ``full_at``, when the last complete full scan ended) and
@@ -34,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from schemas.opportunity import Opportunity, dump, load
 
@@ -69,11 +72,19 @@ def lock_name(key: str, vendor: str | None = None) -> str:
     return f"{PREFIX}:lock:{key}" + (f":{vendor}" if vendor else "")
 
 
-INTENTS = f"{PREFIX}:intents"  # zset "<vendor>|<key>" -> time a create started
 EVENTS = f"{PREFIX}:events"  # list of recent event outcomes (status page)
 HEARTBEAT = f"{PREFIX}:worker:heartbeat"
 OPPS_INDEX = f"{PREFIX}:opps"  # set of every canonical key (reconciliation)
 RECONCILE_LOCK = f"{PREFIX}:lock:reconcile"  # one reconciliation at a time
+
+
+def intents_key(vendor: str) -> str:
+    """Creates in flight in ``vendor``: a sorted set of keys by the time each started."""
+    return f"{PREFIX}:intents:{vendor}"
+
+
+def wrote_key(vendor: str, fingerprint: str) -> str:
+    return f"{PREFIX}:wrote:{vendor}:{fingerprint}"
 
 
 def poll_key(vendor: str) -> str:
@@ -98,7 +109,7 @@ class Record:
 
     key: str
     state: Opportunity = field(default_factory=Opportunity)
-    times: dict[str, str] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
     rules: dict[str, str] = field(default_factory=dict)
     deleted: bool = False
     ids: dict[str, str] = field(default_factory=dict)
@@ -106,13 +117,20 @@ class Record:
     written: dict[str, str] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)
     intents: dict[str, float] = field(default_factory=dict)
-    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wrote_at: dict[str, float] = field(default_factory=dict)
     last_event: dict[str, Any] | None = None
     exists: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     last_change: dict[str, Any] | None = None
     writing: dict[str, float] = field(default_factory=dict)
     rechecks: set[str] = field(default_factory=set)
+
+    def rule(self, name: str) -> str:
+        """The rule that decided field ``name``: a stored one, else the default."""
+        if name in self.rules:
+            return self.rules[name]
+        source = self.sources.get(name)
+        return f"last writer wins: from {source}" if source else ""
 
 
 @dataclass(frozen=True)
@@ -134,8 +152,81 @@ class Linked:
     seen: str | None = None
 
 
+@dataclass
+class HeldLock:
+    """A per-record (or per record and vendor) lock held by its token; freed once."""
+
+    name: str
+    token: str
+    held: bool = True
+
+
 def _per_vendor(raw: dict[str, str], prefix: str) -> dict[str, str]:
     return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+
+
+def _wrote_at(raw: dict[str, str]) -> dict[str, float]:
+    """When our last write to each vendor ended (``prov:<v>`` of older versions too)."""
+    wrote = {v: float(t) for v, t in _per_vendor(raw, "wrote_at:").items()}
+    for vendor, old in _per_vendor(raw, "prov:").items():
+        at = json.loads(old).get("at")
+        if vendor not in wrote and at:
+            wrote[vendor] = datetime.fromisoformat(at).timestamp()
+    return wrote
+
+
+def record_from(key: str, raw: dict[str, str]) -> Record:
+    """A ``Record`` from the fields of its hash (``{}``: not stored yet)."""
+    if not raw:
+        return Record(key=key)
+    last_change = json.loads(raw["last_change"]) if "last_change" in raw else None
+    last_event = raw.get("last_event")
+    return Record(
+        key=key,
+        state=load(json.loads(raw["state"])) if "state" in raw else Opportunity(),
+        times={
+            name: at if isinstance(at, float | int) else datetime.fromisoformat(at).timestamp()
+            for name, at in json.loads(raw.get("times", "{}")).items()
+        },
+        rules=json.loads(raw.get("rules", "{}")),
+        deleted=raw.get("deleted") == "1",
+        ids=_per_vendor(raw, "id:"),
+        extra={v: json.loads(x) for v, x in _per_vendor(raw, "extra:").items()},
+        written=_per_vendor(raw, "written:"),
+        seen=_per_vendor(raw, "seen:"),
+        intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
+        wrote_at=_wrote_at(raw),
+        last_event=last_change if last_event == SAME_AS_CHANGE else _json_or_none(last_event),
+        exists="state" in raw,
+        sources=json.loads(raw.get("sources", "{}")),
+        last_change=last_change,
+        writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
+        rechecks=set(_per_vendor(raw, "recheck:")),
+    )
+
+
+def _json_or_none(raw: str | None) -> Any:
+    return json.loads(raw) if raw else None
+
+
+#: ``last_event`` when the last event is also the last change (stored once, not twice).
+SAME_AS_CHANGE = "="
+
+# KEYS: the lock, the opportunity's hash. ARGV: token, lock time in ms. The hash's fields
+# when the lock was free (taken now), else false: one round trip for the common case.
+LOCK_AND_READ = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('HGETALL', KEYS[2])
+end
+return false
+"""
+# KEYS: the lock. ARGV: its holder's token. Frees the lock only if that holder still has it.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class Store:
@@ -143,31 +234,13 @@ class Store:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._lock_and_read = client.register_script(LOCK_AND_READ)
+        self._unlock = client.register_script(UNLOCK)
 
     # -- opportunities ---------------------------------------------------------------------
     def load(self, key: str) -> Record:
         raw: dict[str, str] = self.redis.hgetall(opp_key(key))  # type: ignore[assignment]
-        if not raw:
-            return Record(key=key)
-        return Record(
-            key=key,
-            state=load(json.loads(raw["state"])) if "state" in raw else Opportunity(),
-            times=json.loads(raw.get("times", "{}")),
-            rules=json.loads(raw.get("rules", "{}")),
-            deleted=raw.get("deleted") == "1",
-            ids=_per_vendor(raw, "id:"),
-            extra={v: json.loads(x) for v, x in _per_vendor(raw, "extra:").items()},
-            written=_per_vendor(raw, "written:"),
-            seen=_per_vendor(raw, "seen:"),
-            intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
-            provenance={v: json.loads(p) for v, p in _per_vendor(raw, "prov:").items()},
-            last_event=json.loads(raw["last_event"]) if "last_event" in raw else None,
-            exists="state" in raw,
-            sources=json.loads(raw.get("sources", "{}")),
-            last_change=json.loads(raw["last_change"]) if "last_change" in raw else None,
-            writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
-            rechecks=set(_per_vendor(raw, "recheck:")),
-        )
+        return record_from(key, raw)
 
     def save_state(
         self,
@@ -177,25 +250,82 @@ class Store:
         source_seen: datetime | None,
         source_holds: str,
         event: dict[str, Any],
+        unlock: HeldLock | None = None,
     ) -> None:
-        """Store the merged canonical state and what the source vendor now holds."""
+        """Store the merged canonical state and what the source vendor now holds; free
+        ``unlock`` in the same round trip."""
         values: dict[str, str] = {
             "state": json.dumps(dump(record.state)),
             "times": json.dumps(record.times),
             "rules": json.dumps(record.rules),
             "sources": json.dumps(record.sources),
             f"written:{source}": source_holds,
-            "last_event": json.dumps(event),
         }
         if event.get("fields"):
             values["last_change"] = json.dumps(event)
+            values["last_event"] = SAME_AS_CHANGE
+        else:
+            values["last_event"] = json.dumps(event)
         if record.deleted:
             values["deleted"] = "1"
         if source_seen is not None:
             values[f"seen:{source}"] = source_seen.isoformat()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(record.key), mapping=values)
-        pipe.sadd(OPPS_INDEX, record.key)
+        if not record.exists:
+            pipe.sadd(OPPS_INDEX, record.key)
+        if unlock is not None:
+            self.unlock(unlock, pipe)
+        self.run(pipe, unlock)
+
+    # -- locks ---------------------------------------------------------------------
+    def lock_and_read(
+        self, key: str, vendor: str | None, ttl_seconds: float
+    ) -> tuple[HeldLock, Record] | None:
+        """Take the record's lock (or its lock for one vendor) and read the record in one
+        round trip; None when the lock is held."""
+        lock = HeldLock(lock_name(key, vendor), uuid.uuid4().hex)
+        raw = self._lock_and_read(
+            keys=[lock.name, opp_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
+        )
+        if raw is None:
+            return None
+        fields = iter(raw)  # type: ignore[call-overload]
+        return lock, record_from(key, dict(zip(fields, fields, strict=True)))
+
+    def unlock(self, lock: HeldLock, pipe: redis.client.Pipeline | None = None) -> None:
+        """Free ``lock``; within ``pipe`` when given (no round trip of its own: run the
+        pipeline with ``run``, which loads the script if Redis lost it)."""
+        if not lock.held:
+            return
+        lock.held = False
+        if pipe is None:
+            self._unlock(keys=[lock.name], args=[lock.token])
+        else:
+            # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
+            pipe.evalsha(self._unlock.sha, 1, lock.name, lock.token)
+
+    def run(self, pipe: redis.client.Pipeline, lock: HeldLock | None) -> None:
+        """Execute ``pipe``; when its ``unlock`` found the script missing (a new or
+        restarted Redis), free the lock again through the loading path."""
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, NoScriptError) and lock is not None:
+                self._unlock(keys=[lock.name], args=[lock.token])
+            elif isinstance(result, Exception):
+                raise result
+
+    # -- one write to one vendor -----------------------------------------------------------
+    def before_write(self, key: str, vendor: str, fingerprint: str, *, create: bool) -> None:
+        """Before a write is sent: it is in flight, what it writes is known as ours (the
+        vendor's echo can beat the answer), and a create leaves an intent."""
+        now = time.time()
+        values = {f"writing:{vendor}": str(now)}
+        pipe = self.redis.pipeline(transaction=False)
+        if create:
+            values[f"intent:{vendor}"] = str(now)
+            pipe.zadd(intents_key(vendor), {key: now})
+        pipe.hset(opp_key(key), mapping=values)
+        pipe.set(wrote_key(vendor, fingerprint), key, ex=WROTE_TTL_SECONDS)
         pipe.execute()
 
     def record_write(
@@ -206,47 +336,59 @@ class Store:
         vendor_id: str,
         fingerprint: str,
         extra: dict[str, str],
-        provenance: dict[str, Any],
+        history: dict[str, Any],
+        new_link: bool,
+        lock: HeldLock | None = None,
     ) -> None:
-        """After a vendor acknowledged a write: link, fingerprint, provenance; intent done."""
+        """After a vendor acknowledged a write, in one round trip: link, fingerprint, when,
+        the history entry; intent and in-flight mark done; ``lock`` freed."""
         pipe = self.redis.pipeline(transaction=False)
         values = {
             f"id:{vendor}": vendor_id,
             f"written:{vendor}": fingerprint,
-            f"prov:{vendor}": json.dumps(provenance),
+            f"wrote_at:{vendor}": str(time.time()),
         }
         if extra:
             values[f"extra:{vendor}"] = json.dumps(extra)
         pipe.hset(opp_key(key), mapping=values)
-        pipe.hdel(opp_key(key), f"intent:{vendor}", f"writing:{vendor}")
-        pipe.set(link_key(vendor, vendor_id), key)
-        pipe.set(f"{PREFIX}:wrote:{vendor}:{fingerprint}", key, ex=WROTE_TTL_SECONDS)
-        pipe.zrem(INTENTS, f"{vendor}|{key}")
-        pipe.execute()
+        pipe.hdel(opp_key(key), f"intent:{vendor}", f"writing:{vendor}", f"prov:{vendor}")
+        if new_link:
+            pipe.set(link_key(vendor, vendor_id), key)
+            pipe.zrem(intents_key(vendor), key)
+        self._add_history(pipe, key, vendor, history)
+        if lock is not None:
+            self.unlock(lock, pipe)
+        self.run(pipe, lock)
+
+    def end_write(self, key: str, vendor: str, lock: HeldLock | None = None) -> None:
+        """A write that failed is no longer in flight (``record_write`` ends the others)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(opp_key(key), f"writing:{vendor}")
+        if lock is not None:
+            self.unlock(lock, pipe)
+        self.run(pipe, lock)
 
     def mark_written(self, key: str, vendor: str, fingerprint: str) -> None:
         self.redis.hset(opp_key(key), f"written:{vendor}", fingerprint)
 
-    # -- provenance and coalescing --------------------------------------------------------
-    def note_write(self, key: str, vendor: str, provenance: dict[str, Any]) -> None:
-        """Keep what caused one write (or delete) in ``vendor``: ``prov:<v>`` and the list."""
-        entry = json.dumps({"target": vendor, **provenance})
+    # -- history and coalescing ------------------------------------------------------------
+    def note_write(self, key: str, vendor: str, history: dict[str, Any]) -> None:
+        """Keep what caused one write (or delete) in ``vendor`` in the history list."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(opp_key(key), f"prov:{vendor}", json.dumps(provenance))
-        pipe.lpush(writes_key(key), entry)
-        pipe.ltrim(writes_key(key), 0, WRITES_KEPT - 1)
+        pipe.hset(opp_key(key), f"wrote_at:{vendor}", str(time.time()))
+        self._add_history(pipe, key, vendor, history)
         pipe.execute()
+
+    @staticmethod
+    def _add_history(
+        pipe: redis.client.Pipeline, key: str, vendor: str, entry: dict[str, Any]
+    ) -> None:
+        pipe.lpush(writes_key(key), json.dumps({"target": vendor, **entry}))
+        pipe.ltrim(writes_key(key), 0, WRITES_KEPT - 1)
 
     def writes(self, key: str, count: int = WRITES_KEPT) -> list[dict[str, Any]]:
         """The latest writes to vendors for ``key``, newest first."""
         return [json.loads(e) for e in self.redis.lrange(writes_key(key), 0, count - 1)]  # type: ignore[union-attr]
-
-    def start_write(self, key: str, vendor: str, fingerprint: str) -> None:
-        """Before a write is sent: it is in flight, and what it writes is known as ours."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(opp_key(key), f"writing:{vendor}", str(time.time()))
-        pipe.set(f"{PREFIX}:wrote:{vendor}:{fingerprint}", key, ex=WROTE_TTL_SECONDS)
-        pipe.execute()
 
     def mark_recheck(self, key: str, vendor: str) -> None:
         """The deal was deleted in ``vendor`` while we wrote there: look once more."""
@@ -254,10 +396,6 @@ class Store:
 
     def clear_recheck(self, key: str, vendor: str) -> None:
         self.redis.hdel(opp_key(key), f"recheck:{vendor}")
-
-    def end_write(self, key: str, vendor: str) -> None:
-        """A write that failed is no longer in flight (``record_write`` ends the others)."""
-        self.redis.hdel(opp_key(key), f"writing:{vendor}")
 
     def claim_push(self, key: str, vendor: str) -> bool:
         """True when no other push of ``key`` to ``vendor`` is waiting for its turn."""
@@ -287,26 +425,21 @@ class Store:
     def link(self, key: str, vendor: str, vendor_id: str) -> str:
         """Link (vendor, id) to ``key`` unless it is already linked; returns the winner."""
         if self.redis.set(link_key(vendor, vendor_id), key, nx=True):
-            self.redis.hset(opp_key(key), f"id:{vendor}", vendor_id)
-            self.redis.sadd(OPPS_INDEX, key)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(opp_key(key), f"id:{vendor}", vendor_id)
+            pipe.sadd(OPPS_INDEX, key)
+            pipe.execute()
             return key
         return self.key_for(vendor, vendor_id) or key
 
     def key_we_wrote(self, vendor: str, fingerprint: str) -> str | None:
-        return self.redis.get(f"{PREFIX}:wrote:{vendor}:{fingerprint}")  # type: ignore[return-value]
+        return self.redis.get(wrote_key(vendor, fingerprint))  # type: ignore[return-value]
 
     # -- create intents ------------------------------------------------------------------
-    def start_intent(self, key: str, vendor: str) -> None:
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(opp_key(key), f"intent:{vendor}", str(now))
-        pipe.zadd(INTENTS, {f"{vendor}|{key}": now})
-        pipe.execute()
-
     def creates_in_flight(self, vendor: str) -> bool:
         """Whether a create in ``vendor`` started recently and has no answer yet."""
-        fresh = self.redis.zrangebyscore(INTENTS, time.time() - INTENT_FRESH_SECONDS, "+inf")
-        return any(m.startswith(f"{vendor}|") for m in fresh)  # type: ignore[union-attr]
+        fresh = time.time() - INTENT_FRESH_SECONDS
+        return bool(self.redis.zcount(intents_key(vendor), fresh, "+inf"))
 
     # -- edge dedup ------------------------------------------------------------------------
     def claim_delivery(self, vendor: str, delivery_id: str, ttl: int) -> bool:

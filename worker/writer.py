@@ -1,7 +1,8 @@
 """Writing one vendor: make it hold the current state of one opportunity.
 
 The push side of the pipeline (``worker/pipeline.py`` decides what must be written). A push
-holds the (record, vendor) lock and reads the state when its turn comes; while one push
+holds the (record, vendor) lock and reads the state when its turn comes (taking the lock and
+reading are one step when the lock is free); while one push
 waits for its turn, later ones for that vendor are dropped ("coalesced"), and during a burst
 of edits it waits for the deal to go quiet, so a burst ends in a few writes carrying the
 final state. Creates leave an intent first; a write's fingerprint is remembered before it is
@@ -17,8 +18,11 @@ from typing import Any
 from schemas.opportunity import Status, fingerprint
 from worker.errors import Permanent
 from worker.pipeline import BURST_GAP, GONE, QUIET, SETTLE_MAX, stage_agreeing
-from worker.runtime import Runtime
-from worker.state import Record
+from worker.runtime import LOCK_TIMEOUT_SECONDS, Runtime
+from worker.state import HeldLock, Record
+
+#: What a history entry keeps of the event behind a write.
+HISTORY_CAUSE = frozenset({"vendor", "vendor_id", "delivery", "correlation_id", "fields"})
 
 
 def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
@@ -28,7 +32,27 @@ def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
     one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
     A create whose answer was lost leaves an intent: the next attempt looks the record up
     in the vendor before creating again.
+
+    The common case costs three round trips: lock and read at once, mark the write in
+    flight, then record it and unlock at once. Waiting for the lock or for a burst to end
+    takes the slower path.
     """
+    taken = rt.store.lock_and_read(key, vendor, LOCK_TIMEOUT_SECONDS)
+    if taken is not None:
+        lock, record = taken
+        try:
+            if not _bursting(record.last_change):
+                return _push_now(rt, record, vendor, cause, lock)
+            # A burst: wait for quiet as a waiting push would, unless one already waits.
+            if not rt.store.claim_push(key, vendor):
+                return "coalesced"  # the waiting push writes after us, with the newer state
+            try:
+                _settle(rt, key)
+            finally:
+                rt.store.release_push(key, vendor)
+            return _push_now(rt, rt.store.load(key), vendor, cause, lock)
+        finally:
+            rt.store.unlock(lock)  # a no-op when the write already freed it
     if not rt.store.claim_push(key, vendor):
         return "coalesced"
     turn = False
@@ -38,10 +62,19 @@ def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
             _settle(rt, key)
             # From here on a newer change needs a push of its own: we may read before it.
             rt.store.release_push(key, vendor)
-            return _push_now(rt, key, vendor, cause)
+            return _push_now(rt, rt.store.load(key), vendor, cause, None)
     finally:
         if not turn:  # the lock stayed busy: this push is retried later and reads then
             rt.store.release_push(key, vendor)
+
+
+def _bursting(change: dict[str, Any] | None) -> bool:
+    """Whether the deal's last two changes came less than ``BURST_GAP`` apart."""
+    change = change or {}
+    applied, after = change.get("applied_at"), change.get("after")
+    return (
+        applied is not None and after is not None and applied - after <= BURST_GAP.total_seconds()
+    )
 
 
 def _settle(rt: Runtime, key: str) -> None:
@@ -51,18 +84,22 @@ def _settle(rt: Runtime, key: str) -> None:
     deadline = time.monotonic() + SETTLE_MAX.total_seconds()
     while True:
         change = rt.store.last_change(key) or {}
-        applied, after = change.get("applied_at"), change.get("after")
-        if applied is None or after is None or applied - after > BURST_GAP.total_seconds():
+        if not _bursting(change):
             return
-        wait = min(applied + QUIET.total_seconds() - time.time(), deadline - time.monotonic())
+        wait = min(
+            change["applied_at"] + QUIET.total_seconds() - time.time(),
+            deadline - time.monotonic(),
+        )
         if wait <= 0:
             return
         time.sleep(wait)
 
 
-def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
+def _push_now(
+    rt: Runtime, record: Record, vendor: str, cause: dict[str, Any], lock: HeldLock | None
+) -> str:
+    key = record.key
     adapter = rt.adapters[vendor]
-    record = rt.store.load(key)
     if record.written.get(vendor) == GONE:
         return _recheck(rt, record, vendor, cause) if vendor in record.rechecks else "skipped"
     if record.deleted:
@@ -71,39 +108,37 @@ def _push_now(rt: Runtime, key: str, vendor: str, cause: dict[str, Any]) -> str:
     wanted = fingerprint(target, adapter.synced_fields)
     if record.written.get(vendor) == wanted:
         return "unchanged"
-    vendor_id = record.ids.get(vendor)
+    known_id = record.ids.get(vendor)
+    vendor_id = known_id
     if vendor_id is None and vendor in record.intents:
         since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
         vendor_id = adapter.find_existing(record.state, key=key, since=since)
-    if vendor_id is None:
-        rt.store.start_intent(key, vendor)
-    # Known as ours before it is sent: the vendor's echo can beat the answer.
-    rt.store.start_write(key, vendor, wanted)
+    rt.store.before_write(key, vendor, wanted, create=vendor_id is None)
     try:
         result = adapter.upsert(
             record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
         )
     except Permanent as exc:
-        rt.store.end_write(key, vendor)
+        rt.store.end_write(key, vendor, lock)
         if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):
             # Deleted there while we wrote. Its delete (the vendor's event, the next poll or
             # reconciliation) applies the policy; nothing to retry, no dead letter.
             return "vanished"
         raise
     except BaseException:
-        rt.store.end_write(key, vendor)
+        rt.store.end_write(key, vendor, lock)
         raise
     action = "created" if result.created else "updated"
-    provenance = _provenance(record, cause, action, result.vendor_id)
     rt.store.record_write(
         key,
         vendor,
         vendor_id=result.vendor_id,
         fingerprint=wanted,
         extra=result.extra,
-        provenance=provenance,
+        history=_provenance(record, cause, action, result.vendor_id),
+        new_link=result.vendor_id != known_id,
+        lock=lock,
     )
-    rt.store.note_write(key, vendor, provenance)
     return action
 
 
@@ -111,10 +146,11 @@ def _provenance(
     record: Record, cause: dict[str, Any], action: str, vendor_id: str | None
 ) -> dict[str, Any]:
     """What one write was: when, what, and the event that caused it. When the write also
-    carries a later change (coalesced pushes), that change is named as well."""
+    carries a later change (coalesced pushes), that change is named as well. Kept for every
+    write (the history list), so only what ``oppsync show`` tells is kept."""
     entry: dict[str, Any] = {
-        **cause,
-        "at": datetime.now(UTC).isoformat(),
+        **{k: v for k, v in cause.items() if k in HISTORY_CAUSE},
+        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "action": action,
         "target_id": vendor_id,
     }
