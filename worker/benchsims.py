@@ -11,11 +11,13 @@ one is when the vendor holds the deal), the records it took out (those acknowled
 ago: a run of 100,000 events neither fills memory nor slows the simulators' linear look-ups,
 and a record that appears again is still counted) and, for the quota check, every request's
 time and status.
+
+They are served with HTTP/1.1 keep-alive (waitress, ``Simulator.serve(keep_alive=True)``), on
+64 threads, as many as the service's push threads (OPPSYNC_PUSH_THREADS): they set no pace.
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import re
 import sys
@@ -135,8 +137,10 @@ def _serve(
     keep_requests: bool,
     conn: Connection,
 ) -> None:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log per request
-    sim = SIMULATORS[vendor](latency=latency, rate_limit=rate_limit).start()
+    # Kept-alive connections, as real vendors keep them: the service's pooled clients reuse
+    # them, and no request costs a TCP connection and a thread (werkzeug's server closes
+    # every connection). The server logs nothing per request.
+    sim = SIMULATORS[vendor](latency=latency, rate_limit=rate_limit).serve(keep_alive=True)
     sim.webhook_secret = whsec(f"{vendor}-secret")
     counter = DealCounter(sim, keep_seconds, keep_requests)
     conn.send({name: getattr(sim, name) for name in ATTRIBUTES if hasattr(sim, name)})

@@ -1,7 +1,12 @@
 """What every vendor simulator shares: a real HTTP server on loopback, state, faults, a log.
 
 A simulator is a Flask app served by werkzeug in a daemon thread on 127.0.0.1 (port chosen by
-the OS). Tests reach its state directly (``sim.records``) and switch faults on with
+the OS), or with ``serve(keep_alive=True)`` by waitress: HTTP/1.1 connections kept alive as a
+real vendor keeps them, on a fixed pool of threads (the benchmark's simulators; werkzeug's
+server closes every connection and starts a thread for each). Faults ``lost_response`` and
+``reset`` drop the connection through werkzeug's socket, so they need werkzeug.
+
+Tests reach its state directly (``sim.records``) and switch faults on with
 ``sim.faults.add(...)``; every request is logged in ``sim.log`` so tests can count creates.
 
 Fault kinds (``Fault.kind``):
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import socket
 import threading
 import time
@@ -122,6 +128,47 @@ def _drop_connection() -> None:
         sock.close()
 
 
+class KeepAliveServer:
+    """A WSGI app served by waitress on 127.0.0.1: HTTP/1.1 keep-alive, a fixed thread pool.
+
+    ``threads`` bounds the requests handled at once (each sleeps the simulated latency);
+    idle connections are kept ``channel_timeout`` seconds, longer than a client keeps them
+    (httpx: 5 s), so a client never reuses one the server is closing. The ``waitress``
+    logger is quieted: it warns whenever requests wait for a thread.
+    """
+
+    def __init__(self, app: Any, *, threads: int) -> None:
+        from waitress.server import create_server
+
+        logging.getLogger("waitress").setLevel(logging.ERROR)
+        self._map: dict[int, Any] = {}
+        self._server = create_server(
+            app,
+            map=self._map,
+            host="127.0.0.1",
+            port=0,
+            threads=threads,
+            connection_limit=1000,  # waitress' default (100) is below what clients pool
+            backlog=1024,
+            channel_timeout=120,
+            asyncore_use_poll=True,  # select() stops at 1024 file descriptors
+        )
+        self.server_port: int = self._server.effective_port
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        self._thread = threading.current_thread()
+        self._server.run()  # until every socket of the map is closed
+
+    def shutdown(self) -> None:
+        self._server.close()  # no new connection
+        self._server.task_dispatcher.shutdown(timeout=5)  # requests under way finish
+        for channel in list(self._map.values()):  # kept-alive connections
+            channel.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
 def sign_standard_webhook(secret: str, body: bytes, msg_id: str | None = None) -> dict[str, str]:
     """Headers for a Standard Webhooks delivery of ``body`` signed with ``secret`` (whsec_…)."""
     msg_id = msg_id or f"msg_{time.time_ns()}"
@@ -158,7 +205,7 @@ class Simulator:
         self.webhook_mode = "fat"
         self.webhook_answers: list[int] = []
         self._ids = itertools.count(1)
-        self._server: BaseWSGIServer | None = None
+        self._server: BaseWSGIServer | KeepAliveServer | None = None
         self._emitter = httpx.Client(timeout=10.0)
         self.app = Flask(f"sim-{self.name}")
         self.app.before_request(self._before)
@@ -181,8 +228,20 @@ class Simulator:
 
     # -- serving -------------------------------------------------------------------------
     def start(self) -> Simulator:
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        """Serve on loopback by werkzeug (a thread and a connection per request)."""
+        return self.serve()
+
+    def serve(self, *, keep_alive: bool = False, threads: int = 64) -> Simulator:
+        """Serve on loopback: by werkzeug as ``start``, or with ``keep_alive`` by waitress
+        (connections reused, ``threads`` handling requests). Subclasses override ``start``
+        (without arguments) only to narrow its type."""
+        if keep_alive:
+            self._server = KeepAliveServer(self.app, threads=threads)
+        else:
+            self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        threading.Thread(
+            target=self._server.serve_forever, name=f"sim-{self.name}", daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
