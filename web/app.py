@@ -36,13 +36,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(openapi.bp)
-    limits.install(app, settings)
 
     @app.before_request
     def fresh_log_context() -> None:
         # Server threads are reused: without this, one request's correlation id would be
-        # logged with the next request handled by the same thread.
+        # logged with the next request handled by the same thread. Registered before the
+        # limiter's own before-request check, so its 429 lines carry no stale id either.
         structlog.contextvars.clear_contextvars()
+
+    limits.install(app, settings)
 
     @app.errorhandler(HTTPException)
     def http_problem(exc: HTTPException) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+from flask import Flask
 
 from web.app import create_app
 from worker.embedded_redis import EmbeddedRedis
@@ -172,3 +173,40 @@ def test_redactor_scrubs_bearer_and_ivvy_credentials_it_was_not_told_about() -> 
     )
     assert "eyJhbGciOi" not in line and "74af7ec6" not in line
     assert "Bearer [secret]" in line and "IWS [secret]" in line
+
+
+@pytest.fixture
+def limited_app(redis_server: EmbeddedRedis) -> Flask:
+    """A receiver that allows one request a minute per client (built before ``lines``, whose
+    logging configuration must be the last one made)."""
+    app = create_app(
+        from_env(
+            {
+                "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/8",
+                "OPPSYNC_VENDORS": "",
+                "OPPSYNC_INGRESS_RATE_LIMIT": "1/minute",
+            }
+        )
+    )
+    app.extensions["oppsync.runtime"].redis.flushdb()
+    return app
+
+
+def test_rate_limited_request_logs_no_previous_correlation_id(
+    limited_app: Flask, lines: io.StringIO
+) -> None:
+    # given a server thread that logged one event's correlation id, and a client that used
+    # its one request
+    client = limited_app.test_client()
+    client.post("/webhooks/siro", data=b"{}")
+    structlog.contextvars.bind_contextvars(correlation_id="from-the-previous-request")
+    try:
+        # when the same thread serves a request the limiter refuses
+        answer = client.post("/webhooks/siro", data=b"{}")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    # then the limiter's line about it carries no stale id
+    assert answer.status_code == 429
+    refused = [r for r in _records(lines) if "exceeded" in str(r.get("event"))]
+    assert refused
+    assert all("correlation_id" not in r for r in refused)
