@@ -23,7 +23,9 @@ from limits import parse_many
 
 from worker.errors import RateLimited
 
-# KEYS: one sorted set per limit. ARGV: margin_ms, then (window_ms, amount) per limit, then
+# KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
+# holds more than the limit allows; a PEXPIRE per call would cost a command per request).
+# ARGV: margin_ms, then (window_ms, amount) per limit, then
 # a unique member. Returns 0 when a slot was taken in every limit, else ms to wait.
 ACQUIRE = """
 local now = redis.call('TIME')
@@ -44,9 +46,7 @@ if wait > 0 then
 end
 local member = ARGV[#ARGV]
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[2 * i]) + margin
   redis.call('ZADD', key, now_ms, member)
-  redis.call('PEXPIRE', key, window)
 end
 return 0
 """

@@ -45,6 +45,7 @@ WROTE_TTL_SECONDS = 3600
 INTENT_FRESH_SECONDS = 120
 RECENT_EVENTS = 200
 WRITES_KEPT = 50  # provenance entries kept per opportunity
+TRIM_SLACK = 10  # entries a capped list may grow past its cap before it is cut back
 PUSH_PENDING_SECONDS = 30  # longer than a push waits for its lock (runtime.LOCK_WAIT_SECONDS)
 
 
@@ -305,14 +306,16 @@ class Store:
             # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
             pipe.evalsha(self._unlock.sha, 1, lock.name, lock.token)
 
-    def run(self, pipe: redis.client.Pipeline, lock: HeldLock | None) -> None:
+    def run(self, pipe: redis.client.Pipeline, lock: HeldLock | None) -> list[Any]:
         """Execute ``pipe``; when its ``unlock`` found the script missing (a new or
-        restarted Redis), free the lock again through the loading path."""
-        for result in pipe.execute(raise_on_error=False):
+        restarted Redis), free the lock again through the loading path. The results."""
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        for result in results:
             if isinstance(result, NoScriptError) and lock is not None:
                 self._unlock(keys=[lock.name], args=[lock.token])
             elif isinstance(result, Exception):
                 raise result
+        return results
 
     # -- one write to one vendor -----------------------------------------------------------
     def before_write(self, key: str, vendor: str, fingerprint: str, *, create: bool) -> None:
@@ -355,10 +358,10 @@ class Store:
         if new_link:
             pipe.set(link_key(vendor, vendor_id), key)
             pipe.zrem(intents_key(vendor), key)
-        self._add_history(pipe, key, vendor, history)
+        at = self._add_history(pipe, key, vendor, history)
         if lock is not None:
             self.unlock(lock, pipe)
-        self.run(pipe, lock)
+        self._trim(writes_key(key), self.run(pipe, lock)[at], WRITES_KEPT)
 
     def end_write(self, key: str, vendor: str, lock: HeldLock | None = None) -> None:
         """A write that failed is no longer in flight (``record_write`` ends the others)."""
@@ -376,15 +379,22 @@ class Store:
         """Keep what caused one write (or delete) in ``vendor`` in the history list."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(key), f"wrote_at:{vendor}", str(time.time()))
-        self._add_history(pipe, key, vendor, history)
-        pipe.execute()
+        at = self._add_history(pipe, key, vendor, history)
+        self._trim(writes_key(key), pipe.execute()[at], WRITES_KEPT)
 
     @staticmethod
     def _add_history(
         pipe: redis.client.Pipeline, key: str, vendor: str, entry: dict[str, Any]
-    ) -> None:
+    ) -> int:
+        """Queue the entry on ``pipe``; the position of its answer (the list's length)."""
         pipe.lpush(writes_key(key), json.dumps({"target": vendor, **entry}))
-        pipe.ltrim(writes_key(key), 0, WRITES_KEPT - 1)
+        return len(pipe.command_stack) - 1
+
+    def _trim(self, name: str, length: int, kept: int) -> None:
+        """Cut list ``name`` back to ``kept`` entries once it is ``TRIM_SLACK`` past that:
+        one LTRIM every few pushes rather than one with each."""
+        if length > kept + TRIM_SLACK:
+            self.redis.ltrim(name, 0, kept - 1)
 
     def writes(self, key: str, count: int = WRITES_KEPT) -> list[dict[str, Any]]:
         """The latest writes to vendors for ``key``, newest first."""
@@ -493,10 +503,7 @@ class Store:
 
     # -- observability -------------------------------------------------------------------
     def note_event(self, entry: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lpush(EVENTS, json.dumps(entry))
-        pipe.ltrim(EVENTS, 0, RECENT_EVENTS - 1)
-        pipe.execute()
+        self._trim(EVENTS, self.redis.lpush(EVENTS, json.dumps(entry)), RECENT_EVENTS)  # type: ignore[arg-type]
 
     def recent_events(self, count: int = 50) -> list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(EVENTS, 0, count - 1)]  # type: ignore[union-attr]
