@@ -33,6 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -184,7 +185,7 @@ def record_from(key: str, raw: dict[str, str]) -> Record:
     last_event = raw.get("last_event")
     return Record(
         key=key,
-        state=load(json.loads(raw["state"])) if "state" in raw else Opportunity(),
+        state=_state(raw["state"]) if "state" in raw else Opportunity(),
         times={
             name: at if isinstance(at, float | int) else datetime.fromisoformat(at).timestamp()
             for name, at in json.loads(raw.get("times", "{}")).items()
@@ -204,6 +205,13 @@ def record_from(key: str, raw: dict[str, str]) -> Record:
         writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
         rechecks=set(_per_vendor(raw, "recheck:")),
     )
+
+
+@lru_cache(maxsize=1024)
+def _state(raw: str) -> Opportunity:
+    """The canonical value stored as ``raw``. Cached (values are frozen): each push of an
+    event reads the same state, and a marshmallow load is most of reading a record."""
+    return load(json.loads(raw))
 
 
 def _json_or_none(raw: str | None) -> Any:
