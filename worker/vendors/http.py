@@ -86,7 +86,9 @@ class VendorHTTP:
             auth=auth,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            # As many kept-alive connections as pushes can run at once (OPPSYNC_PUSH_THREADS'
+            # default): more in flight than are kept means connections closed and reopened.
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         )
 
     def close(self) -> None:
