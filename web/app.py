@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # The web process does no vendor I/O: it needs Redis, not the vendor clients.
     app.extensions["oppsync.runtime"] = runtime or build_runtime(settings, with_adapters=False)
     ivvy = settings.vendor["ivvy"]
+    app.extensions["oppsync.publisher"] = receiver.Publisher()
     app.extensions["oppsync.sns"] = SnsVerifier(
         topic_arn=ivvy.get("IVVY_SNS_TOPIC_ARN"),
         cert_hosts=tuple(

@@ -43,7 +43,7 @@ from web.receiver import (
     SNS_REDELIVERY_SECONDS,
     nested_deeper_than,
 )
-from worker.embedded_redis import EmbeddedRedis
+from worker.embedded_redis import EmbeddedRedis, start_redis
 from worker.settings import Settings, from_env, get_settings
 from worker.state import delivery_key
 
@@ -192,6 +192,7 @@ def _close_apps() -> Iterator[None]:
     while _built:
         built = _built.pop()
         built.app.extensions["oppsync.sns"].close()
+        built.app.extensions["oppsync.publisher"].close()
         built.redis.close()
 
 
@@ -742,3 +743,45 @@ def test_receiver_made_up_vendor_names_mint_no_redis_keys(env: dict[str, str], s
     stored = " ".join(limited.redis.scan_iter("*"))
     stored += " ".join(limited.redis.hkeys("oppsync:metrics:counters"))
     assert not any(name in stored for name in names)
+
+
+def test_receiver_queues_a_celery_task_whose_metadata_carries_no_payload(clean: Edge) -> None:
+    # when a delivery whose record names a person is queued
+    body = json.dumps({"id": "deal-1", "contact": "dana@harbour.example"}).encode()
+    headers = standard_headers("siro", body)
+    assert clean.post("siro", body, headers).status_code == 202
+    # then the message is the ingest task, whose shown arguments (Flower, task events) name
+    # the delivery but hold none of the record, which travels in the body only
+    (raw,) = clean.redis.lrange("ingest", 0, -1)
+    task = json.loads(raw)["headers"]  # type: ignore[arg-type]
+    assert task["task"] == "oppsync.ingest_change"
+    assert headers["webhook-id"] in task["kwargsrepr"]
+    assert "dana@harbour.example" not in f"{task['argsrepr']}{task['kwargsrepr']}"
+    assert clean.queued_envelopes()[0]["payload"]["contact"] == "dana@harbour.example"
+
+
+def test_receiver_answers_503_while_redis_is_down_and_queues_again_once_it_is_back(
+    env: dict[str, str], sns: Any, tmp_path: Any
+) -> None:
+    # given a receiver on a Redis of its own, whose thread has published once already
+    own = start_redis(directory=tmp_path)
+    own_env = {**env, "REDIS_URL": own.url}
+    try:
+        with celery_publishing_to(own_env):
+            edge = build_edge(own_env, sns)
+            assert edge.post("siro", *signed("siro")).status_code == 202
+            # when Redis stops, then the same thread answers 503, never a 2xx
+            own.stop()
+            down = edge.post("siro", *signed("siro"))
+            assert (down.status_code, down.get_json()["error"]) == (503, "unavailable")
+            # and when Redis is back on the same port, it queues again
+            own = start_redis(port=own.port, directory=tmp_path)
+            body, headers = signed("siro")
+            assert edge.post("siro", body, headers).status_code == 202
+            assert edge.queued_envelopes()[-1]["delivery_id"] == headers["webhook-id"]
+            # every client the app opened to this Redis, closed before it goes
+            edge.app.extensions["oppsync.publisher"].close()
+            edge.app.extensions["oppsync.runtime"].redis.close()
+            edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
+    finally:
+        own.stop()
