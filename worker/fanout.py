@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from worker import breaker, metrics, vendorhealth, writer
 from worker.deadletters import DeadLetters
 from worker.errors import Transient
 from worker.logs import log
+from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
 
@@ -81,7 +83,10 @@ def _attempt(
         schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, wait)
         return PushResult(vendor, "retrying", "circuit open")
     try:
-        outcome = writer.push(rt, key, vendor, cause=cause)
+        # Straight from ingest, a push never waits for its vendor's quota: it goes to that
+        # vendor's queue, so a vendor at its quota delays none of the event's other writes.
+        with no_waiting() if attempt == 1 else nullcontext():
+            outcome = writer.push(rt, key, vendor, cause=cause)
     except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
         verdict = decide(
             error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings

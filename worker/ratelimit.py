@@ -10,13 +10,22 @@ longer than the vendor's, so two requests sent either side of a window's edge ne
 inside one window and get refused.
 
 A call waits for room up to ``max_wait`` seconds; past that it raises ``RateLimited`` so the
-job is retried later instead of holding a worker.
+job is retried later instead of holding a worker. Waiting is rationed, because a thread
+waiting for one vendor's quota is a thread not serving the others: a push straight from
+ingest never waits (``no_waiting``: it goes to its vendor's queue and the event's other
+pushes finish), and at most ``WAITERS`` threads per process wait for one vendor at a time,
+enough to use the whole quota; any other call is retried later, with the retry policy's
+growing, jittered delays, so a backlog spreads out instead of waking at once.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from threading import BoundedSemaphore
 
 import redis
 from limits import parse_many
@@ -52,6 +61,23 @@ return 0
 """
 
 
+#: Threads of one process that may wait for one vendor's quota at once.
+WAITERS = 4
+#: False while a call must not wait for quota (``no_waiting``).
+_may_wait: ContextVar[bool] = ContextVar("oppsync_quota_may_wait", default=True)
+
+
+@contextmanager
+def no_waiting() -> Iterator[None]:
+    """Within this block a call that finds its vendor's quota used up raises
+    ``RateLimited`` at once instead of waiting."""
+    token = _may_wait.set(False)
+    try:
+        yield
+    finally:
+        _may_wait.reset(token)
+
+
 class VendorQuota:
     def __init__(
         self,
@@ -72,6 +98,7 @@ class VendorQuota:
         self.limits = [(i.get_expiry() * 1000, i.amount) for i in items]
         self.spec = spec
         self.script = client.register_script(ACQUIRE) if items else None
+        self._waiters = BoundedSemaphore(WAITERS)
 
     def try_acquire(self) -> float:
         """Take a slot now if there is one: 0.0, else the seconds until there may be."""
@@ -84,17 +111,29 @@ class VendorQuota:
         return float(self.script(keys=self.keys, args=args)) / 1000.0
 
     def acquire(self) -> None:
-        """Take one request's worth of every limit, waiting for room when needed."""
-        deadline = time.monotonic() + self.max_wait
-        while (wait := self.try_acquire()) > 0:
-            if time.monotonic() + wait > deadline:
-                raise RateLimited(
-                    f"{self.vendor}: quota {self.spec} used up",
-                    vendor=self.vendor,
-                    retry_after=max(1.0, wait),
-                    reason="own_quota",
-                )
-            time.sleep(wait)
+        """Take one request's worth of every limit, waiting for room when allowed to."""
+        wait = self.try_acquire()
+        if wait <= 0:
+            return
+        if not _may_wait.get() or not self._waiters.acquire(blocking=False):
+            raise self._used_up(wait)
+        try:
+            deadline = time.monotonic() + self.max_wait
+            while wait > 0:
+                if time.monotonic() + wait > deadline:
+                    raise self._used_up(wait)
+                time.sleep(wait)
+                wait = self.try_acquire()
+        finally:
+            self._waiters.release()
+
+    def _used_up(self, wait: float) -> RateLimited:
+        return RateLimited(
+            f"{self.vendor}: quota {self.spec} used up",
+            vendor=self.vendor,
+            retry_after=max(1.0, wait),
+            reason="own_quota",
+        )
 
     def headroom(self) -> list[tuple[str, int, int]]:
         """(limit, used, allowed) per limit, for the status page."""

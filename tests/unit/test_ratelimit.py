@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import redis
 
 from worker.embedded_redis import EmbeddedRedis
 from worker.errors import RateLimited
-from worker.ratelimit import VendorQuota
+from worker.ratelimit import WAITERS, VendorQuota, no_waiting
 
 
 def test_quota_allows_the_limit_then_waits_for_the_window(redis_server: EmbeddedRedis) -> None:
@@ -60,3 +61,47 @@ def test_quota_applies_every_limit(redis_server: EmbeddedRedis) -> None:
     quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-d", "100/second;3/hour")
     assert [quota.try_acquire() for _ in range(3)] == [0.0] * 3
     assert quota.try_acquire() > 3000
+
+
+def test_no_waiting_refuses_at_once_when_the_quota_is_used_up(
+    redis_server: EmbeddedRedis,
+) -> None:
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-e", "1/2 seconds")
+    quota.acquire()
+    began = time.monotonic()
+    with no_waiting(), pytest.raises(RateLimited) as refused:
+        quota.acquire()
+    # a push straight from ingest is handed to its vendor's queue instead of waiting
+    assert time.monotonic() - began < 0.5
+    assert refused.value.reason == "own_quota"
+    assert refused.value.retry_after and refused.value.retry_after >= 1.0
+    # outside the block the same call waits for the window and succeeds
+    quota.acquire()
+    assert time.monotonic() - began >= 1.9
+
+
+def test_only_a_few_threads_wait_for_one_vendor_at_a_time(redis_server: EmbeddedRedis) -> None:
+    # given a quota used up for a second and more threads than may wait for it
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-f", "1/1 second")
+    quota.acquire()
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        try:
+            quota.acquire()
+            result = "sent"
+        except RateLimited:
+            result = "later"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=call) for _ in range(WAITERS + 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then the threads past WAITERS were told to come back later instead of waiting,
+    # and the ones that waited each got a slot in turn
+    assert outcomes.count("later") >= 3
+    assert outcomes.count("sent") <= WAITERS
