@@ -54,6 +54,7 @@ def push_once(
     attempt: int,
     first_attempt_at: float,
     schedule_retry: RetryScheduler,
+    journal: list[dict[str, Any]] | None = None,
 ) -> PushResult:
     """One attempt at one vendor; failures are routed to a retry or a dead letter."""
     with structlog.contextvars.bound_contextvars(correlation_id=cause.get("correlation_id")):
@@ -65,6 +66,7 @@ def push_once(
             attempt=attempt,
             first_attempt_at=first_attempt_at,
             schedule_retry=schedule_retry,
+            journal=journal,
         )
 
 
@@ -77,6 +79,7 @@ def _attempt(
     attempt: int,
     first_attempt_at: float,
     schedule_retry: RetryScheduler,
+    journal: list[dict[str, Any]] | None,
 ) -> PushResult:
     if attempt == 1 and (wait := breaker.open_for(rt.redis, vendor)) > 0:
         # The vendor keeps failing: don't hold this worker on it, queue the push for later.
@@ -86,7 +89,7 @@ def _attempt(
         # Straight from ingest, a push never waits for its vendor's quota: it goes to that
         # vendor's queue, so a vendor at its quota delays none of the event's other writes.
         with no_waiting() if attempt == 1 else nullcontext():
-            outcome = writer.push(rt, key, vendor, cause=cause)
+            outcome = writer.push(rt, key, vendor, cause=cause, journal=journal)
     except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
         verdict = decide(
             error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
@@ -144,8 +147,10 @@ def push_all(
     cause: dict[str, Any],
     schedule_retry: RetryScheduler,
 ) -> list[PushResult]:
-    """Push to every target concurrently; returns one result per target."""
+    """Push to every target concurrently; returns one result per target. The writes made
+    are kept as one history entry for the event."""
     started = time.time()
+    journal: list[dict[str, Any]] = []
     futures = [
         _pool.submit(
             push_once,
@@ -156,7 +161,11 @@ def push_all(
             attempt=1,
             first_attempt_at=started,
             schedule_retry=schedule_retry,
+            journal=journal,
         )
         for vendor in targets
     ]
-    return [f.result() for f in futures]
+    results = [f.result() for f in futures]
+    if journal:
+        rt.store.add_history(key, writer.history_entry(cause, journal))
+    return results

@@ -16,7 +16,8 @@ Per opportunity (canonical key ``k``), one hash ``oppsync:opp:k`` holds:
 plus ``oppsync:link:<v>:<vendor id>`` -> ``k`` (the link map, both directions with ``id:<v>``),
 ``oppsync:wrote:<v>:<fingerprint>`` -> ``k`` (short-lived: recognises our own echo even before
 the link is stored), and the edge's delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
-``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance);
+``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance):
+one entry per event's fan-out (its cause once, then each write), newest first;
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v.
 
@@ -45,7 +46,7 @@ PREFIX = "oppsync"
 WROTE_TTL_SECONDS = 3600
 INTENT_FRESH_SECONDS = 120
 RECENT_EVENTS = 200
-WRITES_KEPT = 50  # provenance entries kept per opportunity
+WRITES_KEPT = 20  # history entries (an event and the writes it caused) kept per opportunity
 TRIM_SLACK = 10  # entries a capped list may grow past its cap before it is cut back
 PUSH_PENDING_SECONDS = 30  # longer than a push waits for its lock (runtime.LOCK_WAIT_SECONDS)
 
@@ -347,12 +348,13 @@ class Store:
         vendor_id: str,
         fingerprint: str,
         extra: dict[str, str],
-        history: dict[str, Any],
+        history: dict[str, Any] | None,
         new_link: bool,
         lock: HeldLock | None = None,
     ) -> None:
         """After a vendor acknowledged a write, in one round trip: link, fingerprint, when,
-        the history entry; intent and in-flight mark done; ``lock`` freed."""
+        the history entry (unless the fan-out keeps one for the event); intent and in-flight
+        mark done; ``lock`` freed."""
         pipe = self.redis.pipeline(transaction=False)
         values = {
             f"id:{vendor}": vendor_id,
@@ -366,10 +368,12 @@ class Store:
         if new_link:
             pipe.set(link_key(vendor, vendor_id), key)
             pipe.zrem(intents_key(vendor), key)
-        at = self._add_history(pipe, key, vendor, history)
+        at = self._add_history(pipe, key, history) if history is not None else None
         if lock is not None:
             self.unlock(lock, pipe)
-        self._trim(writes_key(key), self.run(pipe, lock)[at], WRITES_KEPT)
+        results = self.run(pipe, lock)
+        if at is not None:
+            self._trim(writes_key(key), results[at], WRITES_KEPT)
 
     def end_write(self, key: str, vendor: str, lock: HeldLock | None = None) -> None:
         """A write that failed is no longer in flight (``record_write`` ends the others)."""
@@ -387,15 +391,18 @@ class Store:
         """Keep what caused one write (or delete) in ``vendor`` in the history list."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(key), f"wrote_at:{vendor}", str(time.time()))
-        at = self._add_history(pipe, key, vendor, history)
+        at = self._add_history(pipe, key, history)
         self._trim(writes_key(key), pipe.execute()[at], WRITES_KEPT)
 
+    def add_history(self, key: str, history: dict[str, Any]) -> None:
+        """Keep one history entry: an event and the writes it caused (``history_entry``)."""
+        length: int = self.redis.lpush(writes_key(key), json.dumps(history))  # type: ignore[assignment]
+        self._trim(writes_key(key), length, WRITES_KEPT)
+
     @staticmethod
-    def _add_history(
-        pipe: redis.client.Pipeline, key: str, vendor: str, entry: dict[str, Any]
-    ) -> int:
+    def _add_history(pipe: redis.client.Pipeline, key: str, entry: dict[str, Any]) -> int:
         """Queue the entry on ``pipe``; the position of its answer (the list's length)."""
-        pipe.lpush(writes_key(key), json.dumps({"target": vendor, **entry}))
+        pipe.lpush(writes_key(key), json.dumps(entry))
         return len(pipe.command_stack) - 1
 
     def _trim(self, name: str, length: int, kept: int) -> None:
@@ -405,8 +412,16 @@ class Store:
             self.redis.ltrim(name, 0, kept - 1)
 
     def writes(self, key: str, count: int = WRITES_KEPT) -> list[dict[str, Any]]:
-        """The latest writes to vendors for ``key``, newest first."""
-        return [json.loads(e) for e in self.redis.lrange(writes_key(key), 0, count - 1)]  # type: ignore[union-attr]
+        """The latest writes to vendors for ``key``, newest first, each with its cause."""
+        flat: list[dict[str, Any]] = []
+        for raw in self.redis.lrange(writes_key(key), 0, count - 1):  # type: ignore[union-attr]
+            entry = json.loads(raw)
+            if "writes" not in entry:  # one write per entry (before causes were shared)
+                flat.append(entry)
+                continue
+            notes = sorted(entry["writes"], key=lambda n: n.get("at", ""), reverse=True)
+            flat.extend({**entry["cause"], **note} for note in notes)
+        return flat[:count]
 
     def mark_recheck(self, key: str, vendor: str) -> None:
         """The deal was deleted in ``vendor`` while we wrote there: look once more."""

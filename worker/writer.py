@@ -25,13 +25,21 @@ from worker.state import HeldLock, Record
 HISTORY_CAUSE = frozenset({"vendor", "vendor_id", "delivery", "correlation_id", "fields"})
 
 
-def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
+def push(
+    rt: Runtime,
+    key: str,
+    vendor: str,
+    *,
+    cause: dict[str, Any],
+    journal: list[dict[str, Any]] | None = None,
+) -> str:
     """Make ``vendor`` hold the current state of ``key``; returns what was done.
 
     Reads the state when its turn comes, so a burst of changes coalesces into the latest
     one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
     A create whose answer was lost leaves an intent: the next attempt looks the record up
-    in the vendor before creating again.
+    in the vendor before creating again. With a ``journal`` (the fan-out's), the write's
+    history note is added to it, for one history entry per event, instead of stored here.
 
     The common case costs three round trips: lock and read at once, mark the write in
     flight, then record it and unlock at once. Waiting for the lock or for a burst to end
@@ -42,7 +50,7 @@ def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
         lock, record = taken
         try:
             if not _bursting(record.last_change):
-                return _push_now(rt, record, vendor, cause, lock)
+                return _push_now(rt, record, vendor, cause, lock, journal)
             # A burst: wait for quiet as a waiting push would, unless one already waits.
             if not rt.store.claim_push(key, vendor):
                 return "coalesced"  # the waiting push writes after us, with the newer state
@@ -50,7 +58,7 @@ def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
                 _settle(rt, key)
             finally:
                 rt.store.release_push(key, vendor)
-            return _push_now(rt, rt.store.load(key), vendor, cause, lock)
+            return _push_now(rt, rt.store.load(key), vendor, cause, lock, journal)
         finally:
             rt.store.unlock(lock)  # a no-op when the write already freed it
     if not rt.store.claim_push(key, vendor):
@@ -62,7 +70,7 @@ def push(rt: Runtime, key: str, vendor: str, *, cause: dict[str, Any]) -> str:
             _settle(rt, key)
             # From here on a newer change needs a push of its own: we may read before it.
             rt.store.release_push(key, vendor)
-            return _push_now(rt, rt.store.load(key), vendor, cause, None)
+            return _push_now(rt, rt.store.load(key), vendor, cause, None, journal)
     finally:
         if not turn:  # the lock stayed busy: this push is retried later and reads then
             rt.store.release_push(key, vendor)
@@ -96,7 +104,12 @@ def _settle(rt: Runtime, key: str) -> None:
 
 
 def _push_now(
-    rt: Runtime, record: Record, vendor: str, cause: dict[str, Any], lock: HeldLock | None
+    rt: Runtime,
+    record: Record,
+    vendor: str,
+    cause: dict[str, Any],
+    lock: HeldLock | None,
+    journal: list[dict[str, Any]] | None,
 ) -> str:
     key = record.key
     adapter = rt.adapters[vendor]
@@ -129,35 +142,43 @@ def _push_now(
         rt.store.end_write(key, vendor, lock)
         raise
     action = "created" if result.created else "updated"
+    note = _write_note(record, cause, vendor, action, result.vendor_id)
+    if journal is not None:
+        journal.append(note)
     rt.store.record_write(
         key,
         vendor,
         vendor_id=result.vendor_id,
         fingerprint=wanted,
         extra=result.extra,
-        history=_provenance(record, cause, action, result.vendor_id),
+        history=None if journal is not None else history_entry(cause, [note]),
         new_link=result.vendor_id != known_id,
         lock=lock,
     )
     return action
 
 
-def _provenance(
-    record: Record, cause: dict[str, Any], action: str, vendor_id: str | None
+def _write_note(
+    record: Record, cause: dict[str, Any], vendor: str, action: str, vendor_id: str | None
 ) -> dict[str, Any]:
-    """What one write was: when, what, and the event that caused it. When the write also
-    carries a later change (coalesced pushes), that change is named as well. Kept for every
-    write (the history list), so only what ``oppsync show`` tells is kept."""
-    entry: dict[str, Any] = {
-        **{k: v for k, v in cause.items() if k in HISTORY_CAUSE},
+    """One write as the history keeps it beside its cause: where, when, what. When the
+    write also carries a later change (coalesced pushes), that change is named as well."""
+    note: dict[str, Any] = {
+        "target": vendor,
         "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "action": action,
         "target_id": vendor_id,
     }
     change = record.last_change
     if change and change.get("delivery") != cause.get("delivery"):
-        entry["carries"] = {k: change.get(k) for k in ("vendor", "vendor_id", "delivery", "fields")}
-    return entry
+        note["carries"] = {k: change.get(k) for k in ("vendor", "vendor_id", "delivery", "fields")}
+    return note
+
+
+def history_entry(cause: dict[str, Any], notes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One history entry: the event behind some writes (only what ``oppsync show`` tells),
+    and those writes. An event's fan-out keeps one, so its cause is stored once."""
+    return {"cause": {k: v for k, v in cause.items() if k in HISTORY_CAUSE}, "writes": notes}
 
 
 def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
@@ -175,7 +196,8 @@ def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) ->
             if exc.reason != "unsupported":
                 raise
         action = "deleted again (our write crossed its delete)"
-        rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
+        note = _write_note(record, cause, vendor, action, vendor_id)
+        rt.store.note_write(record.key, vendor, history_entry(cause, [note]))
     rt.store.clear_recheck(record.key, vendor)
     return outcome
 
@@ -202,5 +224,6 @@ def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]
         )
         action = "marked lost (cannot delete)"
     rt.store.mark_written(record.key, vendor, GONE)
-    rt.store.note_write(record.key, vendor, _provenance(record, cause, action, vendor_id))
+    note = _write_note(record, cause, vendor, action, vendor_id)
+    rt.store.note_write(record.key, vendor, history_entry(cause, [note]))
     return "deleted"
