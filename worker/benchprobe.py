@@ -149,6 +149,7 @@ def family(key: str) -> str:
 #: everything else that grows with events must expire.
 PERMANENT = (
     "oppsync:opp:*",
+    "oppsync:doc:*",
     "oppsync:link:*",
     "oppsync:writes:*",
     "oppsync:opps",
@@ -229,15 +230,15 @@ def _text(value: Any) -> str:
 
 
 def bytes_per_opportunity(client: redis.Redis, sample: int = 200) -> dict[str, float]:
-    """Redis memory one linked opportunity keeps for good (``MEMORY USAGE`` of its hash,
-    provenance list, link-map entries and index member), averaged over a sample."""
+    """Redis memory one linked opportunity keeps for good (``MEMORY USAGE`` of its hash and
+    document, provenance list, link-map entries and index member), averaged over a sample."""
     members: list[Any] = client.srandmember(state.OPPS_INDEX, sample) or []  # type: ignore[assignment]
     keys = [_text(k) for k in members]
     if not keys:
         return {"opportunities_sampled": 0}
     parts: Counter[str] = Counter()
     for key in keys:
-        parts["state hash"] += _usage(client, state.opp_key(key))
+        parts["state"] += _usage(client, state.opp_key(key)) + _usage(client, state.doc_key(key))
         parts["provenance list"] += _usage(client, state.writes_key(key))
         fields: dict[Any, Any] = client.hgetall(state.opp_key(key))  # type: ignore[assignment]
         for name, value in fields.items():

@@ -1,17 +1,26 @@
 """Everything oppsync keeps in Redis, and the only module that knows its key names.
 
-Per opportunity (canonical key ``k``), one hash ``oppsync:opp:k`` holds:
+Per opportunity (canonical key ``k``), the document ``oppsync:doc:k`` (JSON, written whole
+by ingest under the record's lock) holds:
 
-    state            canonical value (JSON)           times   per-field source time (JSON, epoch s)
+    state            canonical value                  times   per-field source time (epoch s)
     rules            a rule that decided a field, when it is not "last writer wins: from
-                     <its source>" (JSON; the default is not stored)
-    sources          which vendor set each field       deleted "1" once deleted (tombstone)
+                     <its source>" (the default is not stored)
+    sources          which vendor set each field
     last_change      the last event that changed it    last_event the last event ("=": last_change)
-    id:<v>           the record's id in vendor v       extra:<v>   ids v needed (JSON)
+
+and the hash ``oppsync:opp:k`` the small per-vendor fields, each written on its own by the
+push to that vendor (all values short, so Redis keeps the hash in its compact encoding):
+
+    id:<v>           the record's id in vendor v       extra:<v>   ids v needed (URL-encoded)
     written:<v>      fingerprint of what v holds       seen:<v>    newest source time from v
     intent:<v>       time a create in v was started    wrote_at:<v> when our last write to v ended
     writing:<v>      time a write to v was sent, until it is acknowledged
     recheck:<v>      v deleted it while we wrote there: check it is still gone
+    deleted          "1" once deleted (tombstone)
+
+(Before the document, its parts were fields of the hash: such records are read as they are
+and moved into the document when next saved.)
 
 plus ``oppsync:link:<v>:<vendor id>`` -> ``k`` (the link map, both directions with ``id:<v>``),
 ``oppsync:wrote:<v>:<fingerprint>`` -> ``k`` (short-lived: recognises our own echo even before
@@ -36,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import redis
 from redis.exceptions import NoScriptError
@@ -53,6 +63,10 @@ PUSH_PENDING_SECONDS = 30  # longer than a push waits for its lock (runtime.LOCK
 
 def opp_key(key: str) -> str:
     return f"{PREFIX}:opp:{key}"
+
+
+def doc_key(key: str) -> str:
+    return f"{PREFIX}:doc:{key}"
 
 
 def link_key(vendor: str, vendor_id: str) -> str:
@@ -127,6 +141,8 @@ class Record:
     last_change: dict[str, Any] | None = None
     writing: dict[str, float] = field(default_factory=dict)
     rechecks: set[str] = field(default_factory=set)
+    #: Read from the hash alone (stored before the document): the next save moves it.
+    legacy: bool = False
 
     def rule(self, name: str) -> str:
         """The rule that decided field ``name``: a stored one, else the default."""
@@ -178,55 +194,78 @@ def _wrote_at(raw: dict[str, str]) -> dict[str, float]:
     return wrote
 
 
-def record_from(key: str, raw: dict[str, str]) -> Record:
-    """A ``Record`` from the fields of its hash (``{}``: not stored yet)."""
-    if not raw:
+#: Hash fields of records stored before the document (``legacy``).
+LEGACY_FIELDS = ("state", "times", "rules", "sources", "last_change", "last_event")
+
+
+def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record:
+    """A ``Record`` from its hash's fields and its document (neither: not stored yet)."""
+    if not raw and doc is None:
         return Record(key=key)
-    last_change = json.loads(raw["last_change"]) if "last_change" in raw else None
-    last_event = raw.get("last_event")
+    legacy = doc is None and "state" in raw
+    if legacy:
+        parts: dict[str, Any] = {
+            name: raw[name] if name == "last_event" else json.loads(raw[name])
+            for name in LEGACY_FIELDS
+            if name in raw
+        }
+    else:
+        parts = json.loads(doc) if doc is not None else {}
+    last_change = parts.get("last_change")
+    last_event = parts.get("last_event")
+    if isinstance(last_event, str):  # "=" or, in a legacy hash, the event's JSON
+        last_event = last_change if last_event == SAME_AS_CHANGE else json.loads(last_event)
     return Record(
         key=key,
-        state=_state(raw["state"]) if "state" in raw else Opportunity(),
+        state=_state(doc) if doc is not None else _legacy_state(raw.get("state")),
         times={
             name: at if isinstance(at, float | int) else datetime.fromisoformat(at).timestamp()
-            for name, at in json.loads(raw.get("times", "{}")).items()
+            for name, at in parts.get("times", {}).items()
         },
-        rules=json.loads(raw.get("rules", "{}")),
+        rules=parts.get("rules", {}),
         deleted=raw.get("deleted") == "1",
         ids=_per_vendor(raw, "id:"),
-        extra={v: json.loads(x) for v, x in _per_vendor(raw, "extra:").items()},
+        extra={v: _extra(x) for v, x in _per_vendor(raw, "extra:").items()},
         written=_per_vendor(raw, "written:"),
         seen=_per_vendor(raw, "seen:"),
         intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
         wrote_at=_wrote_at(raw),
-        last_event=last_change if last_event == SAME_AS_CHANGE else _json_or_none(last_event),
-        exists="state" in raw,
-        sources=json.loads(raw.get("sources", "{}")),
+        last_event=last_event,
+        exists=doc is not None or legacy,
+        sources=parts.get("sources", {}),
         last_change=last_change,
         writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
         rechecks=set(_per_vendor(raw, "recheck:")),
+        legacy=legacy,
     )
 
 
 @lru_cache(maxsize=1024)
-def _state(raw: str) -> Opportunity:
-    """The canonical value stored as ``raw``. Cached (values are frozen): each push of an
-    event reads the same state, and a marshmallow load is most of reading a record."""
-    return load(json.loads(raw))
+def _state(doc: str) -> Opportunity:
+    """The canonical value in document ``doc``. Cached (values are frozen): each push of an
+    event reads the same document, and a marshmallow load is most of reading a record."""
+    return load(json.loads(doc)["state"])
 
 
-def _json_or_none(raw: str | None) -> Any:
-    return json.loads(raw) if raw else None
+def _legacy_state(raw: str | None) -> Opportunity:
+    return load(json.loads(raw)) if raw else Opportunity()
+
+
+def _extra(value: str) -> dict[str, str]:
+    """A vendor's extra ids: URL-encoded (JSON before: a longer value makes Redis store the
+    whole hash in its larger encoding)."""
+    return json.loads(value) if value.startswith("{") else dict(parse_qsl(value))
 
 
 #: ``last_event`` when the last event is also the last change (stored once, not twice).
 SAME_AS_CHANGE = "="
 
-# KEYS: the lock, the opportunity's hash. ARGV: token, lock time in ms. The hash's fields
-# when the lock was free (taken now), else false: one round trip for the common case.
+# KEYS: the lock, the opportunity's hash, its document. ARGV: token, lock time in ms. The
+# hash's fields and the document when the lock was free (taken now), else false: one round
+# trip for the common case.
 LOCK_AND_READ = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('HGETALL', KEYS[2])
+  return {redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}
 end
 return false
 """
@@ -249,8 +288,11 @@ class Store:
 
     # -- opportunities ---------------------------------------------------------------------
     def load(self, key: str) -> Record:
-        raw: dict[str, str] = self.redis.hgetall(opp_key(key))  # type: ignore[assignment]
-        return record_from(key, raw)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(opp_key(key))
+        pipe.get(doc_key(key))
+        raw, doc = pipe.execute()
+        return record_from(key, raw, doc)
 
     def save_state(
         self,
@@ -264,24 +306,25 @@ class Store:
     ) -> None:
         """Store the merged canonical state and what the source vendor now holds; free
         ``unlock`` in the same round trip."""
-        values: dict[str, str] = {
-            "state": json.dumps(dump(record.state)),
-            "times": json.dumps(record.times),
-            "rules": json.dumps(record.rules),
-            "sources": json.dumps(record.sources),
-            f"written:{source}": source_holds,
+        changed = bool(event.get("fields"))
+        doc = {
+            "state": dump(record.state),
+            "times": record.times,
+            "rules": record.rules,
+            "sources": record.sources,
+            "last_change": event if changed else record.last_change,
+            "last_event": SAME_AS_CHANGE if changed else event,
         }
-        if event.get("fields"):
-            values["last_change"] = json.dumps(event)
-            values["last_event"] = SAME_AS_CHANGE
-        else:
-            values["last_event"] = json.dumps(event)
+        values: dict[str, str] = {f"written:{source}": source_holds}
         if record.deleted:
             values["deleted"] = "1"
         if source_seen is not None:
             values[f"seen:{source}"] = source_seen.isoformat()
         pipe = self.redis.pipeline(transaction=False)
+        pipe.set(doc_key(record.key), json.dumps(doc, separators=(",", ":")))
         pipe.hset(opp_key(record.key), mapping=values)
+        if record.legacy:
+            pipe.hdel(opp_key(record.key), *LEGACY_FIELDS)
         if not record.exists:
             pipe.sadd(OPPS_INDEX, record.key)
         if unlock is not None:
@@ -295,13 +338,14 @@ class Store:
         """Take the record's lock (or its lock for one vendor) and read the record in one
         round trip; None when the lock is held."""
         lock = HeldLock(lock_name(key, vendor), uuid.uuid4().hex)
-        raw = self._lock_and_read(
-            keys=[lock.name, opp_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
+        read = self._lock_and_read(
+            keys=[lock.name, opp_key(key), doc_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
         )
-        if raw is None:
+        if read is None:
             return None
-        fields = iter(raw)  # type: ignore[call-overload]
-        return lock, record_from(key, dict(zip(fields, fields, strict=True)))
+        fields, doc = read  # type: ignore[misc]
+        pairs = iter(fields)
+        return lock, record_from(key, dict(zip(pairs, pairs, strict=True)), doc)
 
     def unlock(self, lock: HeldLock, pipe: redis.client.Pipeline | None = None) -> None:
         """Free ``lock``; within ``pipe`` when given (no round trip of its own: run the
@@ -362,7 +406,7 @@ class Store:
             f"wrote_at:{vendor}": str(time.time()),
         }
         if extra:
-            values[f"extra:{vendor}"] = json.dumps(extra)
+            values[f"extra:{vendor}"] = urlencode(extra)
         pipe.hset(opp_key(key), mapping=values)
         pipe.hdel(opp_key(key), f"intent:{vendor}", f"writing:{vendor}", f"prov:{vendor}")
         if new_link:
@@ -438,8 +482,11 @@ class Store:
         self.redis.delete(pushing_key(key, vendor))
 
     def last_change(self, key: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(opp_key(key), "last_change")
-        return json.loads(raw) if raw else None  # type: ignore[arg-type]
+        doc = self.redis.get(doc_key(key))
+        if doc is None:  # not stored yet, or stored before the document
+            legacy = self.redis.hget(opp_key(key), "last_change")
+            return json.loads(legacy) if legacy else None  # type: ignore[arg-type]
+        return json.loads(doc).get("last_change")  # type: ignore[arg-type,no-any-return]
 
     def forget_vendor_record(self, key: str, vendor: str, vendor_id: str) -> None:
         """The vendor's record is gone (deleted there): unlink it."""

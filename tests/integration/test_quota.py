@@ -67,9 +67,7 @@ def test_a_vendor_at_its_quota_delays_no_other_vendor(quota_stack: Stack) -> Non
 
     # then the other vendors get every deal while Leadway is still working through them:
     # no event waits for Leadway's quota before writing the others
-    wait_for(
-        lambda: all(names_in(v) == names for v in others), 60, "the other vendors waited"
-    )
+    wait_for(lambda: all(names_in(v) == names for v in others), 60, "the other vendors waited")
     assert len(names_in("leadway")) < len(names) // 3
     # and Leadway gets every one of them too, exactly once, never over its quota
     wait_for(lambda: names_in("leadway") == names, 180, "Leadway did not get every deal")

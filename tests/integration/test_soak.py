@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 import redis
 
-from schemas.opportunity import load
 from tests.integration.drive import DEAL, announce, person_creates, person_edits, schema, synced
 from tests.integration.test_deletes import ivvy_deletes, leadway_deletes
 from tests.integration.test_echoes import quiet
 from tests.stack import VENDORS, Stack, wait_for
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from worker.deadletters import DeadLetters
+from worker.state import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 
@@ -179,7 +179,7 @@ def test_soak_random_edits_and_deletes_converge_without_duplicates(storm: Stack)
     # final equality: every vendor still holding a deal holds oppsync's merged state of it
     differences = {}
     for deal in deals:
-        state = load(json.loads(client.hget(f"oppsync:opp:{deal.key}", "state") or "{}"))
+        state = Store(client).load(deal.key).state
         for vendor in deal.ids:
             (record,) = held_by_key(storm, vendor, deal)
             holds = synced(schema(vendor).to_canonical(record, MAPPING), vendor)

@@ -1,0 +1,114 @@
+"""What oppsync keeps per opportunity in Redis: the document, the compact per-vendor hash,
+records stored before the document, and the history list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from schemas.opportunity import Opportunity, Status, dump
+from worker.embedded_redis import EmbeddedRedis
+from worker.state import Record, Store, doc_key, opp_key, writes_key
+
+
+@pytest.fixture
+def store(redis_server: EmbeddedRedis) -> Iterator[Store]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield Store(client)
+    client.close()
+
+
+DEAL = Opportunity(name="Warehouse restock", status=Status.OPEN, stage="new")
+EVENT = {"vendor": "siro", "vendor_id": "S1", "delivery": "d1", "fields": ["name"]}
+
+
+def saved(store: Store, key: str = "opp_1") -> Record:
+    record = Record(key=key, state=DEAL, times={"name": 1700000000.5}, sources={"name": "siro"})
+    store.save_state(
+        record, source="siro", source_seen=datetime.now(UTC), source_holds="fp", event=EVENT
+    )
+    return record
+
+
+def test_a_saved_record_reads_back_and_its_hash_stays_compact(store: Store) -> None:
+    saved(store)
+    store.record_write(
+        "opp_1",
+        "leadway",
+        vendor_id="L1",
+        fingerprint="a" * 32,
+        extra={"contact": "osEbNeI8Oz21OxSbly2G", "contact_fp": "bb3e2134e78e5ac0"},
+        history=None,
+        new_link=True,
+    )
+    record = store.load("opp_1")
+    assert record.exists and record.state == DEAL
+    assert record.times == {"name": 1700000000.5}
+    assert record.rule("name") == "last writer wins: from siro"
+    assert record.last_change == EVENT and record.last_event == EVENT
+    assert record.extra["leadway"] == {
+        "contact": "osEbNeI8Oz21OxSbly2G",
+        "contact_fp": "bb3e2134e78e5ac0",
+    }
+    assert record.ids == {"leadway": "L1"} and "leadway" in record.wrote_at
+    # the per-vendor hash holds only short values: Redis keeps it in its compact encoding
+    assert store.redis.object("encoding", opp_key("opp_1")) in ("listpack", "ziplist")
+
+
+def test_a_record_stored_before_the_document_is_read_and_moved_on_save(store: Store) -> None:
+    # given a record as earlier versions stored it: everything in the hash
+    store.redis.hset(
+        opp_key("opp_old"),
+        mapping={
+            "state": json.dumps(dump(DEAL)),
+            "times": json.dumps({"name": "2023-11-14T22:13:20.500000+00:00"}),
+            "rules": json.dumps({"name": "last writer wins: from siro"}),
+            "sources": json.dumps({"name": "siro"}),
+            "last_change": json.dumps(EVENT),
+            "last_event": json.dumps(EVENT),
+            "id:siro": "S1",
+            "extra:siro": json.dumps({"external_id": "opp_old"}),
+            "prov:leadway": json.dumps({"at": "2023-11-14T22:13:20+00:00", "action": "created"}),
+        },
+    )
+    record = store.load("opp_old")
+    # then it reads as it did
+    assert record.exists and record.legacy and record.state == DEAL
+    assert record.times == {"name": 1700000000.5}
+    assert record.extra == {"siro": {"external_id": "opp_old"}}
+    assert record.wrote_at == {"leadway": 1700000000.0}
+    assert store.last_change("opp_old") == EVENT
+    # and its next save moves it into the document
+    store.save_state(record, source="siro", source_seen=None, source_holds="fp", event=EVENT)
+    assert store.redis.exists(doc_key("opp_old"))
+    assert not store.redis.hexists(opp_key("opp_old"), "state")
+    again = store.load("opp_old")
+    assert not again.legacy and again.state == DEAL and again.times == record.times
+
+
+def test_history_keeps_an_events_cause_once_and_lists_each_write(store: Store) -> None:
+    cause = {"vendor": "siro", "vendor_id": "S1", "delivery": "d1", "fields": ["name"]}
+    writes = [
+        {"target": "leadway", "at": "2026-01-01T00:00:01.000", "action": "created"},
+        {"target": "ivvy", "at": "2026-01-01T00:00:02.000", "action": "created"},
+    ]
+    store.add_history("opp_1", {"cause": cause, "writes": writes})
+    assert store.redis.llen(writes_key("opp_1")) == 1
+    listed = store.writes("opp_1")
+    assert [w["target"] for w in listed] == ["ivvy", "leadway"]  # newest first
+    assert all(w["delivery"] == "d1" and w["vendor"] == "siro" for w in listed)
+
+
+def test_history_is_cut_back_to_its_cap(store: Store) -> None:
+    cause = {"vendor": "siro", "delivery": "d"}
+    for n in range(60):
+        store.add_history(
+            "opp_1", {"cause": cause, "writes": [{"target": "ivvy", "at": f"{n:03}"}]}
+        )
+    assert store.redis.llen(writes_key("opp_1")) <= 30
+    assert store.writes("opp_1", count=1)[0]["at"] == "059"
