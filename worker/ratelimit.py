@@ -69,8 +69,8 @@ _may_wait: ContextVar[bool] = ContextVar("oppsync_quota_may_wait", default=True)
 
 @contextmanager
 def no_waiting() -> Iterator[None]:
-    """Within this block a call that finds its vendor's quota used up raises
-    ``RateLimited`` at once instead of waiting."""
+    """Within this block, until a request has been sent, a call that finds its vendor's
+    quota used up raises ``RateLimited`` at once instead of waiting."""
     token = _may_wait.set(False)
     try:
         yield
@@ -114,6 +114,9 @@ class VendorQuota:
         """Take one request's worth of every limit, waiting for room when allowed to."""
         wait = self.try_acquire()
         if wait <= 0:
+            # Once a write has sent its first request, its next ones (Leadway's opportunity
+            # after its contact) may wait: giving up now would waste the request just made.
+            _may_wait.set(True)
             return
         if not _may_wait.get() or not self._waiters.acquire(blocking=False):
             raise self._used_up(wait)

@@ -105,3 +105,15 @@ def test_only_a_few_threads_wait_for_one_vendor_at_a_time(redis_server: Embedded
     # and the ones that waited each got a slot in turn
     assert outcomes.count("later") >= 3
     assert outcomes.count("sent") <= WAITERS
+
+
+def test_after_its_first_request_a_write_may_wait_for_its_next(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a write that sends two requests (a contact, then the deal) under a 1/1 s quota
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-g", "1/1 second")
+    began = time.monotonic()
+    with no_waiting():
+        quota.acquire()  # the first request goes at once
+        quota.acquire()  # the second waits for the window instead of wasting the first
+    assert time.monotonic() - began >= 0.9
