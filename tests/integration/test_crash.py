@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,13 +45,20 @@ def names_held(stack: Stack, vendor: str) -> list[str]:
     return sorted(str(o.name) for o in held(stack, vendor))
 
 
+def new_deal_while_slow(stack: Stack, vendor: str, latency: float, name: str) -> Any:
+    """Make ``vendor`` answer after ``latency`` seconds, then announce a new SIRO deal
+    ``name``; the slow vendor's simulator (set its latency back to 0 when done)."""
+    slow = stack.sims[vendor]
+    slow.latency = latency
+    vendor_id = person_creates(stack, "siro", DEAL.replace(name=name))
+    assert stack.sims["siro"].emit_standard(vendor_id) == 202
+    return slow
+
+
 def test_crash_sigkill_mid_push_loses_and_duplicates_nothing(crash_stack: Stack) -> None:
     stack = crash_stack
-    slow = stack.sims["icloudready"]
     # given iCloudReady answers slowly, so a push to it is in flight for seconds
-    slow.latency = 2.0
-    vendor_id = person_creates(stack, "siro", DEAL.replace(name="Killed Mid Push"))
-    assert stack.sims["siro"].emit_standard(vendor_id) == 202
+    slow = new_deal_while_slow(stack, "icloudready", 2.0, "Killed Mid Push")
     # when the fast vendors are written and the worker is killed while iCloudReady's push
     # is still waiting for its answer
     wait_for(
@@ -126,11 +134,8 @@ def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
 
 def test_crash_sigterm_mid_push_finishes_the_push_before_exiting(crash_stack: Stack) -> None:
     stack = crash_stack
-    slow = stack.sims["ivvy"]
     # given iVvy answers slowly, so a push to it is in flight for seconds
-    slow.latency = 1.5
-    vendor_id = person_creates(stack, "siro", DEAL.replace(name="Stopped Politely"))
-    assert stack.sims["siro"].emit_standard(vendor_id) == 202
+    slow = new_deal_while_slow(stack, "ivvy", 1.5, "Stopped Politely")
     wait_for(lambda: "Stopped Politely" in names_held(stack, "salescaling"), 30, "fast pushes")
     # when the platform stops the worker (SIGTERM, as a PaaS does on deploy)
     worker = stack.workers[0]
