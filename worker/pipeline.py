@@ -281,7 +281,7 @@ def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
 def _apply(
     rt: Runtime,
     record: Record,
-    held: HeldLock | None,
+    held: HeldLock,
     vendor: str,
     incoming: Opportunity,
     event: InboundEvent,

@@ -6,18 +6,18 @@ vendor gets one pooled HTTP client per process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from threading import Lock
 
 import redis
-from redis.exceptions import LockError
 
 from worker.errors import Transient
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings, get_settings
-from worker.state import HeldLock, Record, Store, lock_name
+from worker.state import HeldLock, Record, Store
 from worker.vendors import build_adapters
 from worker.vendors.base import VendorAdapter
 
@@ -25,6 +25,8 @@ from worker.vendors.base import VendorAdapter
 LOCK_TIMEOUT_SECONDS = 60
 #: How long a job waits for a per-record lock before it is retried later.
 LOCK_WAIT_SECONDS = 10
+#: How often a waiting job tries the lock again.
+LOCK_POLL_SECONDS = 0.05
 
 #: The variable holding the API key each vendor names as a change's author, if any.
 API_KEY_VARIABLE = {"ivvy": "IVVY_API_KEY"}
@@ -38,35 +40,25 @@ class Runtime:
     adapters: dict[str, VendorAdapter] = field(default_factory=dict)
     quotas: dict[str, VendorQuota] = field(default_factory=dict)
 
-    @contextmanager
-    def lock(self, key: str, vendor: str | None = None) -> Iterator[None]:
-        """Serialise work on one opportunity (or one opportunity in one vendor)."""
-        lock = self.redis.lock(
-            lock_name(key, vendor), timeout=LOCK_TIMEOUT_SECONDS, blocking_timeout=LOCK_WAIT_SECONDS
-        )
-        if not lock.acquire():
-            raise Transient(f"{key} is busy", vendor=vendor or "-", retry_after=1.0, reason="busy")
-        try:
-            yield
-        finally:
-            try:
-                lock.release()
-            except LockError:
-                pass  # expired while held: the next holder already owns it
+    def take_lock(self, key: str, vendor: str | None = None) -> tuple[HeldLock, Record]:
+        """Take the record's lock (or its lock for one vendor), waiting for it up to
+        ``LOCK_WAIT_SECONDS``, and the record as read under it. Raises ``Transient`` (busy)
+        when it stays held: the job is retried later."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while (taken := self.store.lock_and_read(key, vendor, LOCK_TIMEOUT_SECONDS)) is None:
+            if time.monotonic() >= deadline:
+                raise Transient(
+                    f"{key} is busy", vendor=vendor or "-", retry_after=1.0, reason="busy"
+                )
+            time.sleep(LOCK_POLL_SECONDS)
+        return taken
 
     @contextmanager
-    def locked(
-        self, key: str, vendor: str | None = None
-    ) -> Iterator[tuple[Record, HeldLock | None]]:
+    def locked(self, key: str, vendor: str | None = None) -> Iterator[tuple[Record, HeldLock]]:
         """Hold the record's lock (or its lock for one vendor) with the record read under
-        it. A free lock is taken and the record read in one round trip; the holder may
-        free it early with its last write (``HeldLock``); a busy one is waited for."""
-        taken = self.store.lock_and_read(key, vendor, LOCK_TIMEOUT_SECONDS)
-        if taken is None:
-            with self.lock(key, vendor):
-                yield self.store.load(key), None
-            return
-        held, record = taken
+        it: one round trip when the lock is free. The holder may free it early with its
+        last write (``HeldLock``); it is freed on leaving in any case."""
+        held, record = self.take_lock(key, vendor)
         try:
             yield record, held
         finally:

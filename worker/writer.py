@@ -63,17 +63,18 @@ def push(
             rt.store.unlock(lock)  # a no-op when the write already freed it
     if not rt.store.claim_push(key, vendor):
         return "coalesced"
-    turn = False
     try:
-        with rt.lock(key, vendor):
-            turn = True
-            _settle(rt, key)
-            # From here on a newer change needs a push of its own: we may read before it.
-            rt.store.release_push(key, vendor)
-            return _push_now(rt, rt.store.load(key), vendor, cause, None, journal)
+        lock, _ = rt.take_lock(key, vendor)
+    except BaseException:  # the lock stayed busy: this push is retried later and reads then
+        rt.store.release_push(key, vendor)
+        raise
+    try:
+        _settle(rt, key)
+        # From here on a newer change needs a push of its own: we may read before it.
+        rt.store.release_push(key, vendor)
+        return _push_now(rt, rt.store.load(key), vendor, cause, lock, journal)
     finally:
-        if not turn:  # the lock stayed busy: this push is retried later and reads then
-            rt.store.release_push(key, vendor)
+        rt.store.unlock(lock)  # a no-op when the write already freed it
 
 
 def _bursting(change: dict[str, Any] | None) -> bool:
@@ -108,7 +109,7 @@ def _push_now(
     record: Record,
     vendor: str,
     cause: dict[str, Any],
-    lock: HeldLock | None,
+    lock: HeldLock,
     journal: list[dict[str, Any]] | None,
 ) -> str:
     key = record.key
