@@ -7,7 +7,9 @@ in one atomic step. It is ours rather than ``limits``' moving window because it 
 sub-second margin: we count a request when we send it, the vendor when it arrives, and
 arrival delays vary (new connections, the network). Each window is kept ``margin`` seconds
 longer than the vendor's, so two requests sent either side of a window's edge never arrive
-inside one window and get refused.
+inside one window and get refused. A busy process takes several slots in one call while
+the window is at least half free (a lease, usable for ``LEASE_SECONDS``), so the quota costs
+a fraction of a Redis call per request; near the limit slots are taken one at a time.
 
 A call waits for room up to ``max_wait`` seconds; past that it raises ``RateLimited`` so the
 job is retried later instead of holding a worker. Waiting is rationed, because a thread
@@ -22,10 +24,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from threading import BoundedSemaphore
+from threading import BoundedSemaphore, Lock
 
 import redis
 from limits import parse_many
@@ -34,31 +37,53 @@ from worker.errors import RateLimited
 
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
 # holds more than the limit allows; a PEXPIRE per call would cost a command per request).
-# ARGV: margin_ms, then (window_ms, amount) per limit, then
-# a unique member. Returns 0 when a slot was taken in every limit, else ms to wait.
+# ARGV: margin_ms, lease_ms, wanted, then (window_ms, amount) per limit, then a unique
+# member prefix. Returns {granted, wait_ms}: granted slots were taken in every limit; when
+# none could be, wait_ms says when one may be free. More than one slot is granted only while
+# every window stays at least half free after the grant: near a limit, one at a time. A
+# lease of several slots is scored at its expiry (now + lease_ms), the latest a slot of it
+# may be sent, so each slot leaves the window no earlier than its request does.
 ACQUIRE = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local margin = tonumber(ARGV[1])
+local wanted = tonumber(ARGV[3])
 local wait = 0
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[2 * i]) + margin
-  local amount = tonumber(ARGV[2 * i + 1])
+  local window = tonumber(ARGV[2 * i + 2]) + margin
+  local amount = tonumber(ARGV[2 * i + 3])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
-  if redis.call('ZCARD', key) >= amount then
+  local free = amount - redis.call('ZCARD', key)
+  if free <= 0 then
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     wait = math.max(wait, tonumber(oldest[2]) + window - now_ms + 1)
+  elseif free - wanted < amount / 2 then
+    wanted = 1
   end
 end
 if wait > 0 then
-  return wait
+  return {0, wait}
 end
-local member = ARGV[#ARGV]
+local score = now_ms
+if wanted > 1 then
+  score = now_ms + tonumber(ARGV[2])
+end
+local entries = {}
+for j = 1, wanted do
+  entries[2 * j - 1] = score
+  entries[2 * j] = ARGV[#ARGV] .. ':' .. j
+end
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now_ms, member)
+  redis.call('ZADD', key, unpack(entries))
 end
-return 0
+return {wanted, 0}
 """
+
+#: How long slots taken ahead for this process stay usable. Short: a slot is counted in the
+#: window from when it is taken, so one left unused is wasted for a window.
+LEASE_SECONDS = 0.2
+#: The most slots one call takes ahead.
+LEASE_MOST = 16
 
 
 #: Threads of one process that may wait for one vendor's quota at once.
@@ -99,16 +124,40 @@ class VendorQuota:
         self.spec = spec
         self.script = client.register_script(ACQUIRE) if items else None
         self._waiters = BoundedSemaphore(WAITERS)
+        # Slots taken ahead (when each stops being usable) and this process's recent calls,
+        # which say how many to take ahead: about as many as the last lease period used.
+        self._leased: deque[float] = deque()
+        self._calls: deque[float] = deque()
+        self._lease_lock = Lock()
 
     def try_acquire(self) -> float:
-        """Take a slot now if there is one: 0.0, else the seconds until there may be."""
+        """Take a slot now if there is one: 0.0, else the seconds until there may be.
+
+        A busy process takes several slots per round trip while the quota has plenty of
+        room (one Redis call per request would cost more than the request's own work)."""
         if self.script is None:
             return 0.0
-        args: list[int | str] = [self.margin_ms]
+        now = time.monotonic()
+        with self._lease_lock:
+            self._calls.append(now)
+            while self._calls[0] < now - LEASE_SECONDS:
+                self._calls.popleft()
+            while self._leased and self._leased[0] <= now:
+                self._leased.popleft()  # unused in time: its window outlives its use
+            if self._leased:
+                self._leased.popleft()
+                return 0.0
+            wanted = min(LEASE_MOST, len(self._calls))
+        args: list[int | str] = [self.margin_ms, int(LEASE_SECONDS * 1000), wanted]
         for window_ms, amount in self.limits:
             args += [window_ms, amount]
         args.append(uuid.uuid4().hex)
-        return float(self.script(keys=self.keys, args=args)) / 1000.0
+        granted, wait_ms = self.script(keys=self.keys, args=args)
+        if granted:
+            with self._lease_lock:
+                self._leased.extend([now + LEASE_SECONDS] * (int(granted) - 1))
+            return 0.0
+        return float(wait_ms) / 1000.0
 
     def acquire(self) -> None:
         """Take one request's worth of every limit, waiting for room when allowed to."""

@@ -10,7 +10,7 @@ import redis
 
 from worker.embedded_redis import EmbeddedRedis
 from worker.errors import RateLimited
-from worker.ratelimit import WAITERS, VendorQuota, no_waiting
+from worker.ratelimit import LEASE_SECONDS, WAITERS, VendorQuota, no_waiting
 
 
 def test_quota_allows_the_limit_then_waits_for_the_window(redis_server: EmbeddedRedis) -> None:
@@ -117,3 +117,62 @@ def test_after_its_first_request_a_write_may_wait_for_its_next(
         quota.acquire()  # the first request goes at once
         quota.acquire()  # the second waits for the window instead of wasting the first
     assert time.monotonic() - began >= 0.9
+
+
+def _script_calls(client: redis.Redis) -> int:
+    stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
+    return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def test_a_busy_process_takes_several_slots_per_call_while_the_quota_has_room(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a roomy quota and one process sending 200 requests as fast as it can
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-h", "100000/minute")
+    before = _script_calls(client)
+    for _ in range(200):
+        quota.acquire()
+    # then it asked Redis far fewer times than it sent, and the window counts every slot
+    assert _script_calls(client) - before < 60
+    assert quota.headroom()[0][1] >= 200
+
+
+def test_slots_taken_ahead_never_exceed_the_limit(redis_server: EmbeddedRedis) -> None:
+    # given two processes drawing from a 40/1 s quota as fast as they can for 2.5 s
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        quota = VendorQuota(
+            redis.Redis.from_url(redis_server.url), "unit-i", "40/1 second", margin=0.05
+        )
+        ends = time.monotonic() + 2.5
+        while time.monotonic() < ends:
+            quota.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=draw) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then no one-second window held more than 40 requests, and most of the quota was used
+    stamps.sort()
+    assert all(stamps[i + 40] - stamps[i] >= 1.0 for i in range(len(stamps) - 40))
+    assert len(stamps) >= 90
+
+
+def test_slots_taken_ahead_expire_unused(redis_server: EmbeddedRedis) -> None:
+    # given a process that took slots ahead during a burst
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-j", "100000/minute")
+    for _ in range(20):
+        quota.acquire()
+    # when it next sends after the lease ran out
+    time.sleep(LEASE_SECONDS + 0.05)
+    before = _script_calls(client)
+    quota.acquire()
+    # then it asks Redis again instead of sending on a stale slot
+    assert _script_calls(client) - before == 1
