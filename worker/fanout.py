@@ -25,6 +25,7 @@ from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
+from worker.state import HandedOver, HeldLock, Record
 
 #: Threads writing vendors for the fast path, shared by every task in the process: about
 #: four per concurrent ingest, since each event writes four vendors at once.
@@ -55,8 +56,10 @@ def push_once(
     first_attempt_at: float,
     schedule_retry: RetryScheduler,
     journal: list[dict[str, Any]] | None = None,
+    taken: tuple[HeldLock, Record] | None = None,
 ) -> PushResult:
-    """One attempt at one vendor; failures are routed to a retry or a dead letter."""
+    """One attempt at one vendor; failures are routed to a retry or a dead letter. With
+    ``taken``, the push starts with its lock held and the record read under it."""
     with structlog.contextvars.bound_contextvars(correlation_id=cause.get("correlation_id")):
         return _attempt(
             rt,
@@ -67,6 +70,7 @@ def push_once(
             first_attempt_at=first_attempt_at,
             schedule_retry=schedule_retry,
             journal=journal,
+            taken=taken,
         )
 
 
@@ -80,6 +84,7 @@ def _attempt(
     first_attempt_at: float,
     schedule_retry: RetryScheduler,
     journal: list[dict[str, Any]] | None,
+    taken: tuple[HeldLock, Record] | None,
 ) -> PushResult:
     if attempt == 1 and (wait := breaker.open_for(rt.redis, vendor)) > 0:
         # The vendor keeps failing: don't hold this worker on it, queue the push for later.
@@ -89,7 +94,7 @@ def _attempt(
         # Straight from ingest, a push never waits for its vendor's quota: it goes to that
         # vendor's queue, so a vendor at its quota delays none of the event's other writes.
         with no_waiting() if attempt == 1 else nullcontext():
-            outcome = writer.push(rt, key, vendor, cause=cause, journal=journal)
+            outcome = writer.push(rt, key, vendor, cause=cause, journal=journal, taken=taken)
     except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
         verdict = decide(
             error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
@@ -146,11 +151,15 @@ def push_all(
     *,
     cause: dict[str, Any],
     schedule_retry: RetryScheduler,
+    handed: HandedOver | None = None,
 ) -> list[PushResult]:
     """Push to every target concurrently; returns one result per target. The writes made
-    are kept as one history entry for the event."""
+    are kept as one history entry for the event. ``handed``: the locks the ingest took for
+    its targets, and the record read under them (a target without one takes its own); the
+    caller frees those left held (a push that never started: circuit open)."""
     started = time.time()
     journal: list[dict[str, Any]] = []
+    locks = handed.locks if handed is not None else {}
     futures = [
         _pool.submit(
             push_once,
@@ -162,6 +171,7 @@ def push_all(
             first_attempt_at=started,
             schedule_retry=schedule_retry,
             journal=journal,
+            taken=(locks[vendor], handed.record) if handed and vendor in locks else None,
         )
         for vendor in targets
     ]

@@ -38,8 +38,8 @@ from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
 from worker.errors import InvalidPayload, Transient
-from worker.runtime import Runtime
-from worker.state import HeldLock, Record, new_key
+from worker.runtime import LOCK_TIMEOUT_SECONDS, Runtime
+from worker.state import HandedOver, HeldLock, Record, new_key
 from worker.vendors.base import VendorAdapter
 
 #: ``written:<v>`` value for a vendor whose record was deleted there: never written again.
@@ -70,6 +70,8 @@ class Outcome:
     #: The record's id in the source vendor, and the fields the event changed (provenance).
     vendor_id: str | None = None
     fields: tuple[str, ...] = ()
+    #: The targets' locks taken with the save, and the record read under them.
+    handed: HandedOver | None = None
 
 
 def read_event(envelope: Envelope, adapter: VendorAdapter) -> InboundEvent | None:
@@ -248,8 +250,13 @@ def plan(rt: Runtime, record: Record) -> tuple[str, ...]:
     return tuple(targets)
 
 
-def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
-    """Decide what one verified delivery changes. Idempotent: a redelivery is unchanged."""
+def ingest(
+    rt: Runtime, envelope: Envelope, *, patient: bool = True, hand_over: bool = False
+) -> Outcome:
+    """Decide what one verified delivery changes. Idempotent: a redelivery is unchanged.
+
+    With ``hand_over``, an applied change also takes its targets' (record, vendor) locks
+    (``Outcome.handed``): the caller pushes with them and must free what is left of them."""
     vendor = envelope.vendor
     adapter = rt.adapters[vendor]
     event = read_event(envelope, adapter)
@@ -275,7 +282,7 @@ def ingest(rt: Runtime, envelope: Envelope, *, patient: bool = True) -> Outcome:
     key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
     sighting = Sighting(incoming.updated_at, fetched_at)
     with rt.locked(key) as (record, held):
-        return _apply(rt, record, held, vendor, incoming, event, envelope, sighting)
+        return _apply(rt, record, held, vendor, incoming, event, envelope, sighting, hand_over)
 
 
 def _apply(
@@ -287,6 +294,7 @@ def _apply(
     event: InboundEvent,
     envelope: Envelope,
     sighting: Sighting,
+    hand_over: bool,
 ) -> Outcome:
     key = record.key
     adapter = rt.adapters[vendor]
@@ -311,16 +319,18 @@ def _apply(
     taken = merge(rt, record, incoming, vendor, event_time)
     # A record our later write may have replaced is not surely what the vendor holds.
     holds_now = UNSURE if after is False else holds
-    rt.store.save_state(
+    record.written[vendor] = holds_now
+    targets = plan(rt, record)  # from the merged record, not from Redis
+    handed = rt.store.save_state(
         record,
         source=vendor,
         source_seen=incoming.updated_at,
         source_holds=holds_now,
         event=_event_summary(envelope, event, taken, record.last_change),
-        unlock=held,  # the targets are planned from the merged record, not from Redis
+        unlock=held,
+        hand_over=targets if hand_over else (),
+        lock_seconds=LOCK_TIMEOUT_SECONDS,
     )
-    record.written[vendor] = holds_now
-    targets = plan(rt, record)
     return Outcome(
         key,
         "applied" if taken else "unchanged",
@@ -328,6 +338,7 @@ def _apply(
         detail=", ".join(taken) or "no field changed",
         vendor_id=event.vendor_id,
         fields=tuple(taken),
+        handed=handed,
     )
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -180,6 +181,15 @@ class HeldLock:
     held: bool = True
 
 
+@dataclass
+class HandedOver:
+    """What an ingest hands its fan-out: the (record, vendor) locks it could take for the
+    vendors to write, and the record as read under them."""
+
+    record: Record
+    locks: dict[str, HeldLock]
+
+
 def _per_vendor(raw: dict[str, str], prefix: str) -> dict[str, str]:
     return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
 
@@ -269,6 +279,21 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return false
 """
+# KEYS: the record's lock, its hash, then one lock per vendor. ARGV: the record lock's
+# token, lock time in ms, then one token per vendor lock. While the record's lock is still
+# ours: free it, take each vendor's lock that is free, and read the hash under them (a push
+# that held one of them may have written it since we read). False when the lock was lost.
+HAND_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return false
+end
+redis.call('DEL', KEYS[1])
+local taken = {}
+for i = 3, #KEYS do
+  taken[i - 2] = redis.call('SET', KEYS[i], ARGV[i], 'NX', 'PX', ARGV[2]) and 1 or 0
+end
+return {taken, redis.call('HGETALL', KEYS[2])}
+"""
 # KEYS: the lock. ARGV: its holder's token. Frees the lock only if that holder still has it.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -285,6 +310,7 @@ class Store:
         self.redis = client
         self._lock_and_read = client.register_script(LOCK_AND_READ)
         self._unlock = client.register_script(UNLOCK)
+        self._hand_over = client.register_script(HAND_OVER)
 
     # -- opportunities ---------------------------------------------------------------------
     def load(self, key: str) -> Record:
@@ -303,9 +329,14 @@ class Store:
         source_holds: str,
         event: dict[str, Any],
         unlock: HeldLock | None = None,
-    ) -> None:
+        hand_over: tuple[str, ...] = (),
+        lock_seconds: float = 60.0,
+    ) -> HandedOver | None:
         """Store the merged canonical state and what the source vendor now holds; free
-        ``unlock`` in the same round trip."""
+        ``unlock`` in the same round trip. With ``hand_over`` (the vendors to write next),
+        that round trip also takes each of their (record, vendor) locks that is free, for
+        ``lock_seconds``, and reads the record under them: the fan-out's pushes start with
+        their lock and the record instead of a round trip each."""
         changed = bool(event.get("fields"))
         doc = {
             "state": dump(record.state),
@@ -320,16 +351,35 @@ class Store:
             values["deleted"] = "1"
         if source_seen is not None:
             values[f"seen:{source}"] = source_seen.isoformat()
+        stored = json.dumps(doc, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(doc_key(record.key), json.dumps(doc, separators=(",", ":")))
+        pipe.set(doc_key(record.key), stored)
         pipe.hset(opp_key(record.key), mapping=values)
         if record.legacy:
             pipe.hdel(opp_key(record.key), *LEGACY_FIELDS)
         if not record.exists:
             pipe.sadd(OPPS_INDEX, record.key)
-        if unlock is not None:
-            self.unlock(unlock, pipe)
-        self.run(pipe, unlock)
+        if unlock is None or not unlock.held or not hand_over:
+            if unlock is not None:
+                self.unlock(unlock, pipe)
+            self.run(pipe, self._unlock_again(unlock))
+            return None
+        unlock.held = False
+        locks = {v: HeldLock(lock_name(record.key, v), uuid.uuid4().hex) for v in hand_over}
+        keys = [unlock.name, opp_key(record.key), *(lock.name for lock in locks.values())]
+        args = [unlock.token, str(int(lock_seconds * 1000))]
+        args += [lock.token for lock in locks.values()]
+        # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
+        pipe.evalsha(self._hand_over.sha, len(keys), *keys, *args)
+        answer = self.run(pipe, lambda: self._hand_over(keys=keys, args=args))[-1]
+        if not answer:
+            return None  # our lock had expired: each push takes its own
+        taken, fields = answer
+        pairs = iter(fields)
+        return HandedOver(
+            record=record_from(record.key, dict(zip(pairs, pairs, strict=True)), stored),
+            locks={v: lock for (v, lock), won in zip(locks.items(), taken, strict=True) if won},
+        )
 
     # -- locks ---------------------------------------------------------------------
     def lock_and_read(
@@ -359,16 +409,23 @@ class Store:
             # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
             pipe.evalsha(self._unlock.sha, 1, lock.name, lock.token)
 
-    def run(self, pipe: redis.client.Pipeline, lock: HeldLock | None) -> list[Any]:
-        """Execute ``pipe``; when its ``unlock`` found the script missing (a new or
-        restarted Redis), free the lock again through the loading path. The results."""
+    def run(self, pipe: redis.client.Pipeline, again: Callable[[], Any] | None = None) -> list[Any]:
+        """Execute ``pipe``, whose script (at most one) is called by its hash; when Redis
+        lacks the script (a new or restarted Redis), ``again`` runs it through the loading
+        path and its answer takes the script's place. The results."""
         results: list[Any] = pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, NoScriptError) and lock is not None:
-                self._unlock(keys=[lock.name], args=[lock.token])
+        for at, result in enumerate(results):
+            if isinstance(result, NoScriptError) and again is not None:
+                results[at] = again()
             elif isinstance(result, Exception):
                 raise result
         return results
+
+    def _unlock_again(self, lock: HeldLock | None) -> Callable[[], Any] | None:
+        """What frees ``lock`` when a pipeline's ``unlock`` found the script missing."""
+        if lock is None:
+            return None
+        return lambda: self._unlock(keys=[lock.name], args=[lock.token])
 
     # -- one write to one vendor -----------------------------------------------------------
     def before_write(self, key: str, vendor: str, fingerprint: str, *, create: bool) -> None:
@@ -415,7 +472,7 @@ class Store:
         at = self._add_history(pipe, key, history) if history is not None else None
         if lock is not None:
             self.unlock(lock, pipe)
-        results = self.run(pipe, lock)
+        results = self.run(pipe, self._unlock_again(lock))
         if at is not None:
             self._trim(writes_key(key), results[at], WRITES_KEPT)
 
@@ -425,7 +482,7 @@ class Store:
         pipe.hdel(opp_key(key), f"writing:{vendor}")
         if lock is not None:
             self.unlock(lock, pipe)
-        self.run(pipe, lock)
+        self.run(pipe, self._unlock_again(lock))
 
     def mark_written(self, key: str, vendor: str, fingerprint: str) -> None:
         self.redis.hset(opp_key(key), f"written:{vendor}", fingerprint)

@@ -22,7 +22,7 @@ from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
 from worker.reconcile import Reconciler, exclusive
 from worker.retry import decide
-from worker.runtime import get_runtime
+from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
 from worker.state import poll_lock_name
 
@@ -64,7 +64,9 @@ def ingest_change(
         correlation_id=env.correlation_id, vendor=env.vendor
     ):
         try:
-            outcome = pipeline.ingest(rt, env, patient=attempt <= pipeline.ECHO_PATIENCE)
+            outcome = pipeline.ingest(
+                rt, env, patient=attempt <= pipeline.ECHO_PATIENCE, hand_over=True
+            )
         except Exception as error:  # noqa: BLE001 - classified by the retry policy
             verdict = decide(
                 error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
@@ -94,30 +96,45 @@ def ingest_change(
             _note(rt, env, "dead_letter", None, verdict.reason)
             log.error("ingest.dead_letter", reason=verdict.reason, error=str(error))
             return "dead_letter"
-        _note(rt, env, outcome.outcome, outcome.key, outcome.detail)
-        log.info(
-            "ingest.done",
-            key=outcome.key,
-            outcome=outcome.outcome,
-            targets=list(outcome.targets),
-            detail=outcome.detail,
-        )
-        if outcome.key is None or not outcome.targets:
-            return outcome.outcome
-        cause = {
-            "vendor": env.vendor,
-            "delivery": env.delivery_id,
-            "correlation_id": env.correlation_id,
-            "received_at": env.received_at,
-            "vendor_id": outcome.vendor_id,  # provenance: which record, which fields
-            "fields": list(outcome.fields),
-        }
-        results = fanout.push_all(
-            rt, outcome.key, outcome.targets, cause=cause, schedule_retry=schedule_push_retry
-        )
-        if all(r.outcome not in ("retrying", "dead") for r in results):
-            metrics.observe_latency(rt.redis, time.time() - env.received_at)
+        try:
+            return _fan_out(rt, env, outcome)
+        finally:
+            if outcome.handed is not None:
+                for lock in outcome.handed.locks.values():
+                    rt.store.unlock(lock)  # a push that never started (circuit open)
+
+
+def _fan_out(rt: Runtime, env: Envelope, outcome: pipeline.Outcome) -> str:
+    """Note what an ingest decided and write its targets."""
+    _note(rt, env, outcome.outcome, outcome.key, outcome.detail)
+    log.info(
+        "ingest.done",
+        key=outcome.key,
+        outcome=outcome.outcome,
+        targets=list(outcome.targets),
+        detail=outcome.detail,
+    )
+    if outcome.key is None or not outcome.targets:
         return outcome.outcome
+    cause = {
+        "vendor": env.vendor,
+        "delivery": env.delivery_id,
+        "correlation_id": env.correlation_id,
+        "received_at": env.received_at,
+        "vendor_id": outcome.vendor_id,  # provenance: which record, which fields
+        "fields": list(outcome.fields),
+    }
+    results = fanout.push_all(
+        rt,
+        outcome.key,
+        outcome.targets,
+        cause=cause,
+        schedule_retry=schedule_push_retry,
+        handed=outcome.handed,
+    )
+    if all(r.outcome not in ("retrying", "dead") for r in results):
+        metrics.observe_latency(rt.redis, time.time() - env.received_at)
+    return outcome.outcome
 
 
 @app.task(name="oppsync.push_to_vendor")

@@ -12,7 +12,16 @@ import redis
 
 from schemas.opportunity import Opportunity, Status, dump
 from worker.embedded_redis import EmbeddedRedis
-from worker.state import Record, Store, doc_key, opp_key, writes_key
+from worker.state import (
+    HandedOver,
+    HeldLock,
+    Record,
+    Store,
+    doc_key,
+    lock_name,
+    opp_key,
+    writes_key,
+)
 
 
 @pytest.fixture
@@ -112,3 +121,63 @@ def test_history_is_cut_back_to_its_cap(store: Store) -> None:
         )
     assert store.redis.llen(writes_key("opp_1")) <= 30
     assert store.writes("opp_1", count=1)[0]["at"] == "059"
+
+
+def _save_handing_over(store: Store, record: Record, lock: HeldLock) -> HandedOver | None:
+    return store.save_state(
+        record,
+        source="siro",
+        source_seen=None,
+        source_holds="fp",
+        event=EVENT,
+        unlock=lock,
+        hand_over=("leadway", "ivvy"),
+    )
+
+
+def test_saving_hands_the_targets_locks_and_a_fresh_record_to_the_fan_out(store: Store) -> None:
+    saved(store)
+    lock, record = store.lock_and_read("opp_1", None, 60) or pytest.fail("lock busy")
+    # given a push to iVvy, under its own lock, recorded a write after the ingest had read
+    store.record_write(
+        "opp_1", "ivvy", vendor_id="I9", fingerprint="f", extra={}, history=None, new_link=True
+    )
+    handed = _save_handing_over(store, record, lock)
+    # then the record lock is free, both vendor locks are the fan-out's, and the record
+    # it gets is what Redis holds, iVvy's new link included (no duplicate create)
+    assert handed is not None and set(handed.locks) == {"leadway", "ivvy"}
+    assert store.redis.get(lock_name("opp_1")) is None
+    assert store.lock_and_read("opp_1", "leadway", 60) is None
+    assert handed.record == store.load("opp_1") and handed.record.ids["ivvy"] == "I9"
+    for held in handed.locks.values():
+        store.unlock(held)
+    assert store.lock_and_read("opp_1", "leadway", 60) is not None
+
+
+def test_a_vendor_lock_held_by_another_push_is_not_handed_over(store: Store) -> None:
+    saved(store)
+    other, _ = store.lock_and_read("opp_1", "leadway", 60) or pytest.fail("lock busy")
+    lock, record = store.lock_and_read("opp_1", None, 60) or pytest.fail("lock busy")
+    handed = _save_handing_over(store, record, lock)
+    # the busy vendor's push takes its own lock later; the other push's lock is untouched
+    assert handed is not None and set(handed.locks) == {"ivvy"}
+    assert store.redis.get(lock_name("opp_1", "leadway")) == other.token
+
+
+def test_an_expired_record_lock_hands_nothing_over(store: Store) -> None:
+    saved(store)
+    lock, record = store.lock_and_read("opp_1", None, 60) or pytest.fail("lock busy")
+    store.redis.delete(lock_name("opp_1"))  # expired while we worked; someone else's now
+    store.redis.set(lock_name("opp_1"), "another holder")
+    assert _save_handing_over(store, record, lock) is None
+    assert store.redis.get(lock_name("opp_1")) == "another holder"
+    assert store.redis.get(lock_name("opp_1", "leadway")) is None
+
+
+def test_handing_over_works_on_a_redis_that_lost_its_scripts(store: Store) -> None:
+    saved(store)
+    lock, record = store.lock_and_read("opp_1", None, 60) or pytest.fail("lock busy")
+    store.redis.script_flush()  # a restarted Redis
+    handed = _save_handing_over(store, record, lock)
+    assert handed is not None and set(handed.locks) == {"leadway", "ivvy"}
+    assert store.redis.get(lock_name("opp_1")) is None
