@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
+from urllib.parse import urlparse
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
 
 from schemas.mapping import VENDORS
+from worker import broker
 from worker.errors import ConfigError
 from worker.logs import configure as configure_logs
 from worker.settings import POLLED_VENDORS, get_settings
@@ -32,6 +34,8 @@ if visibility_timeout <= settings.retry_max_seconds:
 configure_logs(settings.secret_values(), settings.log_level)
 
 app = Celery("oppsync", broker=settings.redis_url, include=["worker.tasks"])
+if urlparse(settings.redis_url).scheme in broker.SCHEMES:
+    app.conf.broker_transport = broker.TRANSPORT  # one Redis client per channel
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

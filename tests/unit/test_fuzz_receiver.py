@@ -43,6 +43,7 @@ from web.receiver import (
     SNS_REDELIVERY_SECONDS,
     nested_deeper_than,
 )
+from worker import broker
 from worker.embedded_redis import EmbeddedRedis, start_redis
 from worker.settings import Settings, from_env, get_settings
 from worker.state import delivery_key
@@ -410,6 +411,12 @@ def test_receiver_queues_nothing_it_cannot_verify(
     assert_problem(answer)
     assert edge.queued() == queued
     assert edge.deliveries() == deliveries
+
+
+def test_receiver_publishes_through_the_shared_client_transport(env: dict[str, str]) -> None:
+    from worker.celery_app import app as celery
+
+    assert celery.connection_for_write().transport_cls == broker.TRANSPORT
 
 
 @FUZZ

@@ -1,0 +1,40 @@
+"""The Celery broker transport: kombu's Redis transport, with one Redis client per channel.
+
+kombu's Redis channel builds a new ``redis.Redis`` for every publish and every
+acknowledgement (``Channel.conn_or_acquire``), and redis-py 5 and later spends tens of
+microseconds building each one's response-callback table
+(https://github.com/redis/redis-py/issues/3624): a tenth of a worker's CPU per event and a
+share of every webhook's, in the benchmark's profiles. A ``redis.Redis`` is safe to share
+between threads (each command borrows a connection from the pool), so one per channel and
+pool does the same work. Remove this once kombu or redis-py stops paying per client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+#: What Celery's ``broker_transport`` names to use this transport.
+TRANSPORT = "worker.broker:Transport"
+#: URL schemes this transport serves (Sentinel URLs keep kombu's own).
+SCHEMES = ("redis", "rediss")
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    _shared: tuple[Any, redis.Redis] | None = None
+
+    def _create_client(self, asynchronous: bool = False) -> redis.Redis:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-any-return]
+        pool = self.pool
+        shared = self._shared
+        if shared is None or shared[0] is not pool:  # first use, or kombu made a new pool
+            shared = (pool, super()._create_client())
+            self._shared = shared
+        return shared[1]
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = Channel
