@@ -1,7 +1,7 @@
 """Everything oppsync keeps in Redis, and the only module that knows its key names.
 
-Per opportunity (canonical key ``k``), the document ``oppsync:doc:k`` (JSON, written whole
-by ingest under the record's lock) holds:
+Per opportunity (canonical key ``k``), the document ``oppsync:doc:k`` (JSON, compressed by
+``worker/packing.py``, written whole by ingest under the record's lock) holds:
 
     state            canonical value                  times   per-field source time (epoch s)
     rules            a rule that decided a field, when it is not "last writer wins: from
@@ -26,7 +26,7 @@ plus ``oppsync:link:<v>:<vendor id>`` -> ``k`` (the link map, both directions wi
 ``oppsync:wrote:<v>:<fingerprint>`` -> ``k`` (short-lived: recognises our own echo even before
 the link is stored), and the edge's delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
 ``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance):
-one entry per event's fan-out (its cause once, then each write), newest first;
+one entry per event's fan-out (its cause once, then each write; compressed too), newest first;
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v.
 
@@ -52,6 +52,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from schemas.opportunity import Opportunity, dump, load
+from worker.packing import pack, unpack
 
 PREFIX = "oppsync"
 WROTE_TTL_SECONDS = 3600
@@ -220,7 +221,7 @@ def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record
             if name in raw
         }
     else:
-        parts = json.loads(doc) if doc is not None else {}
+        parts = unpack(doc) if doc is not None else {}
     last_change = parts.get("last_change")
     last_event = parts.get("last_event")
     if isinstance(last_event, str):  # "=" or, in a legacy hash, the event's JSON
@@ -254,7 +255,7 @@ def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record
 def _state(doc: str) -> Opportunity:
     """The canonical value in document ``doc``. Cached (values are frozen): each push of an
     event reads the same document, and a marshmallow load is most of reading a record."""
-    return load(json.loads(doc)["state"])
+    return load(unpack(doc)["state"])
 
 
 def _legacy_state(raw: str | None) -> Opportunity:
@@ -351,7 +352,7 @@ class Store:
             values["deleted"] = "1"
         if source_seen is not None:
             values[f"seen:{source}"] = source_seen.isoformat()
-        stored = json.dumps(doc, separators=(",", ":"))
+        stored = pack(doc)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(doc_key(record.key), stored)
         pipe.hset(opp_key(record.key), mapping=values)
@@ -497,13 +498,13 @@ class Store:
 
     def add_history(self, key: str, history: dict[str, Any]) -> None:
         """Keep one history entry: an event and the writes it caused (``history_entry``)."""
-        length: int = self.redis.lpush(writes_key(key), json.dumps(history))  # type: ignore[assignment]
+        length: int = self.redis.lpush(writes_key(key), pack(history))  # type: ignore[assignment]
         self._trim(writes_key(key), length, WRITES_KEPT)
 
     @staticmethod
     def _add_history(pipe: redis.client.Pipeline, key: str, entry: dict[str, Any]) -> int:
         """Queue the entry on ``pipe``; the position of its answer (the list's length)."""
-        pipe.lpush(writes_key(key), json.dumps(entry))
+        pipe.lpush(writes_key(key), pack(entry))
         return len(pipe.command_stack) - 1
 
     def _trim(self, name: str, length: int, kept: int) -> None:
@@ -516,7 +517,7 @@ class Store:
         """The latest writes to vendors for ``key``, newest first, each with its cause."""
         flat: list[dict[str, Any]] = []
         for raw in self.redis.lrange(writes_key(key), 0, count - 1):  # type: ignore[union-attr]
-            entry = json.loads(raw)
+            entry = unpack(raw)
             if "writes" not in entry:  # one write per entry (before causes were shared)
                 flat.append(entry)
                 continue
@@ -543,7 +544,7 @@ class Store:
         if doc is None:  # not stored yet, or stored before the document
             legacy = self.redis.hget(opp_key(key), "last_change")
             return json.loads(legacy) if legacy else None  # type: ignore[arg-type]
-        return json.loads(doc).get("last_change")  # type: ignore[arg-type,no-any-return]
+        return unpack(doc).get("last_change")  # type: ignore[arg-type,no-any-return]
 
     def forget_vendor_record(self, key: str, vendor: str, vendor_id: str) -> None:
         """The vendor's record is gone (deleted there): unlink it."""

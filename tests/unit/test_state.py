@@ -100,6 +100,24 @@ def test_a_record_stored_before_the_document_is_read_and_moved_on_save(store: St
     assert not again.legacy and again.state == DEAL and again.times == record.times
 
 
+def test_a_document_and_history_stored_as_plain_json_still_read(store: Store) -> None:
+    # given a record saved before documents and history entries were compressed
+    plain = {"state": dump(DEAL), "times": {"name": 1700000000.5}, "sources": {"name": "siro"},
+             "last_change": EVENT, "last_event": "="}  # fmt: skip
+    store.redis.set(doc_key("opp_2"), json.dumps(plain))
+    store.redis.hset(opp_key("opp_2"), "written:siro", "fp")
+    entry = {"cause": EVENT, "writes": [{"target": "ivvy", "at": "2026-01-01T00:00:02.000"}]}
+    store.redis.lpush(writes_key("opp_2"), json.dumps(entry))
+    # then it reads as it did, and its next save stores it compressed
+    record = store.load("opp_2")
+    assert record.state == DEAL and record.last_change == EVENT
+    assert store.last_change("opp_2") == EVENT
+    assert store.writes("opp_2")[0]["target"] == "ivvy"
+    store.save_state(record, source="siro", source_seen=None, source_holds="fp", event=EVENT)
+    assert len(store.redis.get(doc_key("opp_2")) or "") < len(json.dumps(plain)) / 2
+    assert store.load("opp_2").state == DEAL
+
+
 def test_history_keeps_an_events_cause_once_and_lists_each_write(store: Store) -> None:
     cause = {"vendor": "siro", "vendor_id": "S1", "delivery": "d1", "fields": ["name"]}
     writes = [
