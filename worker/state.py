@@ -28,7 +28,8 @@ the link is stored), and the edge's delivery ids ``oppsync:delivery:<v>:<id>`` (
 ``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance):
 one entry per event's fan-out (its cause once, then each write; compressed too), newest first;
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
-``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v.
+``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v
+(members older than ``INTENT_FRESH_SECONDS`` are swept by the workers' heartbeat).
 
 Polling keeps, per polled vendor, ``oppsync:poll:<v>`` (hash: ``mark``, the newest
 ``updatedAt`` seen; ``full_at``, when the last complete full scan ended) and
@@ -51,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode
 import redis
 from redis.exceptions import NoScriptError
 
+from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, dump, load
 from worker.packing import pack, unpack
 
@@ -640,7 +642,14 @@ class Store:
         return sorted(self.redis.smembers(OPPS_INDEX))  # type: ignore[arg-type]
 
     def beat(self) -> None:
-        self.redis.set(HEARTBEAT, str(time.time()))
+        """A worker's heartbeat; it also sweeps creates' intents too old to matter (a create
+        that never got an answer leaves its member behind, and they would only pile up)."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(HEARTBEAT, str(now))
+        for vendor in VENDORS:
+            pipe.zremrangebyscore(intents_key(vendor), "-inf", now - INTENT_FRESH_SECONDS)
+        pipe.execute()
 
     def last_heartbeat(self) -> float | None:
         raw = self.redis.get(HEARTBEAT)

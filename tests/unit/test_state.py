@@ -4,6 +4,7 @@ records stored before the document, and the history list."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -18,6 +19,7 @@ from worker.state import (
     Record,
     Store,
     doc_key,
+    intents_key,
     lock_name,
     opp_key,
     writes_key,
@@ -199,3 +201,11 @@ def test_handing_over_works_on_a_redis_that_lost_its_scripts(store: Store) -> No
     handed = _save_handing_over(store, record, lock)
     assert handed is not None and set(handed.locks) == {"leadway", "ivvy"}
     assert store.redis.get(lock_name("opp_1")) is None
+
+
+def test_the_heartbeat_sweeps_creates_intents_too_old_to_matter(store: Store) -> None:
+    now = time.time()
+    store.redis.zadd(intents_key("leadway"), {"opp_stale": now - 3600, "opp_fresh": now})
+    store.beat()
+    assert store.redis.zrange(intents_key("leadway"), 0, -1) == ["opp_fresh"]
+    assert store.creates_in_flight("leadway") and store.last_heartbeat()
