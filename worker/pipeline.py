@@ -38,7 +38,7 @@ from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
 from worker.errors import InvalidPayload, Transient
-from worker.runtime import LOCK_TIMEOUT_SECONDS, Runtime
+from worker.runtime import Runtime
 from worker.state import HandedOver, HeldLock, Record, new_key
 from worker.vendors.base import VendorAdapter
 
@@ -329,7 +329,6 @@ def _apply(
         event=_event_summary(envelope, event, taken, record.last_change),
         unlock=held,
         hand_over=targets if hand_over else (),
-        lock_seconds=LOCK_TIMEOUT_SECONDS,
     )
     return Outcome(
         key,

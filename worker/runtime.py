@@ -17,12 +17,10 @@ import redis
 from worker.errors import Transient
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings, get_settings
-from worker.state import HeldLock, Record, Store
+from worker.state import LOCK_TIMEOUT_SECONDS, HeldLock, Record, Store
 from worker.vendors import build_adapters
 from worker.vendors.base import VendorAdapter
 
-#: How long a per-record lock is held at most (a crashed holder frees it by then).
-LOCK_TIMEOUT_SECONDS = 60
 #: How long a job waits for a per-record lock before it is retried later.
 LOCK_WAIT_SECONDS = 10
 #: How often a waiting job tries the lock again.

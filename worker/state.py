@@ -59,6 +59,8 @@ from worker.packing import pack, unpack
 PREFIX = "oppsync"
 WROTE_TTL_SECONDS = 3600
 INTENT_FRESH_SECONDS = 120
+#: How long a per-record lock is held at most (a crashed holder frees it by then).
+LOCK_TIMEOUT_SECONDS = 60
 RECENT_EVENTS = 200
 WRITES_KEPT = 20  # history entries (an event and the writes it caused) kept per opportunity
 TRIM_SLACK = 10  # entries a capped list may grow past its cap before it is cut back
@@ -333,12 +335,11 @@ class Store:
         event: dict[str, Any],
         unlock: HeldLock | None = None,
         hand_over: tuple[str, ...] = (),
-        lock_seconds: float = 60.0,
     ) -> HandedOver | None:
         """Store the merged canonical state and what the source vendor now holds; free
         ``unlock`` in the same round trip. With ``hand_over`` (the vendors to write next),
-        that round trip also takes each of their (record, vendor) locks that is free, for
-        ``lock_seconds``, and reads the record under them: the fan-out's pushes start with
+        that round trip also takes each of their (record, vendor) locks that is free and
+        reads the record under them: the fan-out's pushes start with
         their lock and the record instead of a round trip each."""
         changed = bool(event.get("fields"))
         doc = {
@@ -370,7 +371,7 @@ class Store:
         unlock.held = False
         locks = {v: HeldLock(lock_name(record.key, v), uuid.uuid4().hex) for v in hand_over}
         keys = [unlock.name, opp_key(record.key), *(lock.name for lock in locks.values())]
-        args = [unlock.token, str(int(lock_seconds * 1000))]
+        args = [unlock.token, str(LOCK_TIMEOUT_SECONDS * 1000)]
         args += [lock.token for lock in locks.values()]
         # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
         pipe.evalsha(self._hand_over.sha, len(keys), *keys, *args)

@@ -18,8 +18,8 @@ from typing import Any
 from schemas.opportunity import Status, fingerprint
 from worker.errors import Permanent
 from worker.pipeline import BURST_GAP, GONE, QUIET, SETTLE_MAX, stage_agreeing
-from worker.runtime import LOCK_TIMEOUT_SECONDS, Runtime
-from worker.state import HeldLock, Record
+from worker.runtime import Runtime
+from worker.state import LOCK_TIMEOUT_SECONDS, HeldLock, Record
 
 #: What a history entry keeps of the event behind a write.
 HISTORY_CAUSE = frozenset({"vendor", "vendor_id", "delivery", "correlation_id", "fields"})
