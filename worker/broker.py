@@ -7,6 +7,10 @@ microseconds building each one's response-callback table
 share of every webhook's, in the benchmark's profiles. A ``redis.Redis`` is safe to share
 between threads (each command borrows a connection from the pool), so one per channel and
 pool does the same work. Remove this once kombu or redis-py stops paying per client.
+
+It is installed under kombu's own names for Redis URLs (``install``), not named in
+``broker_transport``: broker URLs keep their ``redis://`` scheme, which Flower reads to
+show the queues.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 
-#: What Celery's ``broker_transport`` names to use this transport.
+#: Where kombu finds this transport.
 TRANSPORT = "worker.broker:Transport"
 #: URL schemes this transport serves (Sentinel URLs keep kombu's own).
 SCHEMES = ("redis", "rediss")
@@ -38,3 +43,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+
+def install() -> None:
+    """Make kombu use this transport for ``redis://`` and ``rediss://`` broker URLs, in
+    this process, before it first connects (``TRANSPORT_ALIASES`` is kombu's table of
+    URL schemes to transports)."""
+    for scheme in SCHEMES:
+        kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-from urllib.parse import urlparse
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutting_down
@@ -33,9 +32,8 @@ if visibility_timeout <= settings.retry_max_seconds:
     )
 configure_logs(settings.secret_values(), settings.log_level)
 
+broker.install()  # kombu's Redis transport, one Redis client per channel
 app = Celery("oppsync", broker=settings.redis_url, include=["worker.tasks"])
-if urlparse(settings.redis_url).scheme in broker.SCHEMES:
-    app.conf.broker_transport = broker.TRANSPORT  # one Redis client per channel
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -29,6 +29,8 @@ import redis
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from flask import Flask
+from flower.utils.broker import Broker as FlowerBroker
+from flower.utils.broker import Redis as FlowerRedis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse, create_environ, run_wsgi_app
@@ -416,7 +418,12 @@ def test_receiver_queues_nothing_it_cannot_verify(
 def test_receiver_publishes_through_the_shared_client_transport(env: dict[str, str]) -> None:
     from worker.celery_app import app as celery
 
-    assert celery.connection_for_write().transport_cls == broker.TRANSPORT
+    with celery.connection_for_write() as conn:
+        assert isinstance(conn.transport, broker.Transport)
+        # the URL keeps its scheme: Flower reads it to show the queues
+        uri = conn.as_uri(include_password=True)
+    assert uri.startswith("redis://")
+    assert isinstance(FlowerBroker(uri), FlowerRedis)
 
 
 @FUZZ
