@@ -46,8 +46,9 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 
 def install() -> None:
-    """Make kombu use this transport for ``redis://`` and ``rediss://`` broker URLs, in
-    this process, before it first connects (``TRANSPORT_ALIASES`` is kombu's table of
-    URL schemes to transports)."""
+    """Make kombu use this transport for ``redis://`` and ``rediss://`` broker URLs in this
+    process (``TRANSPORT_ALIASES`` is kombu's table of URL schemes to transports)."""
     for scheme in SCHEMES:
         kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT
+        # kombu remembers each name it resolved: one resolved before this would stay kombu's.
+        kombu_transports._transport_cache.pop(scheme, None)
