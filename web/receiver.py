@@ -37,9 +37,10 @@ from web.signatures import (
 )
 from web.sns import SnsVerifier
 from worker import metrics
-from worker.errors import Rejected
+from worker.errors import DeliveryPending, Rejected
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.state import Claim
 
 log = structlog.get_logger("oppsync.web")
 bp = Blueprint("receiver", __name__)
@@ -198,7 +199,10 @@ class Publisher:
     (kombu producers are not thread-safe; a connection of our own cannot exhaust Celery's
     pool, whatever ``--threads`` is). The message is the one ``apply_async`` always sends,
     with kombu's retry policy (``task_publish_retry_policy``): during a Redis outage
-    ``publish`` raises after it, and the next call reconnects.
+    ``publish`` raises after it. A producer whose publish failed is dropped and the next
+    call builds a new one: kombu closes the channel of a connection that gave up, and a
+    producer kept on it failed every later publish with ``AttributeError`` (a 500 per
+    webhook on that thread, for good, after one Redis restart).
     """
 
     def __init__(self) -> None:
@@ -225,23 +229,41 @@ class Publisher:
         for producer in producers:
             producer.connection.release()
 
+    def _drop(self, producer: Producer) -> None:
+        """Forget this thread's producer and close its connection, whatever state it is in."""
+        self._local.producer = None
+        with self._lock:
+            if producer in self._producers:
+                self._producers.remove(producer)
+        try:
+            producer.connection.release()
+        except Exception:  # a broken connection may fail to close; it is gone anyway
+            log.debug("publisher.release_failed", exc_info=True)
+
     def publish(self, envelope: Envelope) -> None:
         # Imported here: worker.celery_app reads the process environment at import.
         from worker.tasks import ingest_change
 
-        ingest_change.apply_async(
-            kwargs={"envelope": envelope.to_dict()},
-            queue="ingest",
-            producer=self.producer(),
-            # The worker declares its queues; on Redis a queue is the list LPUSH creates and
-            # publishing by queue name needs no binding, so declaring per call only cost CPU.
-            declare=[],
-            # What Flower and task events show instead of the arguments: Celery's saferepr
-            # of a 2 KB payload cost more than the rest of the message, and the payload is
-            # a vendor's record (names, emails) that has no business in task metadata.
-            argsrepr="()",
-            kwargsrepr=f"{{'envelope': '{envelope.vendor} {envelope.delivery_id}'}}",
-        )
+        producer = self.producer()
+        try:
+            ingest_change.apply_async(
+                kwargs={"envelope": envelope.to_dict()},
+                queue="ingest",
+                producer=producer,
+                # The worker declares its queues; on Redis a queue is the list LPUSH creates
+                # and publishing by queue name needs no binding: declaring per call only cost
+                # CPU.
+                declare=[],
+                # What Flower and task events show instead of the arguments: Celery's
+                # saferepr of a 2 KB payload cost more than the rest of the message, and the
+                # payload is a vendor's record (names, emails) that has no business in task
+                # metadata.
+                argsrepr="()",
+                kwargsrepr=f"{{'envelope': '{envelope.vendor} {envelope.delivery_id}'}}",
+            )
+        except BaseException:
+            self._drop(producer)
+            raise
 
 
 def _publisher() -> Publisher:
@@ -257,8 +279,11 @@ def enqueue(vendor: str, verified: Verified) -> bool:
             reason="too_deep",
         )
     rt = _runtime()
-    if not rt.store.claim_delivery(vendor, verified.delivery_id, rt.settings.dedup_ttl_seconds):
+    claim = rt.store.claim_delivery(vendor, verified.delivery_id)
+    if claim is Claim.QUEUED:
         return False
+    if claim is Claim.PENDING:
+        raise DeliveryPending(verified.delivery_id)
     envelope = Envelope(
         vendor=vendor,
         scheme=verified.scheme,  # type: ignore[arg-type]
@@ -275,6 +300,12 @@ def enqueue(vendor: str, verified: Verified) -> bool:
             rt.store.release_delivery(vendor, verified.delivery_id)
         finally:
             raise
+    try:
+        rt.store.confirm_delivery(vendor, verified.delivery_id, rt.settings.dedup_ttl_seconds)
+    except (RedisError, OSError):
+        # Queued all the same, so the answer is 202; the pending claim expires and a
+        # redelivery after that is queued again, which the worker takes as a no-op.
+        log.warning("webhook.confirm_failed", vendor=vendor, delivery=verified.delivery_id)
     structlog.contextvars.bind_contextvars(correlation_id=envelope.correlation_id)
     return True
 
@@ -312,7 +343,7 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
         # json.loads of "[[[[…" deeper than the interpreter's recursion limit.
         metrics_safe(redis_client, vendor, "too_deep")
         return problem(400, "The JSON body is nested too deeply.", "too_deep")
-    except (RedisError, OperationalError, OSError) as exc:
+    except (RedisError, OperationalError, OSError, DeliveryPending) as exc:
         log.error("webhook.unavailable", vendor=vendor, error=type(exc).__name__)
         if vendor == "leadway":  # HighLevel redelivers only on 429 (VENDORS.md §2.7)
             return problem(

@@ -3,6 +3,8 @@
     OppsyncError                 .reason: short text used in logs, metrics and dead letters
     ├── ConfigError              startup stops and names the variable
     ├── Rejected                 edge: bad signature, stale, unknown vendor (never queued)
+    ├── DeliveryPending          edge: the delivery id is being queued by another request,
+    │                            or by one that died doing so: answer "retry later"
     ├── InvalidPayload           worker: schema-invalid input -> dead letter, no retry
     └── VendorError              a vendor call failed
         ├── Transient            retry with backoff (network, 5xx)
@@ -40,6 +42,15 @@ class Rejected(OppsyncError):
     def __init__(self, message: str, *, status: int = 400, reason: str | None = None) -> None:
         super().__init__(message, reason=reason)
         self.status = status
+
+
+class DeliveryPending(OppsyncError):
+    """A delivery whose id is claimed and not yet queued (``Claim.PENDING``)."""
+
+    reason = "delivery_pending"
+
+    def __init__(self, delivery_id: str) -> None:
+        super().__init__(f"delivery {delivery_id} is being queued; retry later")
 
 
 class InvalidPayload(OppsyncError):

@@ -43,7 +43,7 @@ from worker.errors import InvalidPayload
 from worker.logs import log
 from worker.pipeline import GONE
 from worker.runtime import Runtime
-from worker.state import Linked
+from worker.state import Claim, Linked
 from worker.vendors.base import VendorAdapter
 
 #: Vendors whose list answers newest ``updatedAt`` first, so a poll may stop at the mark.
@@ -235,9 +235,10 @@ def _feed(
                 continue  # not oppsync's (yet): backfill reports it
             envelope = poll_envelope(vendor, item.vendor_id, item.record, item.holds)
             # A record that stays invalid is dead-lettered once, not once per poll.
-            ttl = rt.settings.dedup_ttl_seconds
-            if rt.store.claim_delivery(vendor, envelope.delivery_id, ttl):
+            if rt.store.claim_delivery(vendor, envelope.delivery_id) is Claim.NEW:
                 enqueue(envelope)
+                ttl = rt.settings.dedup_ttl_seconds
+                rt.store.confirm_delivery(vendor, envelope.delivery_id, ttl)
                 report.queued += 1
             continue
         change = classify(item.opp, item.holds, linked, listed_before=listed_before)

@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -81,6 +82,21 @@ def link_key(vendor: str, vendor_id: str) -> str:
 
 def delivery_key(vendor: str, delivery_id: str) -> str:
     return f"{PREFIX}:delivery:{vendor}:{delivery_id}"
+
+
+class Claim(Enum):
+    """What claiming a delivery id found."""
+
+    NEW = "new"  # ours: queue the event, then confirm
+    QUEUED = "queued"  # queued before: a duplicate
+    PENDING = "pending"  # another request is queueing it, or died doing so: retry later
+
+
+#: Delivery-key values: claimed and not yet queued; queued.
+PENDING_MARK = "pending"
+QUEUED_MARK = "1"
+#: How long a claim may stay unconfirmed: far longer than a publish with its retries.
+PENDING_CLAIM_SECONDS = 60
 
 
 def writes_key(key: str) -> str:
@@ -583,9 +599,21 @@ class Store:
         return bool(self.redis.zcount(intents_key(vendor), fresh, "+inf"))
 
     # -- edge dedup ------------------------------------------------------------------------
-    def claim_delivery(self, vendor: str, delivery_id: str, ttl: int) -> bool:
-        """True the first time a delivery id is seen (within ``ttl`` seconds)."""
-        return bool(self.redis.set(delivery_key(vendor, delivery_id), "1", nx=True, ex=ttl))
+    def claim_delivery(self, vendor: str, delivery_id: str) -> Claim:
+        """Claim a delivery id before queueing its event. The claim is only ``PENDING``
+        until ``confirm_delivery``: if the process dies or Redis goes away between the
+        claim and the queueing (so the claim cannot be released), it expires within
+        ``PENDING_CLAIM_SECONDS`` and the vendor's redelivery is taken, not lost as a
+        duplicate."""
+        key = delivery_key(vendor, delivery_id)
+        if self.redis.set(key, PENDING_MARK, nx=True, ex=PENDING_CLAIM_SECONDS):
+            return Claim.NEW
+        # A second command only for deliveries seen before (the rare path).
+        return Claim.QUEUED if self.redis.get(key) == QUEUED_MARK else Claim.PENDING
+
+    def confirm_delivery(self, vendor: str, delivery_id: str, ttl: int) -> None:
+        """The event is queued: remember its delivery id for ``ttl`` seconds."""
+        self.redis.set(delivery_key(vendor, delivery_id), QUEUED_MARK, ex=ttl)
 
     def release_delivery(self, vendor: str, delivery_id: str) -> None:
         self.redis.delete(delivery_key(vendor, delivery_id))

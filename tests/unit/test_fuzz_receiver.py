@@ -33,16 +33,19 @@ from flower.utils.broker import Broker as FlowerBroker
 from flower.utils.broker import Redis as FlowerRedis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from kombu.exceptions import OperationalError
 from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
+from schemas.envelope import Envelope
 from tests.simulators.ivvy import IvvySimulator
 from tests.simulators.leadway import iso, signing_keys
-from tests.stack import whsec
+from tests.stack import wait_for, whsec
 from web.app import create_app
 from web.receiver import (
     HIGHLEVEL_REDELIVERY_SECONDS,
     MAX_JSON_DEPTH,
     SNS_REDELIVERY_SECONDS,
+    Publisher,
     nested_deeper_than,
 )
 from worker import broker
@@ -799,3 +802,81 @@ def test_receiver_answers_503_while_redis_is_down_and_queues_again_once_it_is_ba
             edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
     finally:
         own.stop()
+
+
+def test_receiver_publishes_again_after_a_publish_failed(
+    env: dict[str, str], sns: Any, tmp_path: Any
+) -> None:
+    # given a web thread whose broker connection has published once
+    own = start_redis(directory=tmp_path)
+    own_env = {**env, "REDIS_URL": own.url}
+    publisher = Publisher()
+    try:
+        with celery_publishing_to(own_env):
+            publisher.publish(envelope_for("before"))
+            # when a publish fails because Redis went away (kombu gives up on the connection)
+            own.stop()
+            with pytest.raises(OperationalError):
+                publisher.publish(envelope_for("during"))
+            own = start_redis(port=own.port, directory=tmp_path)
+            # then the next publishes from the same thread are queued (kombu's closed
+            # channel is not kept: it failed every later publish with AttributeError)
+            publisher.publish(envelope_for("after"))
+            publisher.publish(envelope_for("later"))
+            assert redis.Redis.from_url(own.url).llen("ingest") == 2
+    finally:
+        publisher.close()
+        own.stop()
+
+
+def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
+    env: dict[str, str], sns: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a receiver on a Redis of its own, with unconfirmed claims that expire in 1 s
+    monkeypatch.setattr("worker.state.PENDING_CLAIM_SECONDS", 1)
+    own = start_redis(directory=tmp_path, appendonly=True)
+    own_env = {**env, "REDIS_URL": own.url}
+    try:
+        with celery_publishing_to(own_env):
+            edge = build_edge(own_env, sns)
+            publisher: Publisher = edge.app.extensions["oppsync.publisher"]
+            publish = publisher.publish
+
+            def redis_dies_first(envelope: Envelope) -> None:
+                own.stop()
+                publish(envelope)
+
+            # when Redis goes away after the delivery id was claimed and before the event
+            # was queued, so the claim can be neither released nor confirmed
+            body, headers = signed("siro")
+            monkeypatch.setattr(publisher, "publish", redis_dies_first)
+            first = edge.post("siro", body, headers)
+            monkeypatch.setattr(publisher, "publish", publish)
+            own = start_redis(port=own.port, directory=tmp_path, appendonly=True)
+            # then the delivery was refused, and a redelivery while the claim stands is
+            # refused too (retry later), never answered "duplicate"
+            assert first.status_code == 503
+            assert edge.redis.get(delivery_key("siro", headers["webhook-id"])) == "pending"
+            again = edge.post("siro", body, headers)
+            assert (again.status_code, again.get_json()["error"]) == (503, "unavailable")
+            # and once the claim expired, the redelivery is queued, and only once
+            wait_for(lambda: not edge.redis.exists(delivery_key("siro", headers["webhook-id"])), 5)
+            assert edge.post("siro", body, headers).status_code == 202
+            assert edge.post("siro", body, headers).status_code == 200
+            assert [e["delivery_id"] for e in edge.queued_envelopes()] == [headers["webhook-id"]]
+            edge.app.extensions["oppsync.publisher"].close()
+            edge.app.extensions["oppsync.runtime"].redis.close()
+            edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
+    finally:
+        own.stop()
+
+
+def envelope_for(delivery_id: str) -> Envelope:
+    return Envelope(
+        vendor="siro",
+        scheme="standard",
+        delivery_id=delivery_id,
+        received_at=time.time(),
+        correlation_id=uuid.uuid4().hex,
+        payload={"id": delivery_id},
+    )

@@ -14,10 +14,13 @@ import redis
 from schemas.opportunity import Opportunity, Status, dump
 from worker.embedded_redis import EmbeddedRedis
 from worker.state import (
+    PENDING_CLAIM_SECONDS,
+    Claim,
     HandedOver,
     HeldLock,
     Record,
     Store,
+    delivery_key,
     doc_key,
     intents_key,
     lock_name,
@@ -209,3 +212,18 @@ def test_the_heartbeat_sweeps_creates_intents_too_old_to_matter(store: Store) ->
     store.beat()
     assert store.redis.zrange(intents_key("leadway"), 0, -1) == ["opp_fresh"]
     assert store.creates_in_flight("leadway") and store.last_heartbeat()
+
+
+def test_a_delivery_claim_is_pending_until_confirmed_and_then_remembered(store: Store) -> None:
+    # given a delivery id claimed for queueing
+    assert store.claim_delivery("siro", "msg_1") is Claim.NEW
+    # then while it is not queued a second claim is told to come back later, and the claim
+    # lapses on its own within PENDING_CLAIM_SECONDS
+    assert store.claim_delivery("siro", "msg_1") is Claim.PENDING
+    assert 0 < int(store.redis.ttl(delivery_key("siro", "msg_1"))) <= PENDING_CLAIM_SECONDS  # type: ignore[arg-type]
+    # and once confirmed it is a duplicate for as long as asked
+    store.confirm_delivery("siro", "msg_1", 3600)
+    assert store.claim_delivery("siro", "msg_1") is Claim.QUEUED
+    assert int(store.redis.ttl(delivery_key("siro", "msg_1"))) > PENDING_CLAIM_SECONDS  # type: ignore[arg-type]
+    # and another vendor's same id is its own delivery
+    assert store.claim_delivery("leadway", "msg_1") is Claim.NEW
