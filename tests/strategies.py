@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
+import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 
+from schemas.envelope import Envelope, Scheme
 from schemas.mapping import Mapping, parse_mapping
 from schemas.opportunity import Contact, Opportunity, Status
 
@@ -51,4 +55,21 @@ def opportunities(draw: st.DrawFn) -> Opportunity:
         company=draw(st.none() | names),
         created_at=draw(st.none() | times),
         updated_at=draw(st.none() | times),
+    )
+
+
+def envelope(
+    vendor: str,
+    payload: dict[str, Any],
+    scheme: Scheme = "standard",
+    delivery_id: str | None = None,
+) -> Envelope:
+    """An event as the receiver queues it (a fresh delivery id unless one is given)."""
+    return Envelope(
+        vendor=vendor,
+        scheme=scheme,
+        delivery_id=delivery_id or f"msg_{uuid.uuid4().hex}",
+        received_at=time.time(),
+        correlation_id=uuid.uuid4().hex,
+        payload=payload,
     )

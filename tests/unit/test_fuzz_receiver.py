@@ -40,6 +40,7 @@ from schemas.envelope import Envelope
 from tests.simulators.ivvy import IvvySimulator
 from tests.simulators.leadway import iso, signing_keys
 from tests.stack import wait_for, whsec
+from tests.strategies import envelope
 from web.app import create_app
 from web.receiver import (
     HIGHLEVEL_REDELIVERY_SECONDS,
@@ -813,16 +814,16 @@ def test_receiver_publishes_again_after_a_publish_failed(
     publisher = Publisher()
     try:
         with celery_publishing_to(own_env):
-            publisher.publish(envelope_for("before"))
+            publisher.publish(envelope("siro", {"id": "before"}))
             # when a publish fails because Redis went away (kombu gives up on the connection)
             own.stop()
             with pytest.raises(OperationalError):
-                publisher.publish(envelope_for("during"))
+                publisher.publish(envelope("siro", {"id": "during"}))
             own = start_redis(port=own.port, directory=tmp_path)
             # then the next publishes from the same thread are queued (kombu's closed
             # channel is not kept: it failed every later publish with AttributeError)
-            publisher.publish(envelope_for("after"))
-            publisher.publish(envelope_for("later"))
+            publisher.publish(envelope("siro", {"id": "after"}))
+            publisher.publish(envelope("siro", {"id": "later"}))
             assert redis.Redis.from_url(own.url).llen("ingest") == 2
     finally:
         publisher.close()
@@ -842,9 +843,9 @@ def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
             publisher: Publisher = edge.app.extensions["oppsync.publisher"]
             publish = publisher.publish
 
-            def redis_dies_first(envelope: Envelope) -> None:
+            def redis_dies_first(event: Envelope) -> None:
                 own.stop()
-                publish(envelope)
+                publish(event)
 
             # when Redis goes away after the delivery id was claimed and before the event
             # was queued, so the claim can be neither released nor confirmed
@@ -869,14 +870,3 @@ def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
             edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
     finally:
         own.stop()
-
-
-def envelope_for(delivery_id: str) -> Envelope:
-    return Envelope(
-        vendor="siro",
-        scheme="standard",
-        delivery_id=delivery_id,
-        received_at=time.time(),
-        correlation_id=uuid.uuid4().hex,
-        payload={"id": delivery_id},
-    )

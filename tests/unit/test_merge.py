@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import redis
 
-from schemas.envelope import Envelope, InboundEvent
+from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping, Stage
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status
+from tests.strategies import envelope
 from tests.unit.test_pipeline import MemoryAdapter
 from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
@@ -77,17 +78,6 @@ def rt(redis_server: EmbeddedRedis) -> Iterator[Runtime]:
 
 def now(offset: float = 0.0) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=offset)
-
-
-def envelope(vendor: str, payload: dict[str, Any], scheme: str = "standard") -> Envelope:
-    return Envelope(
-        vendor=vendor,
-        scheme=scheme,  # type: ignore[arg-type]
-        delivery_id=f"d{time.time_ns()}",
-        received_at=time.time(),
-        correlation_id="c",
-        payload=payload,
-    )
 
 
 def deliver(rt: Runtime, vendor: str, record: dict[str, Any], at: datetime) -> pipeline.Outcome:

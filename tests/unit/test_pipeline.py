@@ -4,7 +4,6 @@ with in-memory vendor adapters (the adapters are the only stand-ins here)."""
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,9 +13,10 @@ from typing import Any
 import pytest
 import redis
 
-from schemas.envelope import Envelope, InboundEvent
+from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
+from tests.strategies import envelope
 from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
 from worker.runtime import Runtime
@@ -99,16 +99,8 @@ def deliver(rt: Runtime, vendor: str, record: dict[str, Any]) -> pipeline.Outcom
     data = {"updated_at": None, **record}
     if isinstance(data["updated_at"], datetime):
         data["updated_at"] = data["updated_at"].isoformat()
-    envelope = Envelope(
-        vendor=vendor,
-        scheme="standard",
-        delivery_id=f"d{time.time_ns()}",
-        received_at=time.time(),
-        correlation_id="c",
-        payload=data,
-    )
     rt.adapters[vendor].records[record["id"]] = data  # type: ignore[attr-defined]
-    return pipeline.ingest(rt, envelope, patient=False)
+    return pipeline.ingest(rt, envelope(vendor, data), patient=False)
 
 
 def sync(rt: Runtime, outcome: pipeline.Outcome) -> None:
@@ -203,15 +195,7 @@ def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> N
         rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
     )
     sync(rt, outcome)
-    envelope = Envelope(
-        vendor="leadway",
-        scheme="leadway",
-        delivery_id="del",
-        received_at=time.time(),
-        correlation_id="c",
-        payload={"id": "L1", "deleted": True},
-    )
-    deleted = pipeline.ingest(rt, envelope)
+    deleted = pipeline.ingest(rt, envelope("leadway", {"id": "L1", "deleted": True}, "leadway"))
     sync(rt, deleted)
     siro_records = rt.adapters["siro"].records  # type: ignore[attr-defined]
     if policy == "delete":

@@ -9,18 +9,17 @@ ingest task runs in-process with its runtime pointed at them.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from schemas.envelope import Envelope
 from tests.simulators.leadway import LeadwaySimulator
 from tests.simulators.salescaling import SalescalingSimulator
 from tests.stack import VENDORS, stack_env, start_simulators, whsec
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
+from tests.strategies import envelope
 from worker import fanout, pipeline
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.embedded_redis import EmbeddedRedis
@@ -186,17 +185,6 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("icloudready", {"opportunityInformation": {"name": TOO_LONG}}, "name"),
     ("ivvy", {"description": "d" * 20_000}, "description"),
 ]
-
-
-def envelope(vendor: str, record: dict[str, Any]) -> Envelope:
-    return Envelope(
-        vendor=vendor,
-        scheme="standard",
-        delivery_id=f"msg_{uuid.uuid4().hex}",
-        received_at=time.time(),
-        correlation_id=uuid.uuid4().hex,
-        payload=record,
-    )
 
 
 def vendor_requests(sims: dict[str, Any]) -> int:
