@@ -279,11 +279,6 @@ def enqueue(vendor: str, verified: Verified) -> bool:
             reason="too_deep",
         )
     rt = _runtime()
-    claim = rt.store.claim_delivery(vendor, verified.delivery_id)
-    if claim is Claim.QUEUED:
-        return False
-    if claim is Claim.PENDING:
-        raise DeliveryPending(verified.delivery_id)
     envelope = Envelope(
         vendor=vendor,
         scheme=verified.scheme,  # type: ignore[arg-type]
@@ -292,20 +287,14 @@ def enqueue(vendor: str, verified: Verified) -> bool:
         correlation_id=uuid.uuid4().hex,
         payload=verified.payload,
     )
-    try:
-        _publisher().publish(envelope)
-    except BaseException:  # noqa: BLE001 - re-raised below
-        # Not queued: forget the delivery id so the vendor's retry is accepted.
-        try:
-            rt.store.release_delivery(vendor, verified.delivery_id)
-        finally:
-            raise
-    try:
-        rt.store.confirm_delivery(vendor, verified.delivery_id, rt.settings.dedup_ttl_seconds)
-    except (RedisError, OSError):
-        # Queued all the same, so the answer is 202; the pending claim expires and a
-        # redelivery after that is queued again, which the worker takes as a no-op.
-        log.warning("webhook.confirm_failed", vendor=vendor, delivery=verified.delivery_id)
+    ttl = rt.settings.dedup_ttl_seconds
+    claim = rt.store.queue_once(
+        vendor, verified.delivery_id, ttl, lambda: _publisher().publish(envelope)
+    )
+    if claim is Claim.QUEUED:
+        return False
+    if claim is Claim.PENDING:
+        raise DeliveryPending(verified.delivery_id)
     structlog.contextvars.bind_contextvars(correlation_id=envelope.correlation_id)
     return True
 
@@ -343,27 +332,27 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
         # json.loads of "[[[[…" deeper than the interpreter's recursion limit.
         metrics_safe(redis_client, vendor, "too_deep")
         return problem(400, "The JSON body is nested too deeply.", "too_deep")
-    except (RedisError, OperationalError, OSError, DeliveryPending) as exc:
+    except DeliveryPending as exc:
+        # Not an outage: another request is queueing this delivery, or died doing so.
+        metrics_safe(redis_client, vendor, exc.reason)
+        log.warning("webhook.pending", vendor=vendor, delivery=exc.delivery_id)
+        return retry_later(vendor, str(exc).capitalize() + ".", exc.reason)
+    except (RedisError, OperationalError, OSError) as exc:
         log.error("webhook.unavailable", vendor=vendor, error=type(exc).__name__)
-        if vendor == "leadway":  # HighLevel redelivers only on 429 (VENDORS.md §2.7)
-            return problem(
-                429,
-                "Cannot queue the event right now; retry later.",
-                "unavailable",
-                {"Retry-After": UNAVAILABLE_RETRY_AFTER},
-            )
-        return problem(
-            503,
-            "Cannot queue the event right now; retry later.",
-            "unavailable",
-            {"Retry-After": UNAVAILABLE_RETRY_AFTER},
-        )
+        return retry_later(vendor, "Cannot queue the event right now; retry later.", "unavailable")
     outcome = "queued" if queued else "duplicate"
     metrics_safe(redis_client, vendor, outcome)
     log.info("webhook.accepted", vendor=vendor, delivery=verified.delivery_id, outcome=outcome)
     if not queued:
         return jsonify({"status": "duplicate", "id": verified.delivery_id}), 200
     return jsonify({"status": "queued", "id": verified.delivery_id}), 202
+
+
+def retry_later(vendor: str, message: str, reason: str) -> Response:
+    """Ask the sender to deliver again: 503 with Retry-After, and 429 for HighLevel, which
+    redelivers only on 429 (VENDORS.md §2.7)."""
+    status = 429 if vendor == "leadway" else 503
+    return problem(status, message, reason, {"Retry-After": UNAVAILABLE_RETRY_AFTER})
 
 
 def metrics_safe(client: Any, vendor: str, outcome: str) -> None:

@@ -1,4 +1,5 @@
-"""The Celery broker transport: kombu's Redis transport, with one Redis client per channel.
+"""The Celery broker transport: kombu's Redis transport, with one Redis client per channel
+and its acknowledgement bookkeeping sent without a transaction.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish and every
 acknowledgement (``Channel.conn_or_acquire``), and redis-py 5 and later spends tens of
@@ -8,6 +9,14 @@ share of every webhook's, in the benchmark's profiles. A ``redis.Redis`` is safe
 between threads (each command borrows a connection from the pool), so one per channel and
 pool does the same work. Remove this once kombu or redis-py stops paying per client.
 
+Each message a worker takes is recorded as unacknowledged (``ZADD`` and ``HSET``) and
+forgotten when acked (``ZREM`` and ``HDEL``); kombu wraps each pair in ``MULTI``/``EXEC``,
+four commands more per task. The transaction guards nothing the pipeline does not: the
+message already left its queue (``BRPOP``) before the pair is sent, so a crash between the
+two commands loses no more than a crash before them; ``restore_visible`` only looks at entries
+older than the visibility timeout, never one still being written; and restoring an entry
+(``restore_by_tag``) watches the hash, so an ack landing meanwhile aborts it as before.
+
 It is installed under kombu's own names for Redis URLs (``install``), not named in
 ``broker_transport``: broker URLs keep their ``redis://`` scheme, which Flower reads to
 show the queues.
@@ -15,6 +24,8 @@ show the queues.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -27,7 +38,22 @@ TRANSPORT = "worker.broker:Transport"
 SCHEMES = ("redis", "rediss")
 
 
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's acknowledgement emulation, its bookkeeping pairs pipelined without MULTI."""
+
+    @contextmanager
+    def pipe_or_acquire(
+        self, pipe: redis.client.Pipeline | None = None, client: redis.Redis | None = None
+    ) -> Iterator[redis.client.Pipeline]:
+        if pipe is not None:  # restore_by_tag's own transaction
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as acquired:
+                yield acquired.pipeline(transaction=False)
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    QoS = QoS
     _shared: tuple[Any, redis.Redis] | None = None
 
     def _create_client(self, asynchronous: bool = False) -> redis.Redis:

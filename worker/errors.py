@@ -51,6 +51,7 @@ class DeliveryPending(OppsyncError):
 
     def __init__(self, delivery_id: str) -> None:
         super().__init__(f"delivery {delivery_id} is being queued; retry later")
+        self.delivery_id = delivery_id
 
 
 class InvalidPayload(OppsyncError):

@@ -304,8 +304,9 @@ def _apply(
     after = sighting.after_our_write(record, vendor)
     if record.written.get(vendor) == holds or (
         # We wrote exactly this there once: our echo, unless the vendor's record changed
-        # after our last write (then a person put an earlier value back: a change).
-        rt.store.key_we_wrote(vendor, holds) == key and after is not True
+        # after our last write (then a person put an earlier value back: a change). The
+        # time is checked first: a record surely newer needs no Redis lookup.
+        after is not True and rt.store.key_we_wrote(vendor, holds) == key
     ):
         # Nothing new from the source; but a redelivered event must still finish what its
         # first run left undone (a push lost with a killed worker), so plan anyway.

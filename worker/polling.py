@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from schemas.envelope import Envelope
@@ -235,10 +236,11 @@ def _feed(
                 continue  # not oppsync's (yet): backfill reports it
             envelope = poll_envelope(vendor, item.vendor_id, item.record, item.holds)
             # A record that stays invalid is dead-lettered once, not once per poll.
-            if rt.store.claim_delivery(vendor, envelope.delivery_id) is Claim.NEW:
-                enqueue(envelope)
-                ttl = rt.settings.dedup_ttl_seconds
-                rt.store.confirm_delivery(vendor, envelope.delivery_id, ttl)
+            ttl = rt.settings.dedup_ttl_seconds
+            queued = rt.store.queue_once(
+                vendor, envelope.delivery_id, ttl, partial(enqueue, envelope)
+            )
+            if queued is Claim.NEW:
                 report.queued += 1
             continue
         change = classify(item.opp, item.holds, linked, listed_before=listed_before)

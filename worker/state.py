@@ -51,11 +51,14 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import redis
+import structlog
 from redis.exceptions import NoScriptError
 
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, dump, load
 from worker.packing import pack, unpack
+
+log = structlog.get_logger(__name__)
 
 PREFIX = "oppsync"
 WROTE_TTL_SECONDS = 3600
@@ -580,12 +583,10 @@ class Store:
         return self.redis.get(link_key(vendor, vendor_id))  # type: ignore[return-value]
 
     def link(self, key: str, vendor: str, vendor_id: str) -> str:
-        """Link (vendor, id) to ``key`` unless it is already linked; returns the winner."""
+        """Link (vendor, id) to ``key`` unless it is already linked; returns the winner.
+        (The key joins ``OPPS_INDEX`` with its first saved state: ``save_state``.)"""
         if self.redis.set(link_key(vendor, vendor_id), key, nx=True):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(opp_key(key), f"id:{vendor}", vendor_id)
-            pipe.sadd(OPPS_INDEX, key)
-            pipe.execute()
+            self.redis.hset(opp_key(key), f"id:{vendor}", vendor_id)
             return key
         return self.key_for(vendor, vendor_id) or key
 
@@ -617,6 +618,32 @@ class Store:
 
     def release_delivery(self, vendor: str, delivery_id: str) -> None:
         self.redis.delete(delivery_key(vendor, delivery_id))
+
+    def queue_once(
+        self, vendor: str, delivery_id: str, ttl: int, queue: Callable[[], None]
+    ) -> Claim:
+        """Run ``queue`` unless this delivery id was queued before (or is being queued):
+        claim it, queue, then remember it for ``ttl`` seconds. ``Claim.NEW`` when ``queue``
+        ran. When ``queue`` raises, the claim is released so the sender's redelivery is
+        taken, and the error propagates. When only the confirmation fails, the event is
+        queued all the same: the pending claim lapses and a redelivery after that is queued
+        again, which the worker takes as a no-op."""
+        claim = self.claim_delivery(vendor, delivery_id)
+        if claim is not Claim.NEW:
+            return claim
+        try:
+            queue()
+        except BaseException:  # noqa: BLE001 - re-raised below
+            # Not queued: forget the delivery id so the sender's redelivery is taken.
+            try:
+                self.release_delivery(vendor, delivery_id)
+            finally:
+                raise
+        try:
+            self.confirm_delivery(vendor, delivery_id, ttl)
+        except (redis.RedisError, OSError):
+            log.warning("delivery.confirm_failed", vendor=vendor, delivery=delivery_id)
+        return Claim.NEW
 
     # -- polling ---------------------------------------------------------------------------
     def poll_mark(self, vendor: str) -> PollMark:

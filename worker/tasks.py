@@ -8,11 +8,17 @@ what it should hold before writing, and creates go through an intent + look-up.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
 from celery import Task
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.envelope import Envelope
 from worker import fanout, metrics, pipeline, polling
@@ -25,6 +31,30 @@ from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
 from worker.state import poll_lock_name
+
+#: Redis (broker and state alike) does not answer: a job can neither finish nor schedule
+#: its own retry.
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OperationalError)
+#: How long a job waits before going back to its queue then, so it does not spin.
+REQUEUE_PAUSE_SECONDS = 1.0
+
+
+@contextmanager
+def requeued_while_redis_is_unreachable() -> Iterator[None]:
+    """Put the job back on its queue when Redis stops answering halfway through it.
+
+    Late acks keep the job of a worker that dies, but a job that raises is acked as failed
+    (``task_acks_on_failure_or_timeout``): an event whose fan-out lost Redis after its merge
+    was saved would never reach its targets. Rejected with requeue, kombu puts it back at
+    the head of its queue once Redis answers again (and should that fail too, the job is
+    still unacknowledged, so the visibility timeout brings it back). Running it again is
+    safe: every job is idempotent."""
+    try:
+        yield
+    except REDIS_UNREACHABLE as error:
+        log.warning("task.requeued", reason="redis_unreachable", error=str(error))
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        raise Reject(str(error), requeue=True) from error
 
 
 def schedule_push_retry(
@@ -60,8 +90,11 @@ def ingest_change(
     env = Envelope.from_dict(envelope)
     rt = get_runtime()
     first_attempt_at = first_attempt_at or time.time()
-    with structlog.contextvars.bound_contextvars(
-        correlation_id=env.correlation_id, vendor=env.vendor
+    with (
+        structlog.contextvars.bound_contextvars(
+            correlation_id=env.correlation_id, vendor=env.vendor
+        ),
+        requeued_while_redis_is_unreachable(),
     ):
         try:
             outcome = pipeline.ingest(
@@ -147,17 +180,18 @@ def push_to_vendor(
     a create whose answer was lost is looked up before creating again.
     """
     rt = get_runtime()
-    result = fanout.push_once(
-        rt,
-        key,
-        vendor,
-        cause=cause,
-        attempt=attempt,
-        first_attempt_at=first_attempt_at,
-        schedule_retry=schedule_push_retry,
-    )
-    if result.outcome in ("created", "updated", "deleted") and cause.get("received_at"):
-        metrics.observe_latency(rt.redis, time.time() - float(cause["received_at"]))
+    with requeued_while_redis_is_unreachable():
+        result = fanout.push_once(
+            rt,
+            key,
+            vendor,
+            cause=cause,
+            attempt=attempt,
+            first_attempt_at=first_attempt_at,
+            schedule_retry=schedule_push_retry,
+        )
+        if result.outcome in ("created", "updated", "deleted") and cause.get("received_at"):
+            metrics.observe_latency(rt.redis, time.time() - float(cause["received_at"]))
     return result.outcome
 
 
@@ -210,7 +244,10 @@ def enqueue_ingest(envelope: Envelope) -> None:
 def ingest_now(envelope: Envelope) -> str:
     """Run ``ingest_change`` for one envelope in this process (merge, then the fan-out) and
     return its outcome; what fails is retried on the queues as for any event."""
-    return str(ingest_change.apply(kwargs={"envelope": envelope.to_dict()}).get())
+    result = ingest_change.apply(kwargs={"envelope": envelope.to_dict()})
+    if isinstance(result.result, Reject):  # Redis stopped answering: nothing to requeue here
+        raise result.result
+    return str(result.get())
 
 
 def push_now(key: str, vendor: str, cause: dict[str, Any]) -> str:

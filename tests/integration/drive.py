@@ -41,9 +41,14 @@ def schema(vendor: str) -> Any:
 
 def held(stack: Stack, vendor: str) -> list[Opportunity]:
     """Every record the vendor holds, as the canonical value its schema reads."""
+    return list(held_by_id(stack, vendor).values())
+
+
+def held_by_id(stack: Stack, vendor: str) -> dict[str, Opportunity]:
+    """Every record the vendor holds by its id, as the canonical value its schema reads."""
     with stack.sims[vendor].state_lock:
-        records = [json.loads(json.dumps(r)) for r in stack.sims[vendor].records.values()]
-    return [schema(vendor).to_canonical(r, MAPPING) for r in records]
+        records = {i: json.loads(json.dumps(r)) for i, r in stack.sims[vendor].records.items()}
+    return {i: schema(vendor).to_canonical(r, MAPPING) for i, r in records.items()}
 
 
 def synced(opp: Opportunity, vendor: str) -> dict[str, Any]:

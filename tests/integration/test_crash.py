@@ -1,4 +1,5 @@
-"""Crash safety: a worker killed mid-push, and Redis stopped and restarted during ingest.
+"""Crash safety: a worker killed mid-push, and Redis stopped and restarted during ingest and
+during a push.
 
 These run on a stack of their own: Redis with an append-only file (as production should run
 it), a short broker visibility timeout so a killed worker's job comes back within seconds,
@@ -11,16 +12,19 @@ import json
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from tests.integration.drive import DEAL, held, person_creates
+from tests.integration.drive import DEAL, held, held_by_id, person_creates
 from tests.simulators.base import sign_standard_webhook
 from tests.stack import Stack, start_stack, wait_for
+from worker.state import link_key
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +86,44 @@ def test_crash_sigkill_mid_push_loses_and_duplicates_nothing(crash_stack: Stack)
         assert names_held(stack, vendor) == ["Killed Mid Push"], vendor
 
 
+def test_crash_redis_restart_mid_push_keeps_the_write_it_made(crash_stack: Stack) -> None:
+    stack = crash_stack
+    store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    # given iCloudReady answers slowly, so a create there is in flight for seconds
+    slow = new_deal_while_slow(stack, "icloudready", 2.0, "Restart Mid Push")
+    wait_for(lambda: _creating_in(store, "icloudready"), 30, "no create in iCloudReady started")
+    time.sleep(0.5)  # past the quota check: the request is with iCloudReady
+    # when Redis stops while that create waits, and iCloudReady makes the deal and answers
+    # while Redis is still down (so the worker can record neither the write nor a retry)
+    stack.redis.stop()
+    created = wait_for(lambda: _named(stack, "icloudready", "Restart Mid Push"), 30)
+    time.sleep(2)  # the worker gets the answer and fails to record it
+    stack.restart_redis()
+    slow.latency = 0.0
+    # then the job came back and oppsync knows iCloudReady's record (so a later change or
+    # delete in SIRO reaches it), and iCloudReady holds the deal once
+    wait_for(
+        lambda: store.exists(link_key("icloudready", created[0])),
+        120,
+        "the create made while Redis was down was never recorded",
+    )
+    assert _named(stack, "icloudready", "Restart Mid Push") == created
+
+
+def _named(stack: Stack, vendor: str, name: str) -> list[str]:
+    """Ids of ``vendor``'s records named ``name``."""
+    return [vendor_id for vendor_id, opp in held_by_id(stack, vendor).items() if opp.name == name]
+
+
+def _creating_in(store: redis.Redis, vendor: str) -> bool:
+    """Whether a create in ``vendor`` was sent and has no answer yet (its in-flight mark)."""
+    for name in store.scan_iter("oppsync:opp:*"):
+        marks = store.hmget(name, [f"writing:{vendor}", f"id:{vendor}"])
+        if marks[0] and not marks[1]:  # type: ignore[index]
+            return True
+    return False
+
+
 def _deliver(url: str, secret: str, record: dict[str, object]) -> int:
     body = json.dumps(record).encode()
     try:
@@ -122,14 +164,21 @@ def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
     for vendor_id in refused:
         assert _deliver(url, siro.webhook_secret, dict(siro.records[vendor_id])) == 202
     expected = sorted(f"Restart Deal {n:02}" for n in range(30))
+
+    def restart_deals(vendor: str) -> list[str]:
+        return [n for n in names_held(stack, vendor) if n.startswith("Restart Deal")]
+
     for vendor in TARGETS:
-        wait_for(
-            lambda v=vendor: (
-                [n for n in names_held(stack, v) if n.startswith("Restart")] == expected
-            ),
-            120,
-            f"{vendor} did not get every deal exactly once",
-        )
+        try:
+            wait_for(lambda v=vendor: restart_deals(v) == expected, 120)
+        except TimeoutError:
+            held_now = Counter(restart_deals(vendor))
+            missing = sorted(set(expected) - set(held_now))
+            doubled = sorted(n for n, count in held_now.items() if count > 1)
+            raise AssertionError(
+                f"{vendor} did not get every deal exactly once: missing {missing}, "
+                f"duplicated {doubled}"
+            ) from None
 
 
 def test_crash_sigterm_mid_push_finishes_the_push_before_exiting(crash_stack: Stack) -> None:

@@ -1,7 +1,11 @@
-"""The broker transport: kombu's Redis transport reusing one client per channel."""
+"""The broker transport: kombu's Redis transport reusing one client per channel, and its
+acknowledgement bookkeeping without transactions."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from kombu import Connection, Exchange, Queue
 
 from worker import broker
@@ -38,3 +42,49 @@ def test_a_new_pool_gets_a_new_client(redis_server: EmbeddedRedis) -> None:
             assert after is not before
             assert after.connection_pool is channel.pool
             assert after.ping()
+
+
+def test_a_taken_message_stays_restorable_until_acked_without_transactions(
+    redis_server: EmbeddedRedis,
+) -> None:
+    queue = Queue("unit-acks", Exchange("unit-acks"), routing_key="unit-acks")
+    client = redis.Redis.from_url(redis_server.url)
+    with Connection(redis_server.url, transport=broker.TRANSPORT) as conn:
+        channel = conn.default_channel
+        conn.Producer(channel).publish({"n": 1}, exchange=queue.exchange,
+                                       routing_key="unit-acks", declare=[queue])  # fmt: skip
+        taken: list[Any] = []
+        with conn.Consumer(queue, callbacks=[lambda body, msg: taken.append(msg)]):
+            transactions = _calls(client, "multi")
+            while not taken:
+                conn.drain_events(timeout=5)
+            tag = taken[0].delivery_tag
+            # Taken, not acked: a worker dying now leaves it for restore_visible.
+            assert client.hexists(channel.unacked_key, tag)
+            assert client.zscore(channel.unacked_index_key, tag) is not None
+            taken[0].ack()
+            assert _calls(client, "multi") == transactions
+        assert not client.hexists(channel.unacked_key, tag)
+        assert client.zscore(channel.unacked_index_key, tag) is None
+
+
+def test_an_unacked_message_is_restored_to_its_queue(redis_server: EmbeddedRedis) -> None:
+    queue = Queue("unit-restore", Exchange("unit-restore"), routing_key="unit-restore")
+    with Connection(redis_server.url, transport=broker.TRANSPORT) as conn:
+        channel = conn.default_channel
+        conn.Producer(channel).publish({"n": 2}, exchange=queue.exchange,
+                                       routing_key="unit-restore", declare=[queue])  # fmt: skip
+        taken: list[Any] = []
+        with conn.Consumer(queue, callbacks=[lambda body, msg: taken.append(msg)]):
+            while not taken:
+                conn.drain_events(timeout=5)
+        channel.qos.restore_by_tag(taken[0].delivery_tag)
+        assert redis.Redis.from_url(redis_server.url).llen("unit-restore") == 1
+        assert not redis.Redis.from_url(redis_server.url).hexists(
+            channel.unacked_key, taken[0].delivery_tag
+        )
+
+
+def _calls(client: redis.Redis, command: str) -> int:
+    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))

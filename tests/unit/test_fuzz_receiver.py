@@ -49,7 +49,7 @@ from web.receiver import (
     Publisher,
     nested_deeper_than,
 )
-from worker import broker
+from worker import broker, metrics
 from worker.embedded_redis import EmbeddedRedis, start_redis
 from worker.settings import Settings, from_env, get_settings
 from worker.state import delivery_key
@@ -859,7 +859,9 @@ def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
             assert first.status_code == 503
             assert edge.redis.get(delivery_key("siro", headers["webhook-id"])) == "pending"
             again = edge.post("siro", body, headers)
-            assert (again.status_code, again.get_json()["error"]) == (503, "unavailable")
+            assert (again.status_code, again.get_json()["error"]) == (503, "delivery_pending")
+            assert again.headers["Retry-After"]
+            assert _received(edge, "siro", "delivery_pending") == 1
             # and once the claim expired, the redelivery is queued, and only once
             wait_for(lambda: not edge.redis.exists(delivery_key("siro", headers["webhook-id"])), 5)
             assert edge.post("siro", body, headers).status_code == 202
@@ -870,3 +872,15 @@ def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
             edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
     finally:
         own.stop()
+
+
+def _received(edge: Edge, vendor: str, outcome: str) -> int:
+    """``oppsync_events_received_total`` for ``vendor`` and ``outcome`` (counts are batched:
+    flushed first)."""
+    metrics.flush()
+    return sum(
+        count
+        for name, labels, count in metrics.read_counters(edge.redis)
+        if name == "oppsync_events_received_total"
+        and labels == {"vendor": vendor, "outcome": outcome}
+    )

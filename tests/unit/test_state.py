@@ -15,6 +15,7 @@ from schemas.opportunity import Opportunity, Status, dump
 from worker.embedded_redis import EmbeddedRedis
 from worker.state import (
     PENDING_CLAIM_SECONDS,
+    QUEUED_MARK,
     Claim,
     HandedOver,
     HeldLock,
@@ -227,3 +228,19 @@ def test_a_delivery_claim_is_pending_until_confirmed_and_then_remembered(store: 
     assert int(store.redis.ttl(delivery_key("siro", "msg_1"))) > PENDING_CLAIM_SECONDS  # type: ignore[arg-type]
     # and another vendor's same id is its own delivery
     assert store.claim_delivery("leadway", "msg_1") is Claim.NEW
+
+
+def test_a_delivery_is_queued_once_and_a_failed_queueing_frees_its_id(store: Store) -> None:
+    queued: list[str] = []
+
+    def refuse() -> None:
+        raise ConnectionError("broker gone")
+
+    # given a delivery whose first queueing failed
+    with pytest.raises(ConnectionError):
+        store.queue_once("ivvy", "msg_9", 3600, refuse)
+    # then its id is free again: the sender's redelivery is queued, and only once
+    assert store.queue_once("ivvy", "msg_9", 3600, lambda: queued.append("msg_9")) is Claim.NEW
+    assert store.queue_once("ivvy", "msg_9", 3600, lambda: queued.append("again")) is Claim.QUEUED
+    assert queued == ["msg_9"]
+    assert store.redis.get(delivery_key("ivvy", "msg_9")) == QUEUED_MARK

@@ -1,0 +1,153 @@
+"""The Celery tasks' own contract: a job that loses Redis halfway goes back to its queue.
+
+The task bodies run in-process (Celery's ``apply``) on a runtime pointed at a Redis of the
+test's own, which is stopped at the moment under test, and at real simulators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.exceptions import Reject
+
+from tests.stack import stack_env, start_simulators
+from tests.strategies import envelope
+from worker import fanout, writer
+from worker.embedded_redis import EmbeddedRedis, start_redis
+from worker.runtime import Runtime, build_runtime
+from worker.settings import from_env, get_settings
+
+#: A new Salescaling deal, as its API returns it.
+DEAL = {
+    "id": "5ca1e5ca-0000-4000-8000-00000000beef",
+    "name": "Harbour View Conference",
+    "amount": 12500,
+    "closeDate": "2027-03-15T00:00:00.000Z",
+    "closeProbability": 60,
+    "status": "open",
+    "createdAt": "2026-01-05T10:00:00.000Z",
+    "updatedAt": "2026-01-05T10:00:00.000Z",
+}
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = start_redis(directory=tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sims() -> Iterator[dict[str, Any]]:
+    started = start_simulators()
+    yield started
+    for sim in started.values():
+        sim.stop()
+
+
+@pytest.fixture
+def tasks(
+    own_redis: EmbeddedRedis, sims: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """``worker.tasks`` with its runtime on the test's Redis (and no pause before requeue)."""
+    env = stack_env(own_redis.url, sims)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    rt: Runtime = build_runtime(from_env(env))
+    import worker.tasks
+
+    monkeypatch.setattr(worker.tasks, "get_runtime", lambda: rt)
+    monkeypatch.setattr(worker.tasks, "REQUEUE_PAUSE_SECONDS", 0.0)
+    yield worker.tasks
+    for adapter in rt.adapters.values():
+        adapter.close()
+    get_settings.cache_clear()
+
+
+def _rejected_for_requeue(result: Any) -> bool:
+    return (
+        result.state == "REJECTED" and isinstance(result.result, Reject) and result.result.requeue
+    )
+
+
+def test_an_ingest_that_loses_redis_before_its_fan_out_goes_back_to_its_queue(
+    tasks: Any, own_redis: EmbeddedRedis, sims: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an event whose merge is saved, and Redis stops before its targets are written
+    push_all = fanout.push_all
+
+    def redis_stops_first(*args: Any, **kwargs: Any) -> Any:
+        own_redis.stop()
+        return push_all(*args, **kwargs)
+
+    monkeypatch.setattr(fanout, "push_all", redis_stops_first)
+    result = tasks.ingest_change.apply(kwargs={"envelope": envelope("salescaling", DEAL).to_dict()})
+    # then the job is rejected for requeueing (not failed, which would ack it and lose the
+    # event's writes), and no target was written
+    assert _rejected_for_requeue(result), (result.state, result.result)
+    assert all(not sims[v].records for v in ("siro", "leadway", "ivvy", "icloudready"))
+
+
+def test_a_push_that_loses_redis_goes_back_to_its_queue(
+    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a retry of one push, and Redis stops as it starts
+    def redis_stops(*args: Any, **kwargs: Any) -> str:
+        own_redis.stop()
+        raise AssertionError("unreachable: the push needs Redis first")
+
+    monkeypatch.setattr(writer, "push", redis_stops)
+    cause = {"vendor": "salescaling", "delivery": "msg_1", "correlation_id": "c1"}
+    result = tasks.push_to_vendor.apply(
+        kwargs={
+            "key": "opp_1",
+            "vendor": "ivvy",
+            "cause": cause,
+            "first_attempt_at": 0.0,
+            "attempt": 2,
+        }
+    )
+    # then it is rejected for requeueing too
+    assert _rejected_for_requeue(result), (result.state, result.result)
+
+
+def test_a_job_failing_for_another_reason_is_not_requeued(
+    tasks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a push that fails with a bug of ours while Redis is fine
+    def broken(*args: Any, **kwargs: Any) -> str:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(fanout, "_attempt", broken)
+    cause = {"vendor": "salescaling", "delivery": "msg_2", "correlation_id": "c2"}
+    result = tasks.push_to_vendor.apply(
+        kwargs={
+            "key": "opp_2",
+            "vendor": "ivvy",
+            "cause": cause,
+            "first_attempt_at": 0.0,
+            "attempt": 2,
+        }
+    )
+    # then it fails as it would have (no endless redelivery of a job that cannot succeed)
+    assert result.state == "FAILURE" and isinstance(result.result, KeyError)
+
+
+def test_an_ingest_run_in_process_that_loses_redis_raises_to_its_caller(
+    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given reconciliation or backfill running an ingest in-process, and Redis stops
+    push_all = fanout.push_all
+
+    def redis_stops_first(*args: Any, **kwargs: Any) -> Any:
+        own_redis.stop()
+        return push_all(*args, **kwargs)
+
+    monkeypatch.setattr(fanout, "push_all", redis_stops_first)
+    # then the caller gets an error to report (there is no queue to put the job back on)
+    with pytest.raises(Reject):
+        tasks.ingest_now(envelope("salescaling", DEAL))
