@@ -66,7 +66,10 @@ def configure(secrets: Iterable[str], level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line: PrintLogger's print() writes the line and its newline apart,
+        # and a Celery or gunicorn line written between them (the standard library's handler
+        # has its own lock) joined two JSON objects on one line: hundreds per bench run.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -107,3 +107,20 @@ def test_bench_quick_loses_and_duplicates_nothing(quick_run: tuple[Any, Path]) -
     # and the quota phase wrote no Leadway deal twice
     assert results["quota"]["deals_written"] > 0
     assert results["quota"]["duplicated"] == 0
+
+
+def test_bench_quick_logs_stay_one_json_object_per_line(quick_run: tuple[Any, Path]) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-4000:]
+    # given the service's logs from a run that kept every thread of it busy
+    logs = sorted(Path(json.loads(out.read_text())["logs"]).glob("*.log"))
+    assert logs
+    # then no two lines were written into one: each line that starts a JSON object is one,
+    # and is whole (log shippers split on newlines)
+    for log in logs:
+        for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            if line.startswith("{"):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    pytest.fail(f"{log.name}:{number} is not one JSON object: {line[:300]}")
