@@ -51,14 +51,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import redis
-import structlog
 from redis.exceptions import NoScriptError
 
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, dump, load
+from worker.logs import log
 from worker.packing import pack, unpack
-
-log = structlog.get_logger(__name__)
 
 PREFIX = "oppsync"
 WROTE_TTL_SECONDS = 3600

@@ -47,17 +47,14 @@ def test_a_new_pool_gets_a_new_client(redis_server: EmbeddedRedis) -> None:
 def test_a_taken_message_stays_restorable_until_acked_without_transactions(
     redis_server: EmbeddedRedis,
 ) -> None:
-    queue = Queue("unit-acks", Exchange("unit-acks"), routing_key="unit-acks")
     client = redis.Redis.from_url(redis_server.url)
     with Connection(redis_server.url, transport=broker.TRANSPORT) as conn:
         channel = conn.default_channel
-        conn.Producer(channel).publish({"n": 1}, exchange=queue.exchange,
-                                       routing_key="unit-acks", declare=[queue])  # fmt: skip
+        queue = _publish_one(conn, "unit-acks")
         taken: list[Any] = []
         with conn.Consumer(queue, callbacks=[lambda body, msg: taken.append(msg)]):
             transactions = _calls(client, "multi")
-            while not taken:
-                conn.drain_events(timeout=5)
+            _drain_until_taken(conn, taken)
             tag = taken[0].delivery_tag
             # Taken, not acked: a worker dying now leaves it for restore_visible.
             assert client.hexists(channel.unacked_key, tag)
@@ -69,20 +66,31 @@ def test_a_taken_message_stays_restorable_until_acked_without_transactions(
 
 
 def test_an_unacked_message_is_restored_to_its_queue(redis_server: EmbeddedRedis) -> None:
-    queue = Queue("unit-restore", Exchange("unit-restore"), routing_key="unit-restore")
     with Connection(redis_server.url, transport=broker.TRANSPORT) as conn:
         channel = conn.default_channel
-        conn.Producer(channel).publish({"n": 2}, exchange=queue.exchange,
-                                       routing_key="unit-restore", declare=[queue])  # fmt: skip
+        queue = _publish_one(conn, "unit-restore")
         taken: list[Any] = []
         with conn.Consumer(queue, callbacks=[lambda body, msg: taken.append(msg)]):
-            while not taken:
-                conn.drain_events(timeout=5)
+            _drain_until_taken(conn, taken)
         channel.qos.restore_by_tag(taken[0].delivery_tag)
         assert redis.Redis.from_url(redis_server.url).llen("unit-restore") == 1
         assert not redis.Redis.from_url(redis_server.url).hexists(
             channel.unacked_key, taken[0].delivery_tag
         )
+
+
+def _publish_one(conn: Connection, name: str) -> Queue:
+    """Queue ``name`` with one message in it."""
+    queue = Queue(name, Exchange(name), routing_key=name)
+    conn.Producer(conn.default_channel).publish(
+        {"queue": name}, exchange=queue.exchange, routing_key=name, declare=[queue]
+    )
+    return queue
+
+
+def _drain_until_taken(conn: Connection, taken: list[Any]) -> None:
+    while not taken:
+        conn.drain_events(timeout=5)
 
 
 def _calls(client: redis.Redis, command: str) -> int:

@@ -68,16 +68,9 @@ def tasks(
     get_settings.cache_clear()
 
 
-def _rejected_for_requeue(result: Any) -> bool:
-    return (
-        result.state == "REJECTED" and isinstance(result.result, Reject) and result.result.requeue
-    )
-
-
-def test_an_ingest_that_loses_redis_before_its_fan_out_goes_back_to_its_queue(
-    tasks: Any, own_redis: EmbeddedRedis, sims: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # given an event whose merge is saved, and Redis stops before its targets are written
+@pytest.fixture
+def redis_stops_before_fan_out(own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest's merge is saved, then Redis stops before its targets are written."""
     push_all = fanout.push_all
 
     def redis_stops_first(*args: Any, **kwargs: Any) -> Any:
@@ -85,6 +78,32 @@ def test_an_ingest_that_loses_redis_before_its_fan_out_goes_back_to_its_queue(
         return push_all(*args, **kwargs)
 
     monkeypatch.setattr(fanout, "push_all", redis_stops_first)
+
+
+def _push_retry(tasks: Any, key: str) -> Any:
+    """Run one retry of a push to iVvy in-process; its result."""
+    cause = {"vendor": "salescaling", "delivery": f"msg_{key}", "correlation_id": key}
+    return tasks.push_to_vendor.apply(
+        kwargs={
+            "key": key,
+            "vendor": "ivvy",
+            "cause": cause,
+            "first_attempt_at": 0.0,
+            "attempt": 2,
+        }
+    )
+
+
+def _rejected_for_requeue(result: Any) -> bool:
+    return (
+        result.state == "REJECTED" and isinstance(result.result, Reject) and result.result.requeue
+    )
+
+
+def test_an_ingest_that_loses_redis_before_its_fan_out_goes_back_to_its_queue(
+    tasks: Any, sims: dict[str, Any], redis_stops_before_fan_out: None
+) -> None:
+    # given an event whose merge is saved, and Redis stops before its targets are written
     result = tasks.ingest_change.apply(kwargs={"envelope": envelope("salescaling", DEAL).to_dict()})
     # then the job is rejected for requeueing (not failed, which would ack it and lose the
     # event's writes), and no target was written
@@ -101,16 +120,7 @@ def test_a_push_that_loses_redis_goes_back_to_its_queue(
         raise AssertionError("unreachable: the push needs Redis first")
 
     monkeypatch.setattr(writer, "push", redis_stops)
-    cause = {"vendor": "salescaling", "delivery": "msg_1", "correlation_id": "c1"}
-    result = tasks.push_to_vendor.apply(
-        kwargs={
-            "key": "opp_1",
-            "vendor": "ivvy",
-            "cause": cause,
-            "first_attempt_at": 0.0,
-            "attempt": 2,
-        }
-    )
+    result = _push_retry(tasks, "opp_1")
     # then it is rejected for requeueing too
     assert _rejected_for_requeue(result), (result.state, result.result)
 
@@ -123,31 +133,15 @@ def test_a_job_failing_for_another_reason_is_not_requeued(
         raise KeyError("a bug")
 
     monkeypatch.setattr(fanout, "_attempt", broken)
-    cause = {"vendor": "salescaling", "delivery": "msg_2", "correlation_id": "c2"}
-    result = tasks.push_to_vendor.apply(
-        kwargs={
-            "key": "opp_2",
-            "vendor": "ivvy",
-            "cause": cause,
-            "first_attempt_at": 0.0,
-            "attempt": 2,
-        }
-    )
+    result = _push_retry(tasks, "opp_2")
     # then it fails as it would have (no endless redelivery of a job that cannot succeed)
     assert result.state == "FAILURE" and isinstance(result.result, KeyError)
 
 
 def test_an_ingest_run_in_process_that_loses_redis_raises_to_its_caller(
-    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+    tasks: Any, redis_stops_before_fan_out: None
 ) -> None:
     # given reconciliation or backfill running an ingest in-process, and Redis stops
-    push_all = fanout.push_all
-
-    def redis_stops_first(*args: Any, **kwargs: Any) -> Any:
-        own_redis.stop()
-        return push_all(*args, **kwargs)
-
-    monkeypatch.setattr(fanout, "push_all", redis_stops_first)
     # then the caller gets an error to report (there is no queue to put the job back on)
     with pytest.raises(Reject):
         tasks.ingest_now(envelope("salescaling", DEAL))
