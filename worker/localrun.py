@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,21 @@ def vendor_configured(env: dict[str, str]) -> bool:
     return "OPPSYNC_VENDORS" in env or any(v in env for vs in REQUIRED.values() for v in vs)
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on ``port``. The Procfile's web shares its port
+    with other processes that ask to (``--reuse-port``, which spreads connections across its
+    workers), so a second local run would quietly split the webhooks with the first instead
+    of failing to start: ask first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of a run that just stopped (TIME_WAIT) do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
     if env.get("REDIS_URL"):
         return None
@@ -41,7 +57,15 @@ def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
 def run_stack(
     *, sandbox: bool, port: int, after_start: Callable[[dict[str, str]], None] | None = None
 ) -> int:
-    """Run the Procfile until Ctrl-C; returns honcho's exit code."""
+    """Run the Procfile until Ctrl-C; returns honcho's exit code (1 when ``port`` is taken)."""
+    if port_in_use(port):
+        print(
+            f"Port {port} is already in use (another oppsync run?): stop it, or choose "
+            "another port with --port.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     env = dict(os.environ)
     if not sandbox and not vendor_configured(env):
         print(

@@ -1,5 +1,6 @@
 """Scaling out: two worker processes on one Redis keep every vendor's quota and each deal's
-order of changes, as the README's "Scaling out" section promises.
+order of changes, and the web's processes share its connections, as the README's "Scaling
+out" section promises.
 
 A stack of its own: the Procfile's worker line run twice (as two PaaS worker processes on
 separate hosts would be) against one Redis, and a Leadway simulator enforcing a quota of
@@ -9,10 +10,12 @@ short but the quota is really what paces Leadway.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.drive import DEAL, held, others, person_creates, schema
@@ -87,3 +90,65 @@ def test_scaling_two_workers_keep_order_and_quota(two_workers: Stack) -> None:
     assert len(stack.sims["leadway"].log) > QUOTA[0]
     # ... and both worker processes did part of the work
     assert ingests_by(stack, 0) > 0 and ingests_by(stack, 1) > 0
+
+
+#: Kept-alive connections opened to the web: what a busy sender or a PaaS router holds.
+CONNECTIONS = 40
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def tcp_sockets(port: int, state: str) -> set[str]:
+    """Inodes of the TCP sockets on local ``port`` in ``state`` (``0A`` listening, ``01``
+    established), from ``/proc/net/tcp``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                inodes.add(fields[9])
+    return inodes
+
+
+def test_scaling_web_processes_share_kept_alive_connections(tmp_path: Path) -> None:
+    # given the Procfile's web line, two processes
+    stack = start_stack(tmp_path, worker=False)
+    clients = [httpx.Client() for _ in range(CONNECTIONS)]
+    try:
+        assert stack.web is not None
+        stack.web.terminate()  # the harness's web, replaced by the Procfile's
+        stack.web.wait()
+        web = stack.start_procfile_web()
+        workers = [
+            int(p) for p in Path(f"/proc/{web.pid}/task/{web.pid}/children").read_text().split()
+        ]
+        assert len(workers) == 2
+        # when many clients each open a connection and keep it alive
+        for client in clients:
+            assert client.get(f"{stack.web_url}/healthz").status_code == 200
+        # then each process listens on a socket of its own (gunicorn's --reuse-port: the
+        # kernel, not the first process awake, picks who takes a connection) ...
+        listening = tcp_sockets(stack.web_port, "0A")
+        listeners = [socket_inodes(pid) & listening for pid in workers]
+        assert all(len(own) == 1 for own in listeners)
+        assert listeners[0] != listeners[1]
+        # ... and both hold a fair share of the connections, so both cores serve them
+        established = tcp_sockets(stack.web_port, "01")
+        held = [len(socket_inodes(pid) & established) for pid in workers]
+        assert sum(held) == CONNECTIONS
+        assert min(held) >= CONNECTIONS // 5, held
+    finally:
+        for client in clients:
+            client.close()
+        stack.stop()
