@@ -179,20 +179,26 @@ def push_to_vendor(
     Idempotent: reads the state at run time and writes only if the vendor's record differs;
     a create whose answer was lost is looked up before creating again.
     """
-    rt = get_runtime()
     with requeued_while_redis_is_unreachable():
-        result = fanout.push_once(
-            rt,
-            key,
-            vendor,
-            cause=cause,
-            attempt=attempt,
-            first_attempt_at=first_attempt_at,
-            schedule_retry=schedule_push_retry,
-        )
+        result = _push_once(key, vendor, cause, attempt=attempt, first_attempt_at=first_attempt_at)
         if result.outcome in ("created", "updated", "deleted") and cause.get("received_at"):
-            metrics.observe_latency(rt.redis, time.time() - float(cause["received_at"]))
+            metrics.observe_latency(get_runtime().redis, time.time() - float(cause["received_at"]))
     return result.outcome
+
+
+def _push_once(
+    key: str, vendor: str, cause: dict[str, Any], *, attempt: int, first_attempt_at: float
+) -> fanout.PushResult:
+    """One attempt at one vendor in this process; a failure is retried on its queue."""
+    return fanout.push_once(
+        get_runtime(),
+        key,
+        vendor,
+        cause=cause,
+        attempt=attempt,
+        first_attempt_at=first_attempt_at,
+        schedule_retry=schedule_push_retry,
+    )
 
 
 def _note(rt: Any, env: Envelope, outcome: str, key: str | None, detail: str) -> None:
@@ -252,16 +258,7 @@ def ingest_now(envelope: Envelope) -> str:
 
 def push_now(key: str, vendor: str, cause: dict[str, Any]) -> str:
     """One push in this process; a failure is retried on the vendor's queue as usual."""
-    result = fanout.push_once(
-        get_runtime(),
-        key,
-        vendor,
-        cause=cause,
-        attempt=1,
-        first_attempt_at=time.time(),
-        schedule_retry=schedule_push_retry,
-    )
-    return result.outcome
+    return _push_once(key, vendor, cause, attempt=1, first_attempt_at=time.time()).outcome
 
 
 @app.task(name="oppsync.poll_vendor")
