@@ -16,7 +16,6 @@ import importlib
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -203,15 +202,6 @@ class Finished(KeyboardInterrupt):
     """Stop the stack the way Ctrl-C does (``--exit-when-converged``)."""
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("0.0.0.0", port))  # the Procfile's web and Flower bind all addresses
-        except OSError:
-            return False
-    return True
-
-
 def _child_exited() -> bool:
     """Whether a process this one started (honcho, Redis) has ended; it stays reapable."""
     try:
@@ -321,11 +311,12 @@ def _environment(
 
 def demo(*, port: int, exit_when_converged: bool) -> int:
     """Run the demo; returns the process exit code (0: every vendor agreed)."""
+    from worker.localrun import port_conflict
+
+    if conflict := port_conflict(port, os.environ):
+        print(conflict, file=sys.stderr)
+        return 2
     flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
-    for name, number in (("--port", port), ("FLOWER_PORT", flower_port)):
-        if not _port_free(number):
-            print(f"Port {number} is in use: choose another with {name}.")
-            return 2
     workdir = Path(tempfile.mkdtemp(prefix="oppsync-demo-"))
     log = ProcessLog(workdir / "stack.log")
     # Piped into a file or CI log, a table 80 columns wide would wrap every cell.

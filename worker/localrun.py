@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from worker.embedded_redis import EmbeddedRedis, start_redis
@@ -31,10 +31,8 @@ def vendor_configured(env: dict[str, str]) -> bool:
 
 
 def port_in_use(port: int) -> bool:
-    """Whether something already listens on ``port``. The Procfile's web shares its port
-    with other processes that ask to (``--reuse-port``, which spreads connections across its
-    workers), so a second local run would quietly split the webhooks with the first instead
-    of failing to start: ask first."""
+    """Whether something already listens on ``port`` (on any address, as the Procfile's web
+    and Flower bind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # SO_REUSEADDR: connections of a run that just stopped (TIME_WAIT) do not count.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,6 +41,22 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def port_conflict(port: int, env: Mapping[str, str]) -> str | None:
+    """What to tell the user when the web's ``port`` or Flower's is taken, else None.
+
+    Asked before anything starts: the Procfile's web shares its port with other processes
+    that ask to (``--reuse-port``, which spreads connections across its workers), so a
+    second local run would quietly split the webhooks with the first instead of failing."""
+    flower = int(env.get("FLOWER_PORT", "5555"))
+    for option, number in (("--port", port), ("FLOWER_PORT", flower)):
+        if port_in_use(number):
+            return (
+                f"Port {number} is already in use (another oppsync run?): choose another "
+                f"with {option}."
+            )
+    return None
 
 
 def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
@@ -57,15 +71,10 @@ def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
 def run_stack(
     *, sandbox: bool, port: int, after_start: Callable[[dict[str, str]], None] | None = None
 ) -> int:
-    """Run the Procfile until Ctrl-C; returns honcho's exit code (1 when ``port`` is taken)."""
-    if port_in_use(port):
-        print(
-            f"Port {port} is already in use (another oppsync run?): stop it, or choose "
-            "another port with --port.",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
+    """Run the Procfile until Ctrl-C; returns honcho's exit code (2: a port is taken)."""
+    if conflict := port_conflict(port, os.environ):
+        print(conflict, file=sys.stderr, flush=True)
+        return 2
     env = dict(os.environ)
     if not sandbox and not vendor_configured(env):
         print(

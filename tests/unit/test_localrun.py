@@ -1,4 +1,5 @@
-"""``oppsync run`` refuses a port something already listens on, before starting anything."""
+"""``oppsync run`` and ``oppsync demo`` refuse a port something already listens on, before
+starting anything."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker import localrun
+from worker import demo, localrun
 
 
 @pytest.fixture
@@ -27,9 +28,20 @@ def test_localrun_port_taken_is_refused_before_anything_starts(
     started: list[str] = []
     monkeypatch.setattr(localrun, "_redis", lambda env: started.append("redis"))
     monkeypatch.setattr(localrun.subprocess, "Popen", lambda *a, **k: started.append("honcho"))
-    assert localrun.run_stack(sandbox=True, port=listening_port) == 1
+    assert localrun.run_stack(sandbox=True, port=listening_port) == 2
     assert started == []
     assert f"Port {listening_port} is already in use" in capsys.readouterr().err
+
+
+def test_localrun_flower_port_taken_is_refused_too(
+    listening_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FLOWER_PORT", str(listening_port))
+    with socket.socket() as free:
+        free.bind(("0.0.0.0", 0))
+        web_port = free.getsockname()[1]  # free again once closed
+    assert demo.demo(port=web_port, exit_when_converged=True) == 2
+    assert "choose another with FLOWER_PORT" in capsys.readouterr().err
 
 
 def test_localrun_port_free_once_its_listener_is_gone() -> None:
