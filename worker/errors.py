@@ -13,12 +13,22 @@
         │                        reset, 5xx): look before creating again
         └── Permanent            4xx, auth failure -> dead letter with the vendor's answer
 
-A duplicate delivery or an echo of our own write is an outcome, not an error.
+A duplicate delivery or an echo of our own write is an outcome, not an error. Outside the
+tree, ``REDIS_UNREACHABLE``: oppsync's own Redis not answering is no vendor's failure and no
+job's verdict; the job goes back to its queue (``worker/tasks.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Redis (broker and state alike) does not answer: a job can neither finish nor schedule
+#: its own retry.
+REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OperationalError)
 
 
 class OppsyncError(Exception):

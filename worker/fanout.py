@@ -20,7 +20,7 @@ import structlog
 
 from worker import breaker, metrics, vendorhealth, writer
 from worker.deadletters import DeadLetters
-from worker.errors import Transient
+from worker.errors import REDIS_UNREACHABLE, Transient
 from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
@@ -95,6 +95,11 @@ def _attempt(
         # vendor's queue, so a vendor at its quota delays none of the event's other writes.
         with no_waiting() if attempt == 1 else nullcontext():
             outcome = writer.push(rt, key, vendor, cause=cause, journal=journal, taken=taken)
+    except REDIS_UNREACHABLE:
+        # Our own Redis, not the vendor: no verdict (it would be "unexpected", a dead
+        # letter, should Redis answer again by the time it is recorded); the task goes back
+        # to its queue (worker/tasks.requeued_while_redis_is_unreachable).
+        raise
     except Exception as error:  # noqa: BLE001 - every failure is classified by the policy
         verdict = decide(
             error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings

@@ -15,16 +15,13 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.exceptions import Reject
-from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.envelope import Envelope
 from worker import fanout, metrics, pipeline, polling
 from worker.celery_app import app, queue_for
 from worker.deadletters import DeadLetter, DeadLetters
-from worker.errors import InvalidPayload, VendorError
+from worker.errors import REDIS_UNREACHABLE, InvalidPayload, VendorError
 from worker.logs import log
 from worker.reconcile import Reconciler, exclusive
 from worker.retry import decide
@@ -32,9 +29,6 @@ from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
 from worker.state import poll_lock_name
 
-#: Redis (broker and state alike) does not answer: a job can neither finish nor schedule
-#: its own retry.
-REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OperationalError)
 #: How long a job waits before going back to its queue then, so it does not spin.
 REQUEUE_PAUSE_SECONDS = 1.0
 

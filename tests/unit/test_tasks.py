@@ -16,6 +16,7 @@ from celery.exceptions import Reject
 from tests.stack import stack_env, start_simulators
 from tests.strategies import envelope
 from worker import fanout, writer
+from worker.deadletters import DeadLetters
 from worker.embedded_redis import EmbeddedRedis, start_redis
 from worker.runtime import Runtime, build_runtime
 from worker.settings import from_env, get_settings
@@ -112,17 +113,40 @@ def test_an_ingest_that_loses_redis_before_its_fan_out_goes_back_to_its_queue(
 
 
 def test_a_push_that_loses_redis_goes_back_to_its_queue(
-    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+    tasks: Any, own_redis: EmbeddedRedis
 ) -> None:
-    # given a retry of one push, and Redis stops as it starts
-    def redis_stops(*args: Any, **kwargs: Any) -> str:
-        own_redis.stop()
-        raise AssertionError("unreachable: the push needs Redis first")
-
-    monkeypatch.setattr(writer, "push", redis_stops)
+    # given a retry of one push, and Redis stopped
+    own_redis.stop()
     result = _push_retry(tasks, "opp_1")
     # then it is rejected for requeueing too
     assert _rejected_for_requeue(result), (result.state, result.result)
+
+
+def test_a_push_whose_redis_answers_again_is_requeued_not_dead_lettered(
+    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a retry of one push that finds Redis down, and Redis back a moment later,
+    # before the failure is classified and recorded
+    restarted: list[EmbeddedRedis] = []
+    push = writer.push
+
+    def redis_blips(*args: Any, **kwargs: Any) -> str:
+        own_redis.stop()
+        try:
+            return push(*args, **kwargs)
+        finally:
+            restarted.append(start_redis(port=own_redis.port, directory=own_redis.directory))
+
+    monkeypatch.setattr(writer, "push", redis_blips)
+    try:
+        result = _push_retry(tasks, "opp_3")
+        # then the job goes back to its queue: no verdict on the vendor, no dead letter
+        assert _rejected_for_requeue(result), (result.state, result.result)
+        rt = tasks.get_runtime()
+        assert DeadLetters(rt.redis, rt.settings.secret_values()).list() == []
+    finally:
+        for server in restarted:
+            server.stop()
 
 
 def test_a_job_failing_for_another_reason_is_not_requeued(
