@@ -35,7 +35,11 @@ def wait_idle(client: redis.Redis, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
     while time.monotonic() < deadline:
-        busy = sum(client.llen(q) for q in QUEUE_KEYS) + client.hlen("unacked")
+        pipe = client.pipeline(transaction=False)
+        for queue in QUEUE_KEYS:
+            pipe.llen(queue)
+        pipe.hlen("unacked")
+        busy = sum(pipe.execute())
         if busy == 0:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 0.5:

@@ -20,6 +20,7 @@ from tests.integration.conftest import wait_idle
 from tests.simulators.base import LoggedRequest
 from tests.stack import ROOT, VENDORS, Stack, wait_for
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
+from worker.state import RECENT_EVENTS, TRIM_SLACK, Store
 
 DEAL = Opportunity(
     name="Harbour View Conference",
@@ -168,11 +169,6 @@ def writes(stack: Stack) -> int:
     )
 
 
-def live_events(stack: Stack) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
-
-
 # -- what a person does in each vendor, and what each vendor was sent ------------------------
 def person_edits(
     stack: Stack, vendor: str, vendor_id: str, *, name: str, amount: int | None = None
@@ -260,8 +256,9 @@ def synced_from(stack: Stack, source: str) -> str:
 
 
 def events(stack: Stack) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
+    """Every event outcome the status page keeps (``oppsync:events``), newest first."""
+    with redis.Redis.from_url(stack.redis.url, decode_responses=True) as client:
+        return Store(client).recent_events(RECENT_EVENTS + TRIM_SLACK)
 
 
 # -- 1. per-record ordering -----------------------------------------------------------------

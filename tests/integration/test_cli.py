@@ -64,7 +64,7 @@ def test_cli_show_prints_every_vendors_id_and_provenance(live: Stack) -> None:
         assert str(target_id) in lines[target], result.stdout
         assert "because of salescaling delivery" in lines[target], result.stdout
     assert result.stdout.startswith("opportunity opp_")
-    assert DEAL.name in result.stdout
+    assert DEAL.name and DEAL.name in result.stdout
 
 
 def test_cli_show_says_when_nothing_is_known(live: Stack) -> None:

@@ -52,7 +52,7 @@ def test_ingest_waits_for_the_records_lock(live: Stack) -> None:
         person_edits(live, "salescaling", sid, name="Renamed while locked")
         assert announce(live, "salescaling", sid, created=False) == 202
         # then the worker takes the event but, while the lock is held, applies it nowhere
-        wait_for(lambda: client.hlen("unacked") >= 1, 10, "the event did not reach the worker")
+        wait_for(lambda: bool(client.hlen("unacked")), 10, "the event did not reach the worker")
         threading.Event().wait(1.5)
         assert names(live)["leadway"] == [DEAL.name]
         assert all(e["outcome"] != "applied" or e["vendor"] != "salescaling" for e in events(live))

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,7 @@ def test_crash_redis_restart_during_ingest_answers_no_2xx_it_did_not_queue(
 
     for vendor in TARGETS:
         try:
-            wait_for(lambda v=vendor: restart_deals(v) == expected, 120)
+            wait_for(partial(lambda v: restart_deals(v) == expected, vendor), 120)
         except TimeoutError:
             held_now = Counter(restart_deals(vendor))
             missing = sorted(set(expected) - set(held_now))

@@ -4,11 +4,9 @@ iVvy's notifications of our own API changes are dropped by their author."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -17,6 +15,7 @@ from tests.integration.conftest import wait_idle
 from tests.integration.drive import (
     DEAL,
     announce,
+    events,
     everywhere,
     held,
     names,
@@ -65,11 +64,6 @@ def quiet(stack: Stack, timeout: float = 40) -> dict[str, int]:
             return {v: len(upserts(stack, v)) for v in VENDORS}
         last = now
     raise AssertionError(f"the echo storm did not stop: {activity(stack)}")
-
-
-def events(stack: Stack) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
 
 
 def wait_everywhere(stack: Stack, name: str) -> None:

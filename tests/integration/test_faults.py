@@ -8,6 +8,8 @@ deal's values.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from tests.integration.drive import (
@@ -104,7 +106,7 @@ def test_fault_vendor_down_delays_no_other_vendor(live: Stack) -> None:
     # then the other vendors get every deal while it is down
     for vendor in ("leadway", "ivvy", "salescaling"):
         wait_for(
-            lambda v=vendor: sorted(str(o.name) for o in held(live, v)) == names,
+            partial(lambda v: sorted(str(o.name) for o in held(live, v)) == names, vendor),
             60,
             f"{vendor} waited for the vendor that is down",
         )

@@ -16,7 +16,7 @@ from tests.integration.drive import (
     DEAL,
     announce,
     as_held_by,
-    live_events,
+    events,
     others,
     person_creates,
     wait_converged,
@@ -109,7 +109,7 @@ def test_status_shows_each_vendors_health_and_the_latest_event(live: Stack) -> N
         row = re.search(rf'<tr id="vendor-{target}">(.*?)</tr>', html, re.S)
         assert row is not None, target
         assert " s ago" in row.group(1), row.group(1)
-    event = next(e for e in live_events(live) if e["vendor"] == "salescaling")
+    event = next(e for e in events(live) if e["vendor"] == "salescaling")
     assert event["outcome"] == "applied"
     assert event["correlation_id"] in html
     assert 'id="queue-push.salescaling"' in html
@@ -143,7 +143,7 @@ def test_logs_follow_one_correlation_id_from_the_receiver_through_every_push(
 ) -> None:
     # given a deal created in Salescaling and synced to the other four
     sync_one(live)
-    event = next(e for e in live_events(live) if e["vendor"] == "salescaling")
+    event = next(e for e in events(live) if e["vendor"] == "salescaling")
     correlation_id = event["correlation_id"]
     # then the web process logged its acceptance under that id
     web = [r for r in _log_records(live, "web.log") if r.get("correlation_id") == correlation_id]

@@ -8,9 +8,7 @@ poll is its baseline: what it lists then is left to ``oppsync backfill``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -22,6 +20,7 @@ from tests.integration.drive import (
     DEAL,
     MAPPING,
     as_held_by,
+    events,
     held,
     others,
     person_creates,
@@ -47,11 +46,6 @@ def poll(stack: Stack, beat: Celery, vendor: str, *, full: bool = False) -> None
     """One poll of ``vendor`` by the stack's worker, and every event it queued, done."""
     beat.send_task("oppsync.poll_vendor", args=[vendor], kwargs={"full": full}, queue="poll")
     wait_idle(redis.Redis.from_url(stack.redis.url))
-
-
-def events(stack: Stack) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    return [json.loads(e) for e in client.lrange("oppsync:events", 0, -1)]
 
 
 def edit(stack: Stack, vendor: str, vendor_id: str) -> None:

@@ -11,7 +11,7 @@ short but the quota is really what paces Leadway.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -52,9 +52,14 @@ def holdings(stack: Stack, vendor: str) -> list[tuple[str, Decimal | None]]:
     return sorted((str(o.name), o.amount if keeps_amount else None) for o in held(stack, vendor))
 
 
-def wanted(vendor: str, deals: dict[str, tuple[str, Decimal]]) -> list[tuple[str, Decimal | None]]:
+def wanted(vendor: str, deals: dict[int, tuple[str, Decimal]]) -> list[tuple[str, Decimal | None]]:
     keeps_amount = "amount" in schema(vendor).SYNCED_FIELDS
     return sorted((name, amount if keeps_amount else None) for name, amount in deals.values())
+
+
+def holds(stack: Stack, vendor: str, deals: dict[int, tuple[str, Decimal]]) -> Callable[[], bool]:
+    """For ``wait_for``: whether ``vendor`` holds one record per deal, with its values now."""
+    return lambda: holdings(stack, vendor) == wanted(vendor, deals)
 
 
 def ingests_by(stack: Stack, worker: int) -> int:
@@ -72,8 +77,7 @@ def test_scaling_two_workers_keep_order_and_quota(two_workers: Stack) -> None:
         ids[n] = person_creates(stack, "salescaling", DEAL.replace(name=deals[n][0]))
         assert source.emit_standard(ids[n]) == 202
     for vendor in others("salescaling"):
-        wait_for(lambda v=vendor: holdings(stack, v) == wanted(v, deals), 120,
-                 f"{vendor} did not get the deals")  # fmt: skip
+        wait_for(holds(stack, vendor, deals), 120, f"{vendor} did not get the deals")
     # when each deal is renamed and repriced many times in a row, every edit announced at
     # once, the deals interleaved so both workers take events of every deal
     for edit in range(1, EDITS + 1):
@@ -83,8 +87,7 @@ def test_scaling_two_workers_keep_order_and_quota(two_workers: Stack) -> None:
             assert source.emit_standard(ids[n]) == 202
     # then every vendor holds one record per deal with its last name and amount ...
     for vendor in others("salescaling"):
-        wait_for(lambda v=vendor: holdings(stack, v) == wanted(v, deals), 120,
-                 f"{vendor} did not end with the last edits")  # fmt: skip
+        wait_for(holds(stack, vendor, deals), 120, f"{vendor} did not end with the last edits")
     # ... no vendor refused a request for its quota, though Leadway's paced both workers ...
     assert {v: s.rate_limited for v, s in stack.sims.items()} == dict.fromkeys(stack.sims, 0)
     assert len(stack.sims["leadway"].log) > QUOTA[0]

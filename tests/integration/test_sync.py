@@ -19,8 +19,8 @@ from tests.integration.drive import (
     MAPPING,
     announce,
     as_held_by,
+    events,
     held,
-    live_events,
     others,
     person_creates,
     wait_converged,
@@ -62,7 +62,9 @@ def test_sync_second_change_updates_and_creates_nothing(live: Stack, source: str
             pipelineStageId=MAPPING.stage_id("leadway", "won"),
         )
     elif source == "ivvy":
-        sim.edit(vendor_id, name=changed.name, stageId=int(MAPPING.stage_id("ivvy", "won")))
+        won = MAPPING.stage_id("ivvy", "won")
+        assert won is not None
+        sim.edit(vendor_id, name=changed.name, stageId=int(won))
     elif source == "salescaling":
         sim.edit(vendor_id, name=changed.name, status="won")
     else:
@@ -101,8 +103,7 @@ def test_sync_echo_of_our_own_write_goes_no_further(live: Stack) -> None:
     wait_idle(redis.Redis.from_url(live.redis.url))
     # then no vendor was written again, and every event ended as an echo
     assert writes(live) == before
-    events = live_events(live)
-    assert [e["outcome"] for e in events[:4]] == ["echo"] * 4
+    assert [e["outcome"] for e in events(live)[:4]] == ["echo"] * 4
 
 
 def test_sync_invalid_payload_is_a_dead_letter_and_reaches_no_vendor(live: Stack) -> None:

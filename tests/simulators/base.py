@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from flask import Flask, Response, request
@@ -227,14 +227,13 @@ class Simulator:
         )
 
     # -- serving -------------------------------------------------------------------------
-    def start(self) -> Simulator:
+    def start(self) -> Self:
         """Serve on loopback by werkzeug (a thread and a connection per request)."""
         return self.serve()
 
-    def serve(self, *, keep_alive: bool = False, threads: int = 64) -> Simulator:
+    def serve(self, *, keep_alive: bool = False, threads: int = 64) -> Self:
         """Serve on loopback: by werkzeug as ``start``, or with ``keep_alive`` by waitress
-        (connections reused, ``threads`` handling requests). Subclasses override ``start``
-        (without arguments) only to narrow its type."""
+        (connections reused, ``threads`` handling requests)."""
         if keep_alive:
             self._server = KeepAliveServer(self.app, threads=threads)
         else:

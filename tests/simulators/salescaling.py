@@ -69,10 +69,6 @@ class SalescalingSimulator(Simulator):
         self._last_stamp = datetime.fromtimestamp(0, UTC)
         super().__init__(latency=latency, rate_limit=rate_limit)
 
-    def start(self) -> SalescalingSimulator:
-        super().start()
-        return self
-
     # -- answers -------------------------------------------------------------------------
     @classmethod
     def envelope(cls, data: Any, *, count: int | None = None) -> Response:

@@ -235,7 +235,11 @@ def test_leadway_simulator_searches_with_filters_and_pages(
         created(api, sim, name=f"Deal {n}")
     other = a_contact(api, sim, email="other@example.com")
     api.post("/opportunities/upsert", json=upsert_body(sim, contactId=other, name="Other deal"))
-    query = {"location_id": sim.location_id, "pipeline_id": sim.pipeline_id, "limit": 2}
+    query: dict[str, Any] = {
+        "location_id": sim.location_id,
+        "pipeline_id": sim.pipeline_id,
+        "limit": 2,
+    }
     # when the pipeline is searched page by page, and by contact and text
     pages = [
         api.get("/opportunities/search", params={**query, "page": p}).json() for p in (1, 2, 3)
@@ -256,7 +260,7 @@ def test_leadway_simulator_search_needs_a_location_and_a_sane_limit(
 ) -> None:
     # given / when / then
     assert api.get("/opportunities/search").status_code == 422
-    too_many = {"location_id": sim.location_id, "limit": 101}
+    too_many: dict[str, Any] = {"location_id": sim.location_id, "limit": 101}
     assert api.get("/opportunities/search", params=too_many).status_code == 422
 
 

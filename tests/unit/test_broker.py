@@ -25,8 +25,13 @@ def test_messages_go_through_and_every_publish_reuses_one_client(
                              declare=[queue])  # fmt: skip
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
-        received = []
-        with conn.Consumer(queue, callbacks=[lambda body, msg: (received.append(body), msg.ack())]):
+        received: list[Any] = []
+
+        def take(body: Any, message: Any) -> None:
+            received.append(body)
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[take]):
             while len(received) < 3:
                 conn.drain_events(timeout=5)
         assert received == [{"n": 0}, {"n": 1}, {"n": 2}]

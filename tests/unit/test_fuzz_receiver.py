@@ -758,8 +758,8 @@ def test_receiver_made_up_vendor_names_mint_no_redis_keys(env: dict[str, str], s
     # then they share one "unknown" budget (404 twice, then 429) ...
     assert answers == [404, 404] + [429] * 10
     # ... and no Redis key or counter carries any of the names
-    stored = " ".join(limited.redis.scan_iter("*"))
-    stored += " ".join(limited.redis.hkeys("oppsync:metrics:counters"))
+    counters: list[str] = limited.redis.hkeys("oppsync:metrics:counters")  # type: ignore[assignment]
+    stored = " ".join([*limited.redis.scan_iter("*"), *counters])
     assert not any(name in stored for name in names)
 
 
@@ -770,8 +770,9 @@ def test_receiver_queues_a_celery_task_whose_metadata_carries_no_payload(clean: 
     assert clean.post("siro", body, headers).status_code == 202
     # then the message is the ingest task, whose shown arguments (Flower, task events) name
     # the delivery but hold none of the record, which travels in the body only
-    (raw,) = clean.redis.lrange("ingest", 0, -1)
-    task = json.loads(raw)["headers"]  # type: ignore[arg-type]
+    queued: list[str] = clean.redis.lrange("ingest", 0, -1)  # type: ignore[assignment]
+    (raw,) = queued
+    task = json.loads(raw)["headers"]
     assert task["task"] == "oppsync.ingest_change"
     assert headers["webhook-id"] in task["kwargsrepr"]
     assert "dana@harbour.example" not in f"{task['argsrepr']}{task['kwargsrepr']}"

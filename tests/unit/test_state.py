@@ -120,7 +120,8 @@ def test_a_document_and_history_stored_as_plain_json_still_read(store: Store) ->
     assert store.last_change("opp_2") == EVENT
     assert store.writes("opp_2")[0]["target"] == "ivvy"
     store.save_state(record, source="siro", source_seen=None, source_holds="fp", event=EVENT)
-    assert len(store.redis.get(doc_key("opp_2")) or "") < len(json.dumps(plain)) / 2
+    stored: str = store.redis.get(doc_key("opp_2"))  # type: ignore[assignment]
+    assert len(stored) < len(json.dumps(plain)) / 2
     assert store.load("opp_2").state == DEAL
 
 
@@ -143,7 +144,8 @@ def test_history_is_cut_back_to_its_cap(store: Store) -> None:
         store.add_history(
             "opp_1", {"cause": cause, "writes": [{"target": "ivvy", "at": f"{n:03}"}]}
         )
-    assert store.redis.llen(writes_key("opp_1")) <= 30
+    length: int = store.redis.llen(writes_key("opp_1"))  # type: ignore[assignment]
+    assert length <= 30
     assert store.writes("opp_1", count=1)[0]["at"] == "059"
 
 

@@ -249,7 +249,7 @@ def test_validation_canonical_ranges_are_checked_before_any_vendor_call(
 ) -> None:
     # given values each vendor schema takes but the canonical one does not
     before = vendor_requests(sims)
-    cases = [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         ("siro", {"amount": 10**14}, "amount"),
         ("leadway", {"name": TOO_LONG}, "name"),
         ("icloudready", {"opportunityDescription": "d" * 20_000}, "description"),
