@@ -26,6 +26,7 @@ from worker.runtime import Runtime
 from worker.settings import from_env
 from worker.state import Store
 from worker.vendors.base import UpsertResult
+from worker.vendors.ivvy import IvvyAdapter
 
 STAGES = (
     Stage("new", Status.OPEN),
@@ -69,7 +70,7 @@ def rt(redis_server: EmbeddedRedis) -> Iterator[Runtime]:
     runtime.adapters = {
         "siro": Vendor("siro", NO_STAGE),
         "leadway": Vendor("leadway"),
-        "ivvy": Vendor("ivvy"),
+        "ivvy": Vendor("ivvy", time_resolution=IvvyAdapter.time_resolution),
         "salescaling": Vendor("salescaling", frozenset({"name", "amount", "status"})),
     }
     yield runtime
@@ -240,6 +241,41 @@ def test_delete_mark_lost_does_not_undo_a_later_status_change(rt: Runtime) -> No
     stored = rt.store.load(key)
     assert stored.state.status == Status.WON
     assert stored.written["leadway"] == pipeline.GONE
+
+
+@pytest.mark.parametrize(("stamped", "status"), [(0, Status.LOST), (-1, Status.WON)])
+def test_delete_stamped_to_the_second_is_older_only_when_its_whole_second_is(
+    rt: Runtime, stamped: int, status: Status
+) -> None:
+    # given a deal won in Salescaling at 0.4 s past a second
+    key = deal(rt, "leadway", at=now(-600))
+    second = now(-60).replace(microsecond=0)
+    deliver(rt, "salescaling", {**held(rt, "salescaling"), "status": "won"},
+            second + timedelta(seconds=0.4))  # fmt: skip
+    # when iVvy's delete arrives, stamped (to the second, as iVvy stamps) that same second,
+    # or the second before
+    iid = held(rt, "ivvy")["id"]
+    at = second + timedelta(seconds=stamped)
+    announce(rt, "ivvy", iid, deleted=True, at=at.isoformat())
+    # then the same second may be after the win (it arrived later): the deal is marked
+    # lost; a whole second before the win is surely older: the deal stays won
+    assert rt.store.load(key).state.status == status
+
+
+@pytest.mark.parametrize(("stamped", "name"), [(0, "From ivvy"), (-1, "From salescaling")])
+def test_merge_a_change_stamped_to_the_second_is_older_only_when_its_whole_second_is(
+    rt: Runtime, stamped: int, name: str
+) -> None:
+    # given a deal renamed in Salescaling at 0.4 s past a second
+    key = deal(rt, "siro", at=now(-600))
+    second = now(-60).replace(microsecond=0)
+    deliver(rt, "salescaling", {**held(rt, "salescaling"), "name": "From salescaling"},
+            second + timedelta(seconds=0.4))  # fmt: skip
+    # when iVvy's rename arrives after it, stamped that same second or the second before
+    at = second + timedelta(seconds=stamped)
+    deliver(rt, "ivvy", {**held(rt, "ivvy"), "name": "From ivvy"}, at)
+    # then only the second before is refused as older
+    assert rt.store.load(key).state.name == name
 
 
 def test_delete_crossing_our_write_deletes_a_record_our_write_revived(rt: Runtime) -> None:

@@ -31,11 +31,16 @@ class MemoryAdapter:
     """A vendor holding records in a dict; ``lossy`` vendors cannot say "abandoned"."""
 
     def __init__(
-        self, name: str, fields: frozenset[str] = frozenset(SYNCED_FIELDS), lossy: bool = False
+        self,
+        name: str,
+        fields: frozenset[str] = frozenset(SYNCED_FIELDS),
+        lossy: bool = False,
+        time_resolution: float = 0.0,
     ) -> None:
         self.name = name
         self.synced_fields = fields
         self.lossy = lossy
+        self.time_resolution = time_resolution
         self.records: dict[str, dict[str, Any]] = {}
         self.creates = 0
         self._ids = itertools.count(1)
@@ -66,7 +71,7 @@ class MemoryAdapter:
         self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
     ) -> UpsertResult:
         created = vendor_id is None
-        if created:
+        if vendor_id is None:
             self.creates += 1
             vendor_id = f"{self.name}-{next(self._ids)}"
         data = dump(self.project(opp))
@@ -78,6 +83,15 @@ class MemoryAdapter:
 
     def delete(self, vendor_id: str) -> None:
         self.records.pop(vendor_id, None)
+
+    def list_records(self) -> Iterator[dict[str, Any]]:
+        return iter(list(self.records.values()))
+
+    def probe(self) -> str:
+        return f"{len(self.records)} records in memory"
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.fixture

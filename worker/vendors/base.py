@@ -33,6 +33,8 @@ class VendorAdapter(Protocol):
     name: str
     #: Canonical fields this vendor can hold; only these are read from it or compared.
     synced_fields: frozenset[str]
+    #: How finely the vendor stamps its times, in seconds (0: finer than we can tell apart).
+    time_resolution: float
 
     # -- pure translation (delegates to schemas/<vendor>.py) --------------------------------
     def record_id(self, record: dict[str, Any]) -> str: ...
@@ -80,6 +82,10 @@ class VendorAdapter(Protocol):
         """One harmless read; returns a plain sentence about what worked."""
         ...
 
+    def close(self) -> None:
+        """Close the pooled HTTP client (a worker keeps it for its whole life; tests close it)."""
+        ...
+
 
 def invalid_payload(vendor: str, what: str, exc: ValidationError) -> InvalidPayload:
     """A schema's refusal as the dead-letterable error naming each bad field."""
@@ -98,6 +104,7 @@ class SchemaTranslation:
     schema: ModuleType
     synced_fields: frozenset[str]
     mapping: Mapping
+    time_resolution: float = 0.0
 
     def record_id(self, record: dict[str, Any]) -> str:
         try:

@@ -142,6 +142,10 @@ class IvvyAdapter(SchemaTranslation):
     name = "ivvy"
     schema = schema
     synced_fields: frozenset[str] = schema.SYNCED_FIELDS
+    #: iVvy stamps to the second (``yyyy-mm-dd HH:mm:ss``, VENDORS.md; its GitBook's
+    #: development-reference/timestamp-format): a change it stamps 12:00:00 happened somewhere
+    #: in that second.
+    time_resolution = 1.0
 
     def __init__(
         self,
