@@ -243,15 +243,23 @@ def test_delete_mark_lost_does_not_undo_a_later_status_change(rt: Runtime) -> No
     assert stored.written["leadway"] == pipeline.GONE
 
 
+def changed_past_a_second(rt: Runtime, source: str, **change: Any) -> tuple[str, datetime]:
+    """A deal from ``source``, then changed in Salescaling 0.4 s past a whole second: its key
+    and that second."""
+    key = deal(rt, source, at=now(-600))
+    second = now(-60).replace(microsecond=0)
+    deliver(
+        rt, "salescaling", {**held(rt, "salescaling"), **change}, second + timedelta(seconds=0.4)
+    )
+    return key, second
+
+
 @pytest.mark.parametrize(("stamped", "status"), [(0, Status.LOST), (-1, Status.WON)])
 def test_delete_stamped_to_the_second_is_older_only_when_its_whole_second_is(
     rt: Runtime, stamped: int, status: Status
 ) -> None:
     # given a deal won in Salescaling at 0.4 s past a second
-    key = deal(rt, "leadway", at=now(-600))
-    second = now(-60).replace(microsecond=0)
-    deliver(rt, "salescaling", {**held(rt, "salescaling"), "status": "won"},
-            second + timedelta(seconds=0.4))  # fmt: skip
+    key, second = changed_past_a_second(rt, "leadway", status="won")
     # when iVvy's delete arrives, stamped (to the second, as iVvy stamps) that same second,
     # or the second before
     iid = held(rt, "ivvy")["id"]
@@ -267,10 +275,7 @@ def test_merge_a_change_stamped_to_the_second_is_older_only_when_its_whole_secon
     rt: Runtime, stamped: int, name: str
 ) -> None:
     # given a deal renamed in Salescaling at 0.4 s past a second
-    key = deal(rt, "siro", at=now(-600))
-    second = now(-60).replace(microsecond=0)
-    deliver(rt, "salescaling", {**held(rt, "salescaling"), "name": "From salescaling"},
-            second + timedelta(seconds=0.4))  # fmt: skip
+    key, second = changed_past_a_second(rt, "siro", name="From salescaling")
     # when iVvy's rename arrives after it, stamped that same second or the second before
     at = second + timedelta(seconds=stamped)
     deliver(rt, "ivvy", {**held(rt, "ivvy"), "name": "From ivvy"}, at)
