@@ -199,7 +199,7 @@ def _refusal(
         return f"owned by {owner}: {source}'s change ignored"
     set_at, at = _set_at(record, name), event_time.timestamp()
     origin = record.sources.get(name, "an earlier change")
-    if set_at is not None and _older(rt, source, event_time, set_at):
+    if set_at is not None and _older(rt, source, at, set_at):
         return f"last writer wins: {source}'s older change ignored, value from {origin}"
     if set_at is not None and at == set_at and origin in VENDORS and origin > source:
         # Two vendors, the same instant: a fixed order picks the same winner whichever
@@ -208,13 +208,12 @@ def _refusal(
     return None
 
 
-def _older(rt: Runtime, source: str, event_time: datetime, set_at: float) -> bool:
-    """Whether ``source``'s change, stamped ``event_time``, was surely made before ``set_at``.
+def _older(rt: Runtime, source: str, at: float, set_at: float) -> bool:
+    """Whether ``source``'s change, stamped ``at``, was surely made before ``set_at``.
     A vendor that stamps whole seconds (iVvy) made it somewhere within that second: only a
     second that ends by ``set_at`` is older. Within it the order cannot be told, and the
     change that arrives later wins (a delete in iVvy moments after a status change made
     elsewhere in the same second is not taken for an older one)."""
-    at = event_time.timestamp()
     resolution = rt.adapters[source].time_resolution
     return at + resolution <= set_at if resolution else at < set_at
 
@@ -440,7 +439,7 @@ def apply_delete(
 
 def _mark_lost(rt: Runtime, record: Record, vendor: str, event_time: datetime) -> None:
     set_at = _set_at(record, "status")
-    if set_at is not None and _older(rt, vendor, event_time, set_at):
+    if set_at is not None and _older(rt, vendor, event_time.timestamp(), set_at):
         origin = record.sources.get("status", "an earlier change")
         record.rules["status"] = f"deleted in {vendor}, but status set later by {origin}"
         return
