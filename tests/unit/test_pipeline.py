@@ -48,6 +48,9 @@ class MemoryAdapter:
     def record_id(self, record: dict[str, Any]) -> str:
         return str(record["id"])
 
+    def checked_id(self, raw: object) -> str:
+        return str(raw)
+
     def key_of(self, record: dict[str, Any]) -> str | None:
         return None
 
