@@ -29,11 +29,13 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from schemas.mapping import VENDORS, Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
 from worker.settings import load_mapping
+from worker.terminal import printable
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVERGE_SECONDS = 120
@@ -184,7 +186,8 @@ class Board:
                     row.append("[dim]–[/dim]")
                 else:
                     mark = "[green]✓" if cell.agrees else "[yellow]…"
-                    row.append(f"{mark} {cell.text}[/]")
+                    # What a vendor holds is shown as text, never as markup or escapes.
+                    row.append(f"{mark} {escape(printable(cell.text))}[/]")
             table.add_row(*row)
         return table
 
@@ -327,7 +330,9 @@ def demo(*, port: int, exit_when_converged: bool) -> int:
         try:
             converged = _run(port, flower_port, workdir, console, log, exit_when_converged)
         except RuntimeError as exc:
-            console.print(f"{log.tail()}\n\ndemo: {exc} (the whole log: {log.path})")
+            console.print(
+                escape(printable(f"{log.tail()}\n\ndemo: {exc} (the whole log: {log.path})"))
+            )
             return 1
     if not converged:
         console.print(f"The stack's output is kept in {log.path}.")
