@@ -37,6 +37,7 @@ from kombu.exceptions import OperationalError
 from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
 from schemas.envelope import Envelope
+from tests.simulators import tls
 from tests.simulators.ivvy import IvvySimulator
 from tests.simulators.leadway import iso, signing_keys
 from tests.stack import wait_for, whsec
@@ -95,6 +96,7 @@ def edge_env(redis_url: str, sns: IvvySimulator, **overrides: str) -> dict[str, 
         "IVVY_SOURCE_ID": "25",
         "IVVY_SNS_TOPIC_ARN": sns.topic_arn,
         "IVVY_SNS_CERT_HOSTS": "127.0.0.1",
+        "IVVY_SNS_CA_BUNDLE": tls.ca_bundle(),
         "SALESCALING_API_KEY": "salescaling-fuzz-key",
         "ICLOUDREADY_EMAIL": "ops@example.com",
         "ICLOUDREADY_PASSWORD": "icr-fuzz-password",
