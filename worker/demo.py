@@ -351,7 +351,7 @@ def _run(
 ) -> bool:
     from tests.stack import start_simulators
     from worker.embedded_redis import start_redis
-    from worker.localrun import run_stack
+    from worker.localrun import run_stack, source_line, write_sandbox_env
 
     redis_server = None
     redis_url = os.environ.get("REDIS_URL", "")
@@ -366,6 +366,7 @@ def _run(
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = True  # Leadway and iVvy announce our own writes too, as in life
     env = _environment(redis_url, sims, workdir, flower_port)
+    env_file = write_sandbox_env(env)
     os.environ.clear()
     os.environ.update(env)  # run_stack starts the Procfile with this process's environment
     mapping = load_mapping(env["OPPSYNC_MAPPING"])
@@ -387,6 +388,7 @@ def _run(
             f"{env['OPPSYNC_ADMIN_USER']}, password {env['OPPSYNC_ADMIN_PASSWORD']}); metrics "
             f"at {web}/metrics. The stack keeps running; Ctrl-C stops everything.\n"
         )
+        console.print(escape(source_line(env_file)) + "\n")
         if exit_when_converged:
             raise Finished
         log.follow()
@@ -396,6 +398,7 @@ def _run(
     finally:
         for sim in sims.values():
             sim.stop()
+        env_file.unlink(missing_ok=True)
         if redis_server is not None:
             redis_server.stop()
     return outcome["converged"]
