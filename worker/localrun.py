@@ -158,7 +158,8 @@ def run_stack(
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env_file = None
     if sandbox or redis_server is not None:
-        env_file = write_sandbox_env(env)
+        # Outside the sandbox the user's own credentials stay in their environment only.
+        env_file = write_sandbox_env(env if sandbox else {"REDIS_URL": env["REDIS_URL"]})
         print(source_line(env_file), flush=True)
     # umask 077: Flower's database, beat's schedule and whatever else the processes write
     # are their owner's only.
