@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from tests.simulators import tls
 from tests.simulators.icloudready import IcloudreadySimulator
 from tests.simulators.ivvy import IvvySimulator
 from tests.simulators.leadway import LeadwaySimulator
@@ -112,6 +113,7 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
             "IVVY_SOURCE_ID": "25",
             "IVVY_SNS_TOPIC_ARN": sims["ivvy"].topic_arn,
             "IVVY_SNS_CERT_HOSTS": "127.0.0.1",
+            "IVVY_SNS_CA_BUNDLE": tls.ca_bundle(),
             "SALESCALING_BASE_URL": sims["salescaling"].url,
             "SALESCALING_API_KEY": "salescaling-test-key",
             "ICLOUDREADY_BASE_URL": sims["icloudready"].url,

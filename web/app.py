@@ -25,12 +25,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     ivvy = settings.vendor["ivvy"]
     app.extensions["oppsync.publisher"] = receiver.Publisher()
     app.extensions["oppsync.sns"] = SnsVerifier(
-        topic_arn=ivvy.get("IVVY_SNS_TOPIC_ARN"),
+        topic_arn=ivvy.get("IVVY_SNS_TOPIC_ARN") or None,
         cert_hosts=tuple(
             h.strip()
             for h in (ivvy.get("IVVY_SNS_CERT_HOSTS") or "sns.*.amazonaws.com").split(",")
             if h.strip()
         ),
+        ca_bundle=ivvy.get("IVVY_SNS_CA_BUNDLE"),
     )
     app.register_blueprint(receiver.bp)
     app.register_blueprint(health.bp)

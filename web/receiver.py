@@ -21,11 +21,13 @@ import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 from kombu import Producer
 from kombu.exceptions import OperationalError
+from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_input_stream
 
-from schemas.envelope import Envelope
+from schemas import vendorids
+from schemas.envelope import Envelope, is_thin
 from schemas.mapping import VENDORS
 from web.signatures import (
     HIGHLEVEL_ED25519_PEM,
@@ -190,6 +192,21 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+def check_thin_id(vendor: str, payload: dict[str, Any]) -> None:
+    """Refuse a thin event whose id is none of the vendor's id forms: the worker would put
+    it in a URL (``..`` names the collection) and can only dead-letter it."""
+    if not is_thin(payload):
+        return
+    try:
+        vendorids.check(vendor, payload["id"])
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {}
+        detail = "; ".join(str(m) for m in messages.get("id", ["not an id"]))
+        raise Rejected(
+            f"The event's id is refused: {detail}.", status=400, reason="bad_id"
+        ) from None
+
+
 class Publisher:
     """Publishes ``oppsync.ingest_change`` for one web process, one kombu producer per thread.
 
@@ -278,6 +295,7 @@ def enqueue(vendor: str, verified: Verified) -> bool:
             status=400,
             reason="too_deep",
         )
+    check_thin_id(vendor, verified.payload)
     rt = _runtime()
     envelope = Envelope(
         vendor=vendor,

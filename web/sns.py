@@ -5,9 +5,15 @@ string to sign is ``Key\\nValue\\n`` for a fixed list of keys (``Notification``:
 MessageId, Subject when present, Timestamp, TopicArn, Type; the two confirmations: Message,
 MessageId, SubscribeURL, Timestamp, Token, TopicArn, Type), signed RSA PKCS#1 v1.5 with SHA1
 (``SignatureVersion`` 1) or SHA256 (2) by the key in the X.509 certificate at
-``SigningCertURL``. That URL and ``SubscribeURL`` are fetched only over https from a host
-matching ``IVVY_SNS_CERT_HOSTS`` (default ``sns.*.amazonaws.com``); plain http is allowed
-only for a loopback host the patterns allow, so tests can serve their own certificate.
+``SigningCertURL``. That URL and ``SubscribeURL`` are fetched only over https (never plain
+http) from a host matching ``IVVY_SNS_CERT_HOSTS`` (default ``sns.*.amazonaws.com``), trusting
+the system's CAs or, for tests and private endpoints, ``IVVY_SNS_CA_BUNDLE``.
+
+The topic is checked before anything is fetched: with no ``IVVY_SNS_TOPIC_ARN`` every message
+is refused, since anyone with an AWS account can create a topic, subscribe our URL and sign
+for it. Certificates are fetched with a short timeout and kept in a bounded LRU cache (SNS
+signs with one certificate per region at a time), so unsigned messages naming new URLs can
+neither grow memory nor hold a web thread long.
 Framework-free: the receiver passes the parsed JSON body and maps ``Rejected`` to its answer.
 """
 
@@ -15,7 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
+import functools
+import ssl
+import time
 from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +37,16 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from worker.errors import Rejected
 
 DEFAULT_CERT_HOSTS: tuple[str, ...] = ("sns.*.amazonaws.com",)
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Signing certificates kept (by URL): SNS rotates them rarely, one per region.
+CERT_CACHE_SIZE = 16
+#: Seconds a certificate or ``SubscribeURL`` fetch may take in all (a web thread waits).
+FETCH_TIMEOUT = 3.0
+#: A certificate is a few KB; a longer answer is not one.
+CERT_MAX_BYTES = 64 * 1024
+NO_TOPIC = (
+    "IVVY_SNS_TOPIC_ARN is not set, so no SNS message is accepted: set it to the TopicArn "
+    "iVvy's subscribeToNotifications answered with (README, iVvy notifications)."
+)
 NOTIFICATION = "Notification"
 CONFIRMATIONS = ("SubscriptionConfirmation", "UnsubscribeConfirmation")
 NOTIFICATION_KEYS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
@@ -95,23 +112,34 @@ def _host_matches(host: str, pattern: str) -> bool:
 
 
 class SnsVerifier:
-    """One per process: it keeps the signing certificates it has fetched, by URL."""
+    """One per process: it keeps the signing certificates it has fetched, by URL (LRU)."""
 
     def __init__(
-        self, *, topic_arn: str | None, cert_hosts: tuple[str, ...], timeout: float = 5.0
+        self,
+        *,
+        topic_arn: str | None,
+        cert_hosts: tuple[str, ...],
+        timeout: float = FETCH_TIMEOUT,
+        ca_bundle: str | None = None,
     ) -> None:
-        #: ``None`` accepts any topic (only while subscribing; pin it in production).
+        #: ``None`` refuses every message: the topic must be named (see ``NO_TOPIC``).
         self.topic_arn = topic_arn
         self.cert_hosts = tuple(p.lower() for p in cert_hosts) or DEFAULT_CERT_HOSTS
-        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._lock = threading.Lock()
+        self.timeout = timeout
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        )
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout), follow_redirects=False, verify=verify
+        )
+        #: URL -> public key; failures are not cached (a later delivery fetches again).
+        self._key = functools.lru_cache(maxsize=CERT_CACHE_SIZE)(self._fetch_key)
 
     def close(self) -> None:
         self._client.close()
 
     def allowed_url(self, url: str) -> bool:
-        """https to a host the patterns allow; http only to an allowed loopback host."""
+        """https (never http) to a host the patterns allow."""
         try:
             parts = urlsplit(url)
             host = (parts.hostname or "").lower()
@@ -122,12 +150,15 @@ class SnsVerifier:
             return False
         if not any(_host_matches(host, pattern) for pattern in self.cert_hosts):
             return False
-        return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS)
+        return parts.scheme == "https"
 
     def verify(self, message: dict[str, Any]) -> None:
-        """Raise ``Rejected`` (400 malformed, 401 refused) unless SNS signed ``message``."""
+        """Raise ``Rejected`` (400 malformed, 401 refused) unless SNS signed ``message`` for
+        our topic; nothing is fetched for a message from another topic."""
+        if self.topic_arn is None:
+            raise Rejected(NO_TOPIC, status=401, reason="sns_no_topic")
         _check_shape(message)
-        if self.topic_arn is not None and message["TopicArn"] != self.topic_arn:
+        if message["TopicArn"] != self.topic_arn:
             raise _refused(f"unexpected TopicArn {message['TopicArn']!r}")
         cert_url = message["SigningCertURL"]
         if not self.allowed_url(cert_url):
@@ -151,42 +182,46 @@ class SnsVerifier:
         if not self.allowed_url(url):
             raise _refused(f"SubscribeURL host not allowed: {url!r}")
         try:
-            answer = self._client.get(url)
-        except httpx.HTTPError as exc:
+            status, _ = self._get(url)
+        except (httpx.HTTPError, TimeoutError) as exc:
             raise Rejected(
                 f"SubscribeURL unreachable ({type(exc).__name__})", status=503, reason="sns_confirm"
             ) from None
-        if answer.status_code != 200:
-            raise Rejected(
-                f"SubscribeURL answered {answer.status_code}", status=503, reason="sns_confirm"
-            )
+        if status != 200:
+            raise Rejected(f"SubscribeURL answered {status}", status=503, reason="sns_confirm")
 
-    def _key(self, url: str) -> rsa.RSAPublicKey:
-        with self._lock:
-            cached = self._keys.get(url)
-        if cached is not None:
-            return cached
+    def _get(self, url: str) -> tuple[int, bytes]:
+        """Status and body (at most ``CERT_MAX_BYTES`` of it) of a ``GET``, all of it within
+        ``timeout`` seconds: httpx's timeouts bound each read, not a host trickling bytes."""
+        deadline = time.monotonic() + self.timeout
+        body = bytearray()
+        with self._client.stream("GET", url) as answer:
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if len(body) > CERT_MAX_BYTES:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the answer took longer than the timeout")
+            return answer.status_code, bytes(body[:CERT_MAX_BYTES])
+
+    def _fetch_key(self, url: str) -> rsa.RSAPublicKey:
         try:
-            answer = self._client.get(url)
-        except httpx.HTTPError as exc:
+            status, content = self._get(url)
+        except (httpx.HTTPError, TimeoutError) as exc:
             # Our fetch failed, not the sender: 503 lets SNS deliver again later.
             raise Rejected(
                 f"signing certificate unreachable ({type(exc).__name__})",
                 status=503,
                 reason="sns_cert",
             ) from None
-        if answer.status_code >= 500:
-            raise Rejected(
-                f"signing certificate answered {answer.status_code}", status=503, reason="sns_cert"
-            )
-        if answer.status_code != 200:
-            raise _refused(f"signing certificate answered {answer.status_code}")
+        if status >= 500:
+            raise Rejected(f"signing certificate answered {status}", status=503, reason="sns_cert")
+        if status != 200:
+            raise _refused(f"signing certificate answered {status}")
         try:
-            key = x509.load_pem_x509_certificate(answer.content).public_key()
+            key = x509.load_pem_x509_certificate(content).public_key()
         except ValueError:
             raise _refused("signing certificate is not a PEM X.509 certificate") from None
         if not isinstance(key, rsa.RSAPublicKey):
             raise _refused("signing certificate does not hold an RSA key")
-        with self._lock:
-            self._keys[url] = key
         return key

@@ -11,6 +11,13 @@ import click
 
 from schemas.mapping import VENDORS
 from worker.errors import ConfigError
+from worker.terminal import printable
+
+
+def echo(text: str = "") -> None:
+    """Print one output of a command: every output may carry vendor data, so control
+    characters are escaped (``worker.terminal``)."""
+    click.echo(printable(text))
 
 
 def _when(ts: float | None) -> str:
@@ -98,7 +105,7 @@ def show(ref: str) -> None:
     key = resolve(rt, ref)
     if key is None:
         raise click.ClickException(f"no opportunity known as {ref!r}")
-    click.echo(describe(rt, key))
+    echo(describe(rt, key))
 
 
 @main.group()
@@ -115,10 +122,10 @@ def deadletters_list(vendor: str | None, limit: int) -> None:
 
     letters = DeadLetters(_runtime().redis).list(vendor=vendor, limit=limit)
     if not letters:
-        click.echo("No dead letters.")
+        echo("No dead letters.")
         return
     for letter in letters:
-        click.echo(
+        echo(
             f"{letter.id}  {_when(letter.at)}  {letter.kind:6} {letter.vendor:12} "
             f"attempts={letter.attempts}  {letter.reason}: {letter.message[:80]}"
         )
@@ -135,7 +142,7 @@ def deadletters_show(letter_id: str) -> None:
     letter = DeadLetters(_runtime().redis).get(letter_id)
     if letter is None:
         raise click.ClickException(f"no dead letter {letter_id}")
-    click.echo(json.dumps(asdict(letter), indent=2, default=str))
+    echo(json.dumps(asdict(letter), indent=2, default=str))
 
 
 @deadletters.command("replay")
@@ -153,7 +160,7 @@ def deadletters_replay(letter_ids: tuple[str, ...], replay_all: bool) -> None:
         raise click.ClickException("name dead letters to replay, or --all")
     for letter_id in ids:
         letter = replay_dead_letter(letter_id)
-        click.echo(f"{letter_id}: " + ("replayed" if letter else "not found (already replayed?)"))
+        echo(f"{letter_id}: " + ("replayed" if letter else "not found (already replayed?)"))
 
 
 @deadletters.command("purge")
@@ -164,7 +171,7 @@ def deadletters_purge(vendor: str | None) -> None:
     from worker.deadletters import DeadLetters
 
     count = DeadLetters(_runtime().redis).purge(vendor=vendor)
-    click.echo(f"Purged {count} dead letters.")
+    echo(f"Purged {count} dead letters.")
 
 
 @main.group()
@@ -177,7 +184,7 @@ def config_check() -> None:
     """Validate configuration and mapping, then make one harmless read per vendor."""
     from worker.configcheck import check
 
-    ok = check(click.echo)
+    ok = check(echo)
     sys.exit(0 if ok else 1)
 
 
@@ -209,7 +216,7 @@ def reconcile(vendor: str | None) -> None:
             for key in keys:
                 reconciler.reconcile(key)
                 progress.advance(comparing)
-    click.echo(reconciler.report.summary())
+    echo(reconciler.report.summary())
     sys.exit(1 if reconciler.report.errors else 0)
 
 
@@ -238,7 +245,7 @@ def backfill(source: str, dry_run: bool) -> None:
         for record in run.records:
             run.apply(run.decide(record))
             progress.advance(linking)
-    click.echo(run.report.summary())
+    echo(run.report.summary())
 
 
 def _progress() -> Any:

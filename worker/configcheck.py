@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.errors import ConfigError, OppsyncError
-from worker.settings import from_env
+from worker.settings import Settings, from_env
 
 
 def check(say: Callable[[str], None]) -> bool:
@@ -25,6 +25,9 @@ def check(say: Callable[[str], None]) -> bool:
     from worker.runtime import build_runtime
 
     ok = True
+    if sns_problem := sns_topic_problem(settings):
+        ok = False
+        say(sns_problem)
     try:
         rt = build_runtime(settings)
         rt.redis.ping()
@@ -42,3 +45,14 @@ def check(say: Callable[[str], None]) -> bool:
             ok = False
             say(f"{vendor}: FAILED: {type(exc).__name__}: {exc}")
     return ok
+
+
+def sns_topic_problem(settings: Settings) -> str | None:
+    """With iVvy enabled, its SNS notifications are refused until ``IVVY_SNS_TOPIC_ARN``
+    names the topic (``web/sns.py``): say so, or None when it is set or iVvy is off."""
+    if not settings.enabled("ivvy") or settings.vendor["ivvy"].get("IVVY_SNS_TOPIC_ARN"):
+        return None
+    return (
+        "ivvy: FAILED: IVVY_SNS_TOPIC_ARN is not set, so every SNS notification from iVvy is "
+        "refused (401): set it to the TopicArn iVvy's subscribeToNotifications answered with."
+    )

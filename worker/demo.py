@@ -29,11 +29,13 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from schemas.mapping import VENDORS, Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
 from worker.settings import load_mapping
+from worker.terminal import printable
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVERGE_SECONDS = 120
@@ -184,7 +186,8 @@ class Board:
                     row.append("[dim]–[/dim]")
                 else:
                     mark = "[green]✓" if cell.agrees else "[yellow]…"
-                    row.append(f"{mark} {cell.text}[/]")
+                    # What a vendor holds is shown as text, never as markup or escapes.
+                    row.append(f"{mark} {escape(printable(cell.text))}[/]")
             table.add_row(*row)
         return table
 
@@ -327,7 +330,9 @@ def demo(*, port: int, exit_when_converged: bool) -> int:
         try:
             converged = _run(port, flower_port, workdir, console, log, exit_when_converged)
         except RuntimeError as exc:
-            console.print(f"{log.tail()}\n\ndemo: {exc} (the whole log: {log.path})")
+            console.print(
+                escape(printable(f"{log.tail()}\n\ndemo: {exc} (the whole log: {log.path})"))
+            )
             return 1
     if not converged:
         console.print(f"The stack's output is kept in {log.path}.")
@@ -346,7 +351,7 @@ def _run(
 ) -> bool:
     from tests.stack import start_simulators
     from worker.embedded_redis import start_redis
-    from worker.localrun import run_stack
+    from worker.localrun import run_stack, source_line, write_sandbox_env
 
     redis_server = None
     redis_url = os.environ.get("REDIS_URL", "")
@@ -361,6 +366,7 @@ def _run(
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = True  # Leadway and iVvy announce our own writes too, as in life
     env = _environment(redis_url, sims, workdir, flower_port)
+    env_file = write_sandbox_env(env)
     os.environ.clear()
     os.environ.update(env)  # run_stack starts the Procfile with this process's environment
     mapping = load_mapping(env["OPPSYNC_MAPPING"])
@@ -382,6 +388,7 @@ def _run(
             f"{env['OPPSYNC_ADMIN_USER']}, password {env['OPPSYNC_ADMIN_PASSWORD']}); metrics "
             f"at {web}/metrics. The stack keeps running; Ctrl-C stops everything.\n"
         )
+        console.print(escape(source_line(env_file)) + "\n")
         if exit_when_converged:
             raise Finished
         log.follow()
@@ -391,6 +398,7 @@ def _run(
     finally:
         for sim in sims.values():
             sim.stop()
+        env_file.unlink(missing_ok=True)
         if redis_server is not None:
             redis_server.stop()
     return outcome["converged"]

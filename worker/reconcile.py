@@ -33,7 +33,7 @@ from schemas.envelope import Envelope
 from schemas.opportunity import Opportunity, fingerprint
 from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
-from worker.pipeline import GONE
+from worker.pipeline import GONE, fetch_record
 from worker.polling import deleted_payload, poll_envelope
 from worker.runtime import Runtime
 from worker.state import RECONCILE_LOCK, Record
@@ -213,7 +213,7 @@ class Reconciler:
             self.report.compared += 1
             try:
                 drift = self._compare(vendor, vendor_id, written)
-            except VendorError as exc:
+            except (VendorError, InvalidPayload) as exc:  # a fetch answered with another record
                 done.append(Repair(record.key, vendor, "error", exc.reason, vendor_id))
                 continue
             if drift is None:
@@ -230,7 +230,7 @@ class Reconciler:
             opp, holds = self._read(vendor, listed)
             if holds == written and not (opp and opp.deleted):
                 return None
-        record = adapter.fetch(vendor_id)
+        record = fetch_record(adapter, vendor_id)
         if record is None:
             return _Drift(vendor, vendor_id, None, None, "deleted")
         opp, holds = self._read(vendor, record)

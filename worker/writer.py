@@ -12,6 +12,7 @@ sent, so the vendor's echo is recognised even when it beats the answer.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -128,12 +129,15 @@ def _push_now(
     vendor_id = known_id
     if vendor_id is None and vendor in record.intents:
         since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
-        vendor_id = adapter.find_existing(record.state, key=key, since=since)
+        found = adapter.find_existing(record.state, key=key, since=since)
+        vendor_id = adapter.checked_id(found) if found is not None else None
     rt.store.before_write(key, vendor, wanted, create=vendor_id is None)
     try:
         result = adapter.upsert(
             record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
         )
+        # The id goes into this vendor's URLs from now on: only one of its id forms is kept.
+        result = replace(result, vendor_id=adapter.checked_id(result.vendor_id))
     except Permanent as exc:
         rt.store.end_write(key, vendor, lock)
         if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):

@@ -129,11 +129,13 @@ def test_sync_invalid_payload_is_a_dead_letter_and_reaches_no_vendor(live: Stack
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("case", ["valid", "tampered", "stale", "missing", "wrong_secret"])
 def test_receiver_checks_standard_webhook_signatures(live: Stack, vendor: str, case: str) -> None:
-    body = json.dumps({"id": "12345"}).encode()
+    # An id of the vendor's own form (iVvy: an integer; the others take a hex UUID).
+    vendor_id = "12345" if vendor == "ivvy" else "0f8fad5bd9cb469fa16570867728950e"
+    body = json.dumps({"id": vendor_id}).encode()
     secret = live.sims[vendor].webhook_secret
     headers = sign_standard_webhook(secret, body)
     if case == "tampered":
-        body = json.dumps({"id": "99999"}).encode()
+        body = json.dumps({"id": vendor_id.replace("5", "9")}).encode()
     elif case == "stale":
         headers["webhook-timestamp"] = str(int(headers["webhook-timestamp"]) - 600)
     elif case == "missing":

@@ -13,7 +13,9 @@ strings pass, as in the vendor page's example), inline ``contact``/``company`` u
 ``__GREATERTHAN``, ``__LESSTHAN``, ``__NOT``, ``ISNULL``) and pages (``start``, ``perPage``
 ≤ 100); the lead stage/type/source lists answer too.
 
-Notifications are SNS deliveries (``tests/simulators/sns.py``): ``emit`` sends one now; with
+Notifications are SNS deliveries (``tests/simulators/sns.py``), whose signing certificate and
+``SubscribeURL`` the simulator also serves over https (``tls_url``, a certificate from
+``tests/simulators/tls.py``), as AWS does: ``emit`` sends one now; with
 ``auto_emit`` each change is sent just after it happens, ``SourceType`` 1 with the API key as
 ``SourceInfo`` for API writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
 """
@@ -23,13 +25,16 @@ from __future__ import annotations
 import copy
 import hmac
 import json
+import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 from flask import Response, request
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from schemas.ivvy import format_timestamp, parse_timestamp
+from tests.simulators import tls
 from tests.simulators.base import Simulator
 from tests.simulators.sns import FakeSnsTopic
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
@@ -141,7 +146,8 @@ class IvvySimulator(Simulator):
         self.api_key, self.api_secret, self.venue_id = api_key, api_secret, venue_id
         self.stages, self.types, self.sources = list(stages), list(types), list(sources)
         self.users = [dict(user) for user in users]
-        self.topic = FakeSnsTopic(topic_arn, base_url=lambda: self.url, send=self.send_webhook)
+        self.topic = FakeSnsTopic(topic_arn, base_url=lambda: self.tls_url, send=self.send_webhook)
+        self._tls_server: BaseWSGIServer | None = None
         self.contacts: list[dict[str, Any]] = []
         self.companies: list[dict[str, Any]] = []
         #: Send an SNS notification after every change (as a subscribed iVvy account does).
@@ -158,6 +164,29 @@ class IvvySimulator(Simulator):
         return self.topic.confirmed
 
     # -- serving ---------------------------------------------------------------------------
+    def serve(self, *, keep_alive: bool = False, threads: int = 64) -> Self:
+        """Serve as every simulator does, and the same app over https on another port."""
+        super().serve(keep_alive=keep_alive, threads=threads)
+        self._tls_server = make_server(
+            "127.0.0.1", 0, self.app, threaded=True, ssl_context=tls.server_context()
+        )
+        threading.Thread(
+            target=self._tls_server.serve_forever, name="sim-ivvy-tls", daemon=True
+        ).start()
+        return self
+
+    def stop(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
+            self._tls_server = None
+        super().stop()
+
+    @property
+    def tls_url(self) -> str:
+        """Where the SNS certificate and ``SubscribeURL`` are served (https)."""
+        assert self._tls_server is not None, "simulator not started"
+        return f"https://127.0.0.1:{self._tls_server.server_port}"
+
     def routes(self) -> None:
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.app.add_url_rule("/api/1.0/<namespace>", "api", self._api, methods=methods)

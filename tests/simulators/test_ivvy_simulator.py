@@ -14,6 +14,7 @@ import pytest
 from flask import Flask, request
 from werkzeug.serving import make_server
 
+from tests.simulators import tls
 from tests.simulators.ivvy import IvvySimulator
 from web.sns import SnsVerifier
 from worker.vendors.ivvy import IvvyAuth, content_md5, ivvy_headers, signature, string_to_sign
@@ -388,7 +389,9 @@ def test_simulator_emit_sends_a_verifiable_sns_notification(
     # then it is an SNS Notification (sent as text/plain) that verifies, carrying the record
     assert headers["X-Amz-Sns-Message-Type"] == "Notification"
     assert headers["Content-Type"].startswith("text/plain")
-    verifier = SnsVerifier(topic_arn=sim.topic_arn, cert_hosts=("127.0.0.1",))
+    verifier = SnsVerifier(
+        topic_arn=sim.topic_arn, cert_hosts=("127.0.0.1",), ca_bundle=tls.ca_bundle()
+    )
     verifier.verify(message)
     verifier.close()
     inner = json.loads(message["Message"])
@@ -429,7 +432,7 @@ def test_simulator_subscription_confirmation_round_trip(
     message = json.loads(receiver.received[0][1])
     # when the SubscribeURL is visited / then the subscription is confirmed
     assert message["Type"] == "SubscriptionConfirmation" and not sim.confirmed
-    assert httpx.get(message["SubscribeURL"]).status_code == 200
+    assert httpx.get(message["SubscribeURL"], verify=tls.client_context()).status_code == 200
     assert sim.confirmed
     assert httpx.get(f"{sim.url}/sns/confirm?token=wrong").status_code == 400
 

@@ -37,6 +37,7 @@ from kombu.exceptions import OperationalError
 from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
 from schemas.envelope import Envelope
+from tests.simulators import tls
 from tests.simulators.ivvy import IvvySimulator
 from tests.simulators.leadway import iso, signing_keys
 from tests.stack import wait_for, whsec
@@ -95,6 +96,7 @@ def edge_env(redis_url: str, sns: IvvySimulator, **overrides: str) -> dict[str, 
         "IVVY_SOURCE_ID": "25",
         "IVVY_SNS_TOPIC_ARN": sns.topic_arn,
         "IVVY_SNS_CERT_HOSTS": "127.0.0.1",
+        "IVVY_SNS_CA_BUNDLE": tls.ca_bundle(),
         "SALESCALING_API_KEY": "salescaling-fuzz-key",
         "ICLOUDREADY_EMAIL": "ops@example.com",
         "ICLOUDREADY_PASSWORD": "icr-fuzz-password",
@@ -503,8 +505,9 @@ def test_receiver_refuses_a_tampered_native_delivery(edge: Edge, vendor: str) ->
 # -- replay protection ---------------------------------------------------------------------
 def test_receiver_remembers_a_delivery_id_for_72_hours(clean: Edge) -> None:
     # given a delivery that was queued
-    headers = standard_headers("siro", b'{"id": "42"}', msg_id="msg_remembered")
-    assert clean.post("siro", b'{"id": "42"}', headers).status_code == 202
+    body = b'{"id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}'
+    headers = standard_headers("siro", body, msg_id="msg_remembered")
+    assert clean.post("siro", body, headers).status_code == 202
     # then its id is kept at least 72 hours (longer than any vendor's retry schedule)
     ttl = clean.redis.ttl(delivery_key("siro", "msg_remembered"))
     assert 72 * 3600 - 60 <= int(ttl) <= 72 * 3600  # type: ignore[arg-type]
@@ -515,7 +518,7 @@ def test_receiver_standard_webhooks_window(clean: Edge, age: int, status: int) -
     # given a Standard Webhooks delivery signed ``age`` seconds ago (each attempt is re-signed)
     from standardwebhooks.webhooks import Webhook
 
-    body, sent = b'{"id": "42"}', int(time.time()) - age
+    body, sent = b'{"id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}', int(time.time()) - age
     msg_id = f"msg_{uuid.uuid4().hex}"
     signature = Webhook(SECRETS["salescaling"]).sign(
         msg_id, datetime.fromtimestamp(sent, UTC), body.decode()
@@ -666,7 +669,9 @@ def test_receiver_memory_stays_bounded_over_many_requests(env: dict[str, str], s
 
 # -- rate limits ---------------------------------------------------------------------------
 def signed(vendor: str) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps({"id": uuid.uuid4().hex}).encode()
+    # An id of the vendor's own form (iVvy's are integers), a new one each time.
+    vendor_id = uuid.uuid4().int % 10**9 if vendor == "ivvy" else uuid.uuid4().hex
+    body = json.dumps({"id": vendor_id}).encode()
     return body, standard_headers(vendor, body)
 
 

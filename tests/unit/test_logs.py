@@ -149,9 +149,7 @@ def test_web_request_starts_without_a_previous_correlation_id(
     redis_server: EmbeddedRedis,
 ) -> None:
     # given a server thread that logged one event's correlation id
-    app = create_app(
-        from_env({"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/8", "OPPSYNC_VENDORS": ""})
-    )
+    app = create_app(from_env({"REDIS_URL": redis_server.url_for(8), "OPPSYNC_VENDORS": ""}))
     structlog.contextvars.bind_contextvars(correlation_id="from-the-previous-request")
     try:
         # when the same thread serves the next request
@@ -182,7 +180,7 @@ def limited_app(redis_server: EmbeddedRedis) -> Flask:
     app = create_app(
         from_env(
             {
-                "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/8",
+                "REDIS_URL": redis_server.url_for(8),
                 "OPPSYNC_VENDORS": "",
                 "OPPSYNC_INGRESS_RATE_LIMIT": "1/minute",
             }

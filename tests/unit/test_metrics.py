@@ -48,7 +48,7 @@ def _settings(url: str, admin: bool, **extra: str) -> Settings:
 
 @pytest.fixture
 def url(redis_server: EmbeddedRedis) -> Iterator[str]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
+    url = redis_server.url_for(DB)
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -19,6 +19,7 @@ from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
 from tests.strategies import envelope
 from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
+from worker.errors import InvalidPayload
 from worker.runtime import Runtime
 from worker.settings import from_env
 from worker.state import Store
@@ -47,6 +48,9 @@ class MemoryAdapter:
 
     def record_id(self, record: dict[str, Any]) -> str:
         return str(record["id"])
+
+    def checked_id(self, raw: object) -> str:
+        return str(raw)
 
     def key_of(self, record: dict[str, Any]) -> str | None:
         return None
@@ -225,3 +229,16 @@ def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> N
         {"id": "L1", "name": "Zombie", "status": "open", "updated_at": T0 + timedelta(days=1)},
     )
     assert late.outcome == "late"
+
+
+def test_ingest_refuses_a_fetch_answered_with_another_record(rt: Runtime) -> None:
+    # given Leadway answering a fetch of "L1" with a record whose id is another's (a path
+    # that named the collection, say)
+    leadway = rt.adapters["leadway"]
+    leadway.records["L1"] = {"id": "L2", "name": "Other", "status": "open"}  # type: ignore[attr-defined]
+    # when a thin event names "L1" / then it is invalid, and nothing is linked or written
+    with pytest.raises(InvalidPayload) as refused:
+        pipeline.ingest(rt, envelope("leadway", {"id": "L1"}), patient=False)
+    assert refused.value.reason == "bad_answer"
+    assert rt.store.key_for("leadway", "L1") is None
+    assert rt.store.key_for("leadway", "L2") is None

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
+from tests.simulators import tls
 from tests.simulators.ivvy import IvvySimulator
-from web.sns import SnsVerifier, string_to_sign
+from web.sns import CERT_CACHE_SIZE, SnsVerifier, string_to_sign
 from worker.errors import Rejected
 
 LOOPBACK = ("127.0.0.1",)
+OTHER_TOPIC = "arn:aws:sns:us-east-1:111122223333:not-ours"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,9 @@ def sim() -> Iterator[IvvySimulator]:
 
 @pytest.fixture
 def verifier(sim: IvvySimulator) -> Iterator[SnsVerifier]:
-    checker = SnsVerifier(topic_arn=sim.topic_arn, cert_hosts=LOOPBACK, timeout=2.0)
+    checker = SnsVerifier(
+        topic_arn=sim.topic_arn, cert_hosts=LOOPBACK, timeout=2.0, ca_bundle=tls.ca_bundle()
+    )
     yield checker
     checker.close()
 
@@ -101,15 +105,69 @@ def test_verify_refuses_a_tampered_message(sim: IvvySimulator, verifier: SnsVeri
 
 def test_verify_refuses_an_unexpected_topic(sim: IvvySimulator) -> None:
     # given a verifier pinned to another topic / then 401, before any fetch
-    other = SnsVerifier(topic_arn="arn:aws:sns:us-east-1:1:other", cert_hosts=LOOPBACK)
+    other = SnsVerifier(topic_arn=OTHER_TOPIC, cert_hosts=LOOPBACK, ca_bundle=tls.ca_bundle())
+    before = cert_fetches(sim)
     assert refused(other, notification(sim)).status == 401
+    assert cert_fetches(sim) == before
     other.close()
 
 
-def test_verify_accepts_any_topic_when_none_is_pinned(sim: IvvySimulator) -> None:
-    loose = SnsVerifier(topic_arn=None, cert_hosts=LOOPBACK)
-    loose.verify(notification(sim))
-    loose.close()
+@pytest.mark.parametrize("kind", ["notification", "confirmation"])
+def test_verify_refuses_every_message_when_no_topic_is_set(sim: IvvySimulator, kind: str) -> None:
+    # given no IVVY_SNS_TOPIC_ARN: anyone with an AWS account could create a topic and sign
+    unset = SnsVerifier(topic_arn=None, cert_hosts=LOOPBACK, ca_bundle=tls.ca_bundle())
+    message = notification(sim) if kind == "notification" else sim.subscription_confirmation()
+    before = cert_fetches(sim)
+    # when a correctly signed message arrives
+    with pytest.raises(Rejected) as caught:
+        if kind == "notification":
+            unset.verify(message)
+        else:
+            unset.confirm_subscription(message)
+    # then 401 with a sentence naming the variable, nothing fetched, nothing confirmed
+    assert caught.value.status == 401
+    assert "IVVY_SNS_TOPIC_ARN is not set" in str(caught.value)
+    assert cert_fetches(sim) == before
+    assert not sim.confirmed
+    unset.close()
+
+
+@pytest.mark.parametrize("topic", [None, OTHER_TOPIC])
+def test_verify_fetches_nothing_for_messages_from_a_topic_not_ours(
+    sim: IvvySimulator, topic: str | None
+) -> None:
+    # given a verifier with no topic, or another one, and signed messages each naming a new
+    # SigningCertURL on the allowed host
+    checker = SnsVerifier(topic_arn=topic, cert_hosts=LOOPBACK, ca_bundle=tls.ca_bundle())
+    before = cert_fetches(sim)
+    for n in range(50):
+        message = notification(sim)
+        message["SigningCertURL"] = f"{sim.tls_url}/sns/cert.pem?n={n}"
+        # when verified / then refused
+        assert refused(checker, message).status == 401
+    # and not one certificate was fetched
+    assert cert_fetches(sim) == before
+    checker.close()
+
+
+def test_verify_keeps_a_bounded_number_of_certificates(
+    sim: IvvySimulator, verifier: SnsVerifier
+) -> None:
+    # given messages of our topic naming more distinct certificate URLs than are kept
+    def from_url(n: int) -> dict[str, Any]:
+        message = notification(sim)
+        message["SigningCertURL"] = f"{sim.tls_url}/sns/cert.pem?n={n}"
+        return message  # SigningCertURL is not part of what is signed
+
+    for n in range(CERT_CACHE_SIZE + 5):
+        verifier.verify(from_url(n))
+    fetched = cert_fetches(sim)
+    # when the first URL comes again / then it was dropped (fetched again): the cache is
+    # bounded, while the newest URL is still kept
+    verifier.verify(from_url(CERT_CACHE_SIZE + 4))
+    assert cert_fetches(sim) == fetched
+    verifier.verify(from_url(0))
+    assert cert_fetches(sim) == fetched + 1
 
 
 def test_verify_refuses_a_certificate_host_the_patterns_do_not_allow(sim: IvvySimulator) -> None:
@@ -140,10 +198,11 @@ def test_allowed_url_is_https_to_a_matching_host(url: str, allowed: bool) -> Non
     checker.close()
 
 
-def test_allowed_url_takes_http_only_for_an_allowed_loopback_host() -> None:
+def test_allowed_url_never_takes_plain_http_even_on_loopback() -> None:
     checker = SnsVerifier(topic_arn=None, cert_hosts=("127.0.0.1", "example.com"))
-    assert checker.allowed_url("http://127.0.0.1:5000/cert.pem")
+    assert not checker.allowed_url("http://127.0.0.1:5000/cert.pem")
     assert not checker.allowed_url("http://example.com/cert.pem")
+    assert checker.allowed_url("https://127.0.0.1:5000/cert.pem")
     checker.close()
 
 
@@ -165,7 +224,7 @@ def test_verify_answers_malformed_and_unsigned_input(
 
 
 def test_verify_refuses_a_non_object() -> None:
-    checker = SnsVerifier(topic_arn=None, cert_hosts=LOOPBACK)
+    checker = SnsVerifier(topic_arn=OTHER_TOPIC, cert_hosts=LOOPBACK)
     with pytest.raises(Rejected) as caught:
         checker.verify([1, 2])  # type: ignore[arg-type]
     assert caught.value.status == 400
@@ -186,7 +245,7 @@ def test_verify_refuses_a_certificate_url_that_is_not_a_certificate(
 ) -> None:
     # given a SigningCertURL on the allowed host that answers 404 or something else
     for path in ("/sns/missing.pem", "/sns/unsubscribe"):
-        message = {**notification(sim), "SigningCertURL": f"{sim.url}{path}"}
+        message = {**notification(sim), "SigningCertURL": f"{sim.tls_url}{path}"}
         # then 401
         assert refused(verifier, message).status == 401
 
@@ -196,8 +255,8 @@ def test_verify_answers_503_when_the_certificate_cannot_be_fetched(sim: IvvySimu
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    checker = SnsVerifier(topic_arn=None, cert_hosts=LOOPBACK, timeout=1.0)
-    message = {**notification(sim), "SigningCertURL": f"http://127.0.0.1:{port}/cert.pem"}
+    checker = SnsVerifier(topic_arn=sim.topic_arn, cert_hosts=LOOPBACK, timeout=1.0)
+    message = {**notification(sim), "SigningCertURL": f"https://127.0.0.1:{port}/cert.pem"}
     # then 503: our fetch failed, SNS should deliver again
     assert refused(checker, message).status == 503
     checker.close()

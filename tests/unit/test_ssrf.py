@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.simulators import tls
 from tests.simulators.base import Simulator
 from tests.simulators.ivvy import IvvySimulator
 from tests.stack import VENDORS, stack_env, start_simulators
@@ -56,7 +57,9 @@ def sns() -> Iterator[IvvySimulator]:
 
 @pytest.fixture
 def verifier(sns: IvvySimulator) -> Iterator[SnsVerifier]:
-    checker = SnsVerifier(topic_arn=sns.topic_arn, cert_hosts=("127.0.0.1",), timeout=2.0)
+    checker = SnsVerifier(
+        topic_arn=sns.topic_arn, cert_hosts=("127.0.0.1",), timeout=2.0, ca_bundle=tls.ca_bundle()
+    )
     yield checker
     checker.close()
 
@@ -136,9 +139,9 @@ def test_sns_verifier_wildcard_is_one_dns_label_and_the_port_is_valid(url: str) 
     checker.close()
 
 
-def test_sns_plain_http_only_to_an_allowed_loopback_host() -> None:
+def test_sns_never_plain_http_even_to_an_allowed_loopback_host() -> None:
     checker = SnsVerifier(topic_arn=None, cert_hosts=("127.0.0.1", "10.0.0.5", "sns.*.example"))
-    assert checker.allowed_url("http://127.0.0.1:8080/cert.pem")
+    assert not checker.allowed_url("http://127.0.0.1:8080/cert.pem")
     assert not checker.allowed_url("http://10.0.0.5/cert.pem")
     assert not checker.allowed_url("http://sns.a.example/cert.pem")
     assert checker.allowed_url("https://10.0.0.5/cert.pem")

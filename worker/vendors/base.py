@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from marshmallow import ValidationError
 
+from schemas import vendorids
 from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
@@ -37,7 +38,14 @@ class VendorAdapter(Protocol):
     time_resolution: float
 
     # -- pure translation (delegates to schemas/<vendor>.py) --------------------------------
-    def record_id(self, record: dict[str, Any]) -> str: ...
+    def record_id(self, record: dict[str, Any]) -> str:
+        """The record's id, checked with ``checked_id``; raises ``InvalidPayload``."""
+        ...
+
+    def checked_id(self, raw: object) -> str:
+        """``raw`` when it is one of the vendor's id forms (``schemas/vendorids.py``), as the
+        string we store and send; raises ``InvalidPayload`` otherwise."""
+        ...
 
     def parse_native(self, payload: dict[str, Any]) -> InboundEvent | None:
         """The vendor's own webhook payload; ``None`` when the event is not about an
@@ -108,7 +116,13 @@ class SchemaTranslation:
 
     def record_id(self, record: dict[str, Any]) -> str:
         try:
-            return str(self.schema.record_id(record))
+            return self.checked_id(self.schema.record_id(record))
+        except ValidationError as exc:
+            raise invalid_payload(self.name, "record id", exc) from None
+
+    def checked_id(self, raw: object) -> str:
+        try:
+            return vendorids.check(self.name, raw)
         except ValidationError as exc:
             raise invalid_payload(self.name, "record id", exc) from None
 

@@ -24,10 +24,14 @@ from typing import Any
 
 import httpx
 
-from worker.errors import OutcomeUnknown, Permanent, RateLimited, Transient
+from worker.errors import InvalidPayload, OutcomeUnknown, Permanent, RateLimited, Transient
 
 #: Longest vendor answer kept on an error (and so in a dead letter).
 ANSWER_LIMIT = 2000
+#: One URL path segment an id may fill: unreserved characters only (RFC 3986 §2.3, so
+#: nothing to percent-encode), starting with a letter or digit, so never ``.`` or ``..``
+#: (which httpx, like browsers, resolves to the collection or the path above it).
+SAFE_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -93,6 +97,18 @@ class VendorHTTP:
 
     def close(self) -> None:
         self.client.close()
+
+    def record_path(self, collection: str, vendor_id: str) -> str:
+        """``{collection}/{vendor_id}``, the one way an adapter puts an id in a URL: an id that
+        is not exactly one safe path segment is refused before any request is made."""
+        if not isinstance(vendor_id, str) or not SAFE_SEGMENT.fullmatch(vendor_id):
+            shown = str(vendor_id)[:40].encode("unicode_escape").decode("ascii")
+            raise InvalidPayload(
+                f"{self.vendor}: {shown!r} is not an id that fits one URL path segment",
+                fields={"id": ["not one safe path segment"]},
+                reason="bad_id",
+            )
+        return f"{collection}/{vendor_id}"
 
     def request(
         self,

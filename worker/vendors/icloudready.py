@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from marshmallow import ValidationError
@@ -174,7 +173,7 @@ class IcloudreadyAdapter(SchemaTranslation):
     # -- I/O -----------------------------------------------------------------------------
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
         answer = self.http.request(
-            "GET", f"{OPPORTUNITIES}/{quote(vendor_id, safe='')}", allow_404=True
+            "GET", self.http.record_path(OPPORTUNITIES, vendor_id), allow_404=True
         )
         if answer is None:
             return None
@@ -191,7 +190,7 @@ class IcloudreadyAdapter(SchemaTranslation):
         if vendor_id is not None:
             body = icr.to_body(opp, self.mapping, create=False)
             self.http.request(
-                "PATCH", f"{OPPORTUNITIES}/{quote(vendor_id, safe='')}", json_body=body
+                "PATCH", self.http.record_path(OPPORTUNITIES, vendor_id), json_body=body
             )
             return UpsertResult(vendor_id=vendor_id, created=False)
         body = icr.to_body(opp, self.mapping, create=True, customer=self.customer)
@@ -241,7 +240,7 @@ class IcloudreadyAdapter(SchemaTranslation):
     def delete(self, vendor_id: str) -> None:
         # The documented delete path is /opportunities/deleted/:id (sic). Gone already is fine.
         self.http.request(
-            "DELETE", f"{OPPORTUNITIES}/deleted/{quote(vendor_id, safe='')}", allow_404=True
+            "DELETE", self.http.record_path(f"{OPPORTUNITIES}/deleted", vendor_id), allow_404=True
         )
 
     def list_records(self) -> Iterator[dict[str, Any]]:

@@ -15,7 +15,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from schemas import leadway as schema
 from schemas.mapping import Mapping
@@ -70,7 +69,7 @@ class LeadwayAdapter(SchemaTranslation):
     # -- I/O -----------------------------------------------------------------------------
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
         answer = self.http.request(
-            "GET", f"/opportunities/{quote(vendor_id, safe='')}", allow_404=True
+            "GET", self.http.record_path("/opportunities", vendor_id), allow_404=True
         )
         if answer is None:
             return None
@@ -121,7 +120,9 @@ class LeadwayAdapter(SchemaTranslation):
         return min(matches)[1] if matches else None
 
     def delete(self, vendor_id: str) -> None:
-        self.http.request("DELETE", f"/opportunities/{quote(vendor_id, safe='')}", allow_404=True)
+        self.http.request(
+            "DELETE", self.http.record_path("/opportunities", vendor_id), allow_404=True
+        )
 
     def list_records(self) -> Iterator[dict[str, Any]]:
         """Every opportunity of ``LEADWAY_PIPELINE_ID`` (the one pipeline we sync)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from schemas import salescaling as schema
 from schemas.mapping import Mapping
@@ -79,7 +78,7 @@ class SalescalingAdapter(SchemaTranslation):
     # -- pure translation ----------------------------------------------------------------
     # -- I/O -----------------------------------------------------------------------------
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
-        answer = self.http.request("GET", self._path(vendor_id), allow_404=True)
+        answer = self.http.request("GET", self.http.record_path(PATH, vendor_id), allow_404=True)
         if answer is None:
             return None
         data = self._data(answer, "GET")
@@ -99,7 +98,7 @@ class SalescalingAdapter(SchemaTranslation):
         if vendor_id is None:
             answer = self.http.request("POST", PATH, json_body=body)
             return UpsertResult(vendor_id=self._created_id(answer), created=True)
-        answer = self.http.request("PUT", self._path(vendor_id), json_body=body)
+        answer = self.http.request("PUT", self.http.record_path(PATH, vendor_id), json_body=body)
         self._data(answer, "PUT")
         return UpsertResult(vendor_id=vendor_id, created=False)
 
@@ -120,7 +119,7 @@ class SalescalingAdapter(SchemaTranslation):
 
     def delete(self, vendor_id: str) -> None:
         """Delete the record; one that is already gone (404) counts as deleted."""
-        answer = self.http.request("DELETE", self._path(vendor_id), allow_404=True)
+        answer = self.http.request("DELETE", self.http.record_path(PATH, vendor_id), allow_404=True)
         if answer is not None:
             self._data(answer, "DELETE")
 
@@ -137,10 +136,6 @@ class SalescalingAdapter(SchemaTranslation):
         )
 
     # -- internals -----------------------------------------------------------------------
-    @staticmethod
-    def _path(vendor_id: str) -> str:
-        return f"{PATH}/{quote(str(vendor_id), safe='')}"
-
     def _pages(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Every record matching ``params``, page by page (1-based) until a short page.
         ``count`` is not trusted as a stop signal: the docs do not say whether it is the

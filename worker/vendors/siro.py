@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from marshmallow import ValidationError
 
@@ -72,7 +71,7 @@ class SiroAdapter(SchemaTranslation):
 
     def fetch(self, vendor_id: str) -> dict[str, Any] | None:
         answer = self.http.request(
-            "GET", f"{OPPORTUNITIES_PATH}/{quote(vendor_id, safe='')}", allow_404=True
+            "GET", self.http.record_path(OPPORTUNITIES_PATH, vendor_id), allow_404=True
         )
         if answer is None:
             return None
@@ -123,7 +122,7 @@ class SiroAdapter(SchemaTranslation):
 
     def delete(self, vendor_id: str) -> None:
         self.http.request(
-            "DELETE", f"{OPPORTUNITIES_PATH}/{quote(vendor_id, safe='')}", allow_404=True
+            "DELETE", self.http.record_path(OPPORTUNITIES_PATH, vendor_id), allow_404=True
         )
 
     def list_records(self) -> Iterator[dict[str, Any]]:
