@@ -648,9 +648,7 @@ UNCARRIABLE = {
 
 
 @pytest.mark.parametrize("kind", sorted(UNCARRIABLE))
-def test_receiver_refuses_at_the_edge_what_the_worker_cannot_carry(
-    clean: Edge, kind: str
-) -> None:
+def test_receiver_refuses_at_the_edge_what_the_worker_cannot_carry(clean: Edge, kind: str) -> None:
     # given a correctly signed body the worker would dead-letter or misread
     body, reason = UNCARRIABLE[kind]
     # when it is delivered
