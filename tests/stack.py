@@ -94,6 +94,8 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
             "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS": "30",
             "OPPSYNC_RECONCILE_SECONDS": "0",
             "OPPSYNC_INGRESS_RATE_LIMIT": "10000/second",
+            # Tests sign in wrongly on purpose, many times a minute from one address.
+            "OPPSYNC_ADMIN_AUTH_RATE_LIMIT": "1000/minute",
             "OPPSYNC_ADMIN_USER": ADMIN_USER,
             "OPPSYNC_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "SIRO_BASE_URL": sims["siro"].url,

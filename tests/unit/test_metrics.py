@@ -183,6 +183,28 @@ def test_status_renders_behind_basic_auth(url: str, client: redis.Redis) -> None
     assert 'id="vendor-siro"' in answer.text and 'id="queue-push.salescaling"' in answer.text
 
 
+def test_admin_sign_in_failures_are_limited_per_client(url: str) -> None:
+    # given at most 3 failed sign-ins a minute per client
+    app = create_app(_settings(url, admin=True, OPPSYNC_ADMIN_AUTH_RATE_LIMIT="3/minute"))
+    web = app.test_client()
+    guess = _basic(ADMIN[0], "guess")
+    # and an operator who signed in many times (that never counts)
+    signed_in = [web.get("/metrics", headers=_basic(*ADMIN)).status_code for _ in range(5)]
+    assert signed_in == [200] * 5
+    # when one client guesses, on both admin pages
+    answers = [web.get(page, headers=guess).status_code for page in ("/status", "/metrics")]
+    answers.append(web.get("/status").status_code)
+    # then its next request is refused with Retry-After, the right password too
+    assert answers == [401, 401, 401]
+    refused = web.get("/metrics", headers=_basic(*ADMIN))
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert web.get("/status", headers=_basic(*ADMIN)).status_code == 429
+    # and another client still signs in
+    other = {"REMOTE_ADDR": "10.0.0.2"}
+    assert web.get("/status", headers=_basic(*ADMIN), environ_base=other).status_code == 200
+
+
 def test_readyz_says_no_worker_was_seen_until_one_beats(url: str) -> None:
     # given Redis up and no worker
     app = _app(url, admin=False)
