@@ -15,6 +15,7 @@ import hmac
 import io
 import json
 import os
+import threading
 import time
 import tracemalloc
 import uuid
@@ -880,6 +881,33 @@ def test_receiver_publishes_again_after_a_publish_failed(
             assert redis.Redis.from_url(own.url).llen("ingest") == 2
     finally:
         publisher.close()
+        own.stop()
+
+
+def test_receiver_publisher_opens_no_connection_per_client_connection(
+    env: dict[str, str], sns: Any, tmp_path: Any
+) -> None:
+    # given a publisher on a Redis of its own, and the gevent worker's way of serving: every
+    # client connection handled by a greenlet of its own that ends with the connection
+    # (threads stand in for greenlets: under gevent threading.local is per greenlet)
+    own = start_redis(directory=tmp_path)
+    publisher = Publisher()
+    watcher = redis.Redis.from_url(own.url)
+    try:
+        with celery_publishing_to({**env, "REDIS_URL": own.url}):
+            before = len(watcher.client_list())
+            # when 40 client connections each deliver one event
+            for n in range(40):
+                event = envelope("siro", {"id": f"c{n}"})
+                connection = threading.Thread(target=publisher.publish, args=(event,))
+                connection.start()
+                connection.join(timeout=10)
+            # then every event was queued over one broker connection, not one per client
+            assert watcher.llen("ingest") == 40
+            assert len(watcher.client_list()) - before <= 2
+    finally:
+        publisher.close()
+        watcher.close()
         own.stop()
 
 
