@@ -6,8 +6,9 @@ default logger writes plain text with the whole request line (query strings carr
 (where an operator who types the admin password in the wrong box leaves it). This one sends
 gunicorn's error lines through the handler ``worker.logs.configure`` installs (JSON, configured
 secrets replaced by ``[secret]``) and writes one access line per answer with the method, the
-path without its query string, the status, the bytes sent, the duration and the client
-address: nothing a sender chose to put in a header.
+path without its query string, the status, the bytes sent, the duration, the client
+address and the event's correlation id when one was queued: nothing a sender chose to put
+in a header.
 """
 
 from __future__ import annotations
@@ -82,3 +83,6 @@ class JsonLogger(Logger):
             ms=round(seconds * 1000, 1),
             client=environ.get("REMOTE_ADDR", "-"),
         )
+        # The line carries the request's correlation id, if it got one; the next request on
+        # this connection (same greenlet) must not.
+        structlog.contextvars.clear_contextvars()
