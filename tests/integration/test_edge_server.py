@@ -27,7 +27,7 @@ from worker.embedded_redis import start_redis
 pytestmark = pytest.mark.integration
 
 #: Slow clients held open at once: headers trickled, bodies trickled, and idle connections.
-HEADER_TRICKLERS, BODY_TRICKLERS, IDLE = 120, 40, 40
+HEADER_TRICKLERS, BODY_TRICKLERS, IDLE = 200, 40, 40
 #: Seconds between two pieces a trickling client sends (under the server's per-read bounds).
 TRICKLE_EVERY = 0.5
 
@@ -121,11 +121,11 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def test_edge_answers_signed_deliveries_while_200_slow_clients_hang_on(
+def test_edge_answers_signed_deliveries_while_280_slow_clients_hang_on(
     procfile_web: Stack,
 ) -> None:
     stack = procfile_web
-    # given 200 connections open at once: 120 trickling header lines, 40 trickling a body
+    # given 280 connections open at once: 200 trickling header lines, 40 trickling a body
     # a byte at a time, 40 sending nothing
     with Tricklers(stack) as slow, httpx.Client(timeout=httpx.Timeout(1.0)) as client:
         time.sleep(2 * TRICKLE_EVERY)  # every trickler has started its request
