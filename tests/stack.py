@@ -95,6 +95,8 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
             "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS": "30",
             "OPPSYNC_RECONCILE_SECONDS": "0",
             "OPPSYNC_INGRESS_RATE_LIMIT": "10000/second",
+            # Tests sign in wrongly on purpose, many times a minute from one address.
+            "OPPSYNC_ADMIN_AUTH_RATE_LIMIT": "1000/minute",
             "OPPSYNC_ADMIN_USER": ADMIN_USER,
             "OPPSYNC_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "SIRO_BASE_URL": sims["siro"].url,
@@ -147,11 +149,10 @@ class Stack:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start_web(self, workers: int = 2) -> None:
+        """The Procfile's ``web`` line with ``workers`` processes, on loopback."""
         self.web_port = self.web_port or free_port()
-        self.web = self._spawn("web", [
-            str(BIN / "gunicorn"), "web.app:create_app()", "--bind",
-            f"127.0.0.1:{self.web_port}", "--workers", str(workers), "--threads", "4",
-            "--log-level", "warning"], self.env)  # fmt: skip
+        env = {**self.env, "PORT": str(self.web_port), "WEB_CONCURRENCY": str(workers)}
+        self.web = self._spawn("web", _on_loopback(procfile_args("web", env)), self.env)
         wait_for(lambda: _answers(f"{self.web_url}/healthz"), 30, "web did not start")
         for name, sim in self.sims.items():
             sim.webhook_url = f"{self.web_url}/webhooks/{name}"
@@ -173,7 +174,7 @@ class Stack:
         """The Procfile's ``web`` line on ``web_port``; ``app`` swaps the WSGI app (the
         benchmark's bare ceiling) while every gunicorn setting stays the Procfile's."""
         self.web_port = self.web_port or free_port()
-        args = procfile_args("web", {**self.env, "PORT": str(self.web_port)})
+        args = _on_loopback(procfile_args("web", {**self.env, "PORT": str(self.web_port)}))
         if app is not None:
             args = [app if a == "web.app:create_app()" else a for a in args]
         self.web = self._spawn("web", args, self.env)
@@ -247,6 +248,11 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def _on_loopback(args: list[str]) -> list[str]:
+    """A server command line bound to loopback instead of every interface."""
+    return [a.replace("0.0.0.0:", "127.0.0.1:", 1) for a in args]
 
 
 def _answers(url: str) -> bool:

@@ -10,6 +10,12 @@ When Redis cannot be reached the limiter fails open (``swallow_errors``): the re
 on, and the receiver answers 503 (429 for HighLevel) itself because it cannot queue either.
 Behind a PaaS router the client address is the router's, so ``OPPSYNC_TRUSTED_PROXIES``
 says how many ``X-Forwarded-For`` hops to believe (Heroku: 1).
+
+Basic auth on ``/status`` and ``/metrics`` is limited the same way: only failed attempts
+(answers 401) count, per client address, up to ``OPPSYNC_ADMIN_AUTH_RATE_LIMIT`` (default
+``10/minute``); past it every request from that client, the right password included, is
+answered 429 with ``Retry-After`` until the window ends, so guessing the password costs a
+minute per ten guesses. Signed-in requests never count.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from schemas.mapping import VENDORS
-from web import receiver
+from web import metrics, receiver, status
 from worker.settings import Settings
 
 #: Prefix of the limiter's own Redis keys (``LIMITS:LIMITER/oppsync-ingress/…``).
@@ -51,8 +57,19 @@ def vendor_only() -> str:
     return f"vendor:{_vendor()}"
 
 
+def client_signing_in() -> str:
+    """The admin-auth key: the client's address, whatever page it tries."""
+    return f"admin:{request.remote_addr or '-'}"
+
+
+def refused_credentials(response: Response) -> bool:
+    """Only an answer asking for credentials again counts against the admin-auth limit."""
+    return response.status_code == 401
+
+
 def install(app: Flask, settings: Settings) -> Limiter:
-    """Limit ``POST /webhooks/<vendor>`` on ``app``; health and the OpenAPI page stay free."""
+    """Limit ``POST /webhooks/<vendor>`` and failed sign-ins to ``/status`` and ``/metrics``
+    on ``app``; health and the OpenAPI page stay free."""
     if settings.trusted_proxies > 0:
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
@@ -67,6 +84,14 @@ def install(app: Flask, settings: Settings) -> Limiter:
     )
     limiter.limit(settings.ingress_rate_limit, key_func=client_and_vendor)(receiver.bp)
     limiter.limit(settings.ingress_vendor_rate_limit, key_func=vendor_only)(receiver.bp)
+    sign_ins = limiter.shared_limit(  # one count per client across both pages
+        settings.admin_auth_rate_limit,
+        scope="admin-auth",
+        key_func=client_signing_in,
+        deduct_when=refused_credentials,
+    )
+    sign_ins(status.bp)
+    sign_ins(metrics.bp)
     limiter.init_app(app)
     app.extensions["oppsync.limiter"] = limiter
     app.register_error_handler(RateLimitExceeded, too_many_requests)
@@ -87,11 +112,12 @@ def retry_after_seconds(limiter: Limiter) -> int:
 
 
 def too_many_requests(exc: RateLimitExceeded) -> Response:
-    """429 in the receiver's JSON shape, with ``Retry-After``, counted like other outcomes."""
+    """429 in the receiver's JSON shape, with ``Retry-After``; on webhook routes counted like
+    their other outcomes."""
     limiter: Limiter = current_app.extensions["oppsync.limiter"]
-    vendor = _vendor()
-    runtime = current_app.extensions["oppsync.runtime"]
-    receiver.metrics_safe(runtime.redis, vendor, "rate_limited")
+    if request.blueprint == receiver.bp.name:
+        runtime = current_app.extensions["oppsync.runtime"]
+        receiver.metrics_safe(runtime.redis, _vendor(), "rate_limited")
     return receiver.problem(
         429,
         f"Too many requests to {request.path} ({exc.limit.limit}); retry later.",

@@ -2,10 +2,11 @@
 
 The receiver does no vendor I/O (SNS subscription confirmation aside, which AWS requires).
 Answers: 202 queued; 200 a delivery already seen (same ``webhook-id``/``webhookId``/SNS
-``MessageId``); 400 not JSON or missing what the scheme needs; 401 missing, wrong or stale
-signature; 404 unknown or disabled vendor; 413 too large; 429 (HighLevel, which retries only
-on 429) or 503 with ``Retry-After`` (the others) when the event cannot be queued. A 2xx is
-never given for an event that was not queued.
+``MessageId``); 400 not UTF-8 JSON, a number or string the worker could not carry, a
+malformed chunked body, or missing what the scheme needs; 401 missing, wrong or stale
+signature; 404 unknown or disabled vendor; 408 body not sent in time; 413 too large; 429
+(HighLevel, which retries only on 429) or 503 with ``Retry-After`` (the others) when the
+event cannot be queued. A 2xx is never given for an event that was not queued.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import re
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
+import gevent
+import gevent.monkey
 import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
+from gunicorn.http.errors import ParseException
 from kombu import Producer
 from kombu.exceptions import OperationalError
 from marshmallow import ValidationError
@@ -61,6 +66,8 @@ HIGHLEVEL_REDELIVERY_SECONDS = 70 * 60
 SNS_REDELIVERY_SECONDS = 3600
 #: Standard Webhooks timestamps are whole seconds since the epoch.
 INTEGER_SECONDS = re.compile(r"\s*[0-9]{1,12}\s*")
+#: Longest a sender may take over its whole body (webhooks are a few KB, sent at once).
+BODY_SECONDS = 10.0
 #: Deepest JSON nesting queued. Vendor records are a few levels deep; deeper input would
 #: only cost the worker (and Python's recursion limit) more.
 MAX_JSON_DEPTH = 32
@@ -160,19 +167,47 @@ def _verify_sns(body: bytes) -> Verified | Response:
     return Verified("sns", str(message.get("MessageId", "")), inner_payload)
 
 
-def read_body(max_bytes: int) -> bytes | None:
-    """The body, or ``None`` when it is longer than ``max_bytes``; never reads more than one
-    byte past the limit, also without Content-Length (chunked).
+class SlowBody(Exception):
+    """The body did not arrive in time. Not an ``OSError``: werkzeug would take that for a
+    client that went away and answer a bare 400."""
+
+
+def read_body(max_bytes: int, seconds: float = BODY_SECONDS) -> bytes:
+    """The body, read within ``seconds`` and never more than one byte past ``max_bytes``,
+    also without Content-Length (chunked); ``Rejected`` (413, 408, 400) otherwise.
 
     Werkzeug's own limit (``MAX_CONTENT_LENGTH``) silently truncates a chunked body at the
     limit, so read one byte more than allowed and look.
     """
     stream = get_input_stream(request.environ, max_content_length=max_bytes + 1)
     try:
-        body = stream.read()
+        with _deadline(seconds):
+            body = stream.read()
     except RequestEntityTooLarge:
-        return None
-    return None if len(body) > max_bytes else body
+        body = None
+    except SlowBody:
+        raise Rejected(
+            f"The body did not arrive within {seconds:g} s.", status=408, reason="body_timeout"
+        ) from None
+    except ParseException:
+        # gunicorn's chunked decoder: a bad chunk size, a missing CRLF, a bad trailer.
+        raise Rejected("The chunked body is malformed.", status=400, reason="bad_chunked") from None
+    if body is None or len(body) > max_bytes:
+        raise Rejected(
+            f"The body is larger than {max_bytes} bytes.", status=413, reason="too_large"
+        )
+    return body
+
+
+def _deadline(seconds: float) -> AbstractContextManager[object]:
+    """Under the Procfile's gevent worker, a timer that interrupts this request's greenlet
+    wherever reading blocks: a sender trickling or stalling its body is answered 408, and
+    gunicorn closes a connection whose body read failed instead of holding it for good (a
+    timeout per socket read would not do: gunicorn reads until it has what it asked for).
+    Other callers (tests' WSGI clients, which hand over a body already read) get none."""
+    if gevent.monkey.is_module_patched("socket"):
+        return gevent.Timeout(seconds, SlowBody())
+    return nullcontext()
 
 
 def nested_deeper_than(value: Any, limit: int) -> bool:
@@ -208,47 +243,55 @@ def check_thin_id(vendor: str, payload: dict[str, Any]) -> None:
 
 
 class Publisher:
-    """Publishes ``oppsync.ingest_change`` for one web process, one kombu producer per thread.
+    """Publishes ``oppsync.ingest_change`` for one web process over a pool of kombu producers.
 
     ``apply_async`` without a producer borrows one from Celery's pool and returns it on every
     call, and declares the queue on every call: measured, a tenth of the receiver's CPU per
-    delivery. Each server thread keeps its own producer on its own broker connection instead
-    (kombu producers are not thread-safe; a connection of our own cannot exhaust Celery's
-    pool, whatever ``--threads`` is). The message is the one ``apply_async`` always sends,
-    with kombu's retry policy (``task_publish_retry_policy``): during a Redis outage
-    ``publish`` raises after it. A producer whose publish failed is dropped and the next
-    call builds a new one: kombu closes the channel of a connection that gave up, and a
-    producer kept on it failed every later publish with ``AttributeError`` (a 500 per
-    webhook on that thread, for good, after one Redis restart).
+    delivery. The receiver keeps producers of its own instead, each on its own broker
+    connection (kombu producers are not safe to share between concurrent requests; a
+    connection of our own cannot exhaust Celery's pool), and a request takes an idle one for
+    the length of its publish. A pool rather than one per thread: the gevent worker runs a
+    greenlet per connection, and a producer per greenlet would open a Redis connection per
+    client connection and keep it for good. The pool only grows to the number of publishes
+    in flight at once. The message is the one ``apply_async`` always sends, with kombu's
+    retry policy (``task_publish_retry_policy``): during a Redis outage ``publish`` raises
+    after it. A producer whose publish failed is dropped and a new one is built later:
+    kombu closes the channel of a connection that gave up, and a producer kept on it failed
+    every later publish with ``AttributeError`` (a 500 per webhook, for good, after one
+    Redis restart).
     """
 
     def __init__(self) -> None:
-        self._local = threading.local()
         self._lock = threading.Lock()
+        self._idle: list[Producer] = []
         self._producers: list[Producer] = []
 
-    def producer(self) -> Producer:
-        """This thread's producer, made on its first publish."""
-        producer: Producer | None = getattr(self._local, "producer", None)
-        if producer is None:
-            from worker.celery_app import app as celery
+    def _take(self) -> Producer:
+        """An idle producer, or a new one when every producer is busy."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        from worker.celery_app import app as celery
 
-            producer = celery.amqp.Producer(celery.connection_for_write())
-            self._local.producer = producer
-            with self._lock:
-                self._producers.append(producer)
+        producer = celery.amqp.Producer(celery.connection_for_write())
+        with self._lock:
+            self._producers.append(producer)
         return producer
 
-    def close(self) -> None:
-        """Close every thread's broker connection (tests; the publisher is done with)."""
+    def _give_back(self, producer: Producer) -> None:
         with self._lock:
-            producers, self._producers = self._producers, []
+            if producer in self._producers:
+                self._idle.append(producer)
+
+    def close(self) -> None:
+        """Close every producer's broker connection (tests; the publisher is done with)."""
+        with self._lock:
+            producers, self._producers, self._idle = self._producers, [], []
         for producer in producers:
             producer.connection.release()
 
     def _drop(self, producer: Producer) -> None:
-        """Forget this thread's producer and close its connection, whatever state it is in."""
-        self._local.producer = None
+        """Forget this producer and close its connection, whatever state it is in."""
         with self._lock:
             if producer in self._producers:
                 self._producers.remove(producer)
@@ -261,7 +304,7 @@ class Publisher:
         # Imported here: worker.celery_app reads the process environment at import.
         from worker.tasks import ingest_change
 
-        producer = self.producer()
+        producer = self._take()
         try:
             ingest_change.apply_async(
                 kwargs={"envelope": envelope.to_dict()},
@@ -281,6 +324,7 @@ class Publisher:
         except BaseException:
             self._drop(producer)
             raise
+        self._give_back(producer)
 
 
 def _publisher() -> Publisher:
@@ -329,15 +373,15 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
             404, f"Vendor {vendor!r} is not enabled (OPPSYNC_VENDORS).", "vendor_disabled"
         )
     redis_client = _runtime().redis
-    # A declared length over the limit is refused before reading a byte of it.
-    too_long = (request.content_length or 0) > settings.max_body_bytes
-    body = None if too_long else read_body(settings.max_body_bytes)
-    if body is None:
-        metrics_safe(redis_client, vendor, "too_large")
-        return problem(
-            413, f"The body is larger than {settings.max_body_bytes} bytes.", "too_large"
-        )
     try:
+        # A declared length over the limit is refused before reading a byte of it.
+        if (request.content_length or 0) > settings.max_body_bytes:
+            raise Rejected(
+                f"The body is larger than {settings.max_body_bytes} bytes.",
+                status=413,
+                reason="too_large",
+            )
+        body = read_body(settings.max_body_bytes)
         verified = verify(vendor, body)
         if isinstance(verified, Response):
             return verified

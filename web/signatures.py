@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hmac
 import json
+import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,13 +77,88 @@ class Verified:
     payload: dict[str, Any]
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+#: Integers beyond 64 bits: no vendor field holds one (the canonical amount stops at 1e13,
+#: ids are strings), Redis and most vendors' JSON parsers cannot, so such a number is a probe.
+INT64 = 2**63
+#: A ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate gets into parsed JSON (UTF-8
+#: bytes cannot carry one). Redis, httpx and every vendor refuse to encode it.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _bad_number(message: str) -> Rejected:
+    return Rejected(message, status=400, reason="bad_number")
+
+
+def _no_constant(name: str) -> Any:
+    raise _bad_number(f"{name} is not a JSON number.")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise _bad_number(f"The number {text[:40]} is out of range.")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -INT64 <= value < INT64:
+        raise _bad_number(f"The number {text[:40]} is out of range (64-bit integers only).")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) of a parsed JSON value holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def utf8_text(body: bytes) -> str:
+    """The body as text: UTF-8 only, without a byte order mark (JSON senders must send
+    UTF-8, RFC 8259 §8.1); UTF-16/32 would otherwise be guessed by ``json.loads``."""
+    if body.startswith(codecs.BOM_UTF8) or b"\x00" in body[:4]:
+        raise Rejected(
+            "The body must be UTF-8 JSON without a byte order mark (not UTF-16 or UTF-32).",
+            status=400,
+            reason="not_utf8",
+        )
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected("The body is not UTF-8.", status=400, reason="not_utf8") from None
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, refusing at the edge what the worker could not carry on:
+    anything but UTF-8 (a byte order mark, UTF-16/32), ``NaN``/``Infinity``, numbers beyond
+    a double or a 64-bit integer, lone surrogates."""
+    text = utf8_text(body)
+    try:
+        payload = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_int64
+        )
+    except ValueError:
         raise Rejected("The body is not valid JSON.", status=400, reason="not_json") from None
     if not isinstance(payload, dict):
         raise Rejected("The body must be a JSON object.", status=400, reason="not_object")
+    if SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(payload):
+        raise Rejected(
+            "The body holds a lone UTF-16 surrogate (\\ud800-\\udfff): not text.",
+            status=400,
+            reason="bad_string",
+        )
     return payload
 
 
@@ -118,7 +196,7 @@ def verify_standard(
         ) from None
     _check_window(sent_at, tolerance)
     offered = [s.split(",", 1)[1] for s in signatures.split() if s.startswith("v1,")]
-    text = body.decode("utf-8", errors="surrogateescape")
+    text = utf8_text(body)
     moment = datetime.fromtimestamp(int(sent_at), UTC)
     for secret in secrets:
         try:

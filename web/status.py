@@ -3,11 +3,14 @@
 Behind basic auth (``OPPSYNC_ADMIN_USER`` / ``OPPSYNC_ADMIN_PASSWORD``); with no credentials
 configured the page is off and says so. It shows each vendor's health (last success, error
 rate over the last minutes, rate-limit headroom), queue depths, the latest events with
-their outcome, and dead letters. Replay is a POST carrying a CSRF token: an HMAC over a
-timestamp with a key kept in Redis (so every web process accepts every other's tokens) and
-mixed with the admin credentials (so changing them voids old tokens). A browser sends basic
-auth with any request to this host, a forged cross-site form included; the token is what
-such a form cannot know.
+their outcome, and dead letters. Replay is a POST carrying a CSRF token: an HMAC over the
+dead letter's id and a timestamp with a key kept in Redis (so every web process accepts
+every other's tokens) and mixed with the admin credentials (so changing them voids old
+tokens). A browser sends basic auth with any request to this host, a forged cross-site form
+included; the token is what such a form cannot know. It replays only the letter whose form
+it was rendered in, for ``TOKEN_TTL_SECONDS``; and a POST whose ``Origin`` (else
+``Referer``) names another host, or that the browser marks cross-site (``Sec-Fetch-Site``),
+is refused whatever its token.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
@@ -33,7 +38,8 @@ log = structlog.get_logger("oppsync.web")
 bp = Blueprint("status", __name__, template_folder="templates")
 
 CSRF_SECRET = "oppsync:status:csrf-secret"
-TOKEN_TTL_SECONDS = 4 * 3600
+#: How long a rendered Replay button works: reload the page after that.
+TOKEN_TTL_SECONDS = 15 * 60
 EVENTS_SHOWN = 50
 LETTERS_SHOWN = 100
 OFF = (
@@ -47,27 +53,32 @@ def _runtime() -> Runtime:
 
 
 class CsrfTokens:
-    """Issue and check the replay form's tokens: ``<unix time>.<hex HMAC-SHA256>``."""
+    """Issue and check the replay forms' tokens: ``<unix time>.<hex HMAC-SHA256>`` over the
+    dead letter's id and the time, so a token replays one letter, for a short while."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._cached: bytes | None = None
 
     def _key(self) -> bytes:
-        client = self.rt.redis
-        client.set(CSRF_SECRET, secrets.token_hex(32), nx=True)
-        secret = str(client.get(CSRF_SECRET))
-        settings = self.rt.settings
-        who = f"{settings.admin_user}:{settings.admin_password}".encode()
-        return hmac.new(secret.encode(), who, hashlib.sha256).digest()
+        if self._cached is None:
+            client = self.rt.redis
+            client.set(CSRF_SECRET, secrets.token_hex(32), nx=True)
+            secret = str(client.get(CSRF_SECRET))
+            settings = self.rt.settings
+            who = f"{settings.admin_user}:{settings.admin_password}".encode()
+            self._cached = hmac.new(secret.encode(), who, hashlib.sha256).digest()
+        return self._cached
 
-    def _sign(self, issued: int) -> str:
-        return hmac.new(self._key(), f"status|{issued}".encode(), hashlib.sha256).hexdigest()
+    def _sign(self, letter_id: str, issued: int) -> str:
+        message = f"replay|{letter_id}|{issued}".encode()
+        return hmac.new(self._key(), message, hashlib.sha256).hexdigest()
 
-    def issue(self, now: float | None = None) -> str:
+    def issue(self, letter_id: str, now: float | None = None) -> str:
         issued = int(time.time() if now is None else now)
-        return f"{issued}.{self._sign(issued)}"
+        return f"{issued}.{self._sign(letter_id, issued)}"
 
-    def valid(self, token: str, now: float | None = None) -> bool:
+    def valid(self, token: str, letter_id: str, now: float | None = None) -> bool:
         issued_text, _, signature = token.partition(".")
         if not issued_text.isdigit() or not signature:
             return False
@@ -75,7 +86,21 @@ class CsrfTokens:
         age = (time.time() if now is None else now) - issued
         if age < -60 or age > TOKEN_TTL_SECONDS:
             return False
-        return hmac.compare_digest(signature.encode(), self._sign(issued).encode())
+        expected = self._sign(letter_id, issued)
+        return hmac.compare_digest(signature.encode(), expected.encode())
+
+
+def cross_site() -> bool:
+    """Whether the browser says this request comes from another site: ``Sec-Fetch-Site``,
+    else an ``Origin`` (``null`` included), else a ``Referer``, naming another host. Hosts
+    are compared without the scheme: behind a TLS-terminating router this process sees
+    http for what the browser calls https."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    claimed = request.headers.get("Origin") or request.headers.get("Referer")
+    if claimed is None:
+        return False  # neither sent (an old browser, a privacy setting): the token decides
+    return urlsplit(claimed).netloc.lower() != request.host.lower()
 
 
 def _gate() -> Response | None:
@@ -96,7 +121,9 @@ def _harden(response: Response, nonce: str = "") -> Response:
     )
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # Same-origin requests carry Origin and Referer (the replay check reads them; under
+    # no-referrer a form's POST says "Origin: null"); nothing leaves for other sites.
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -200,7 +227,7 @@ def page() -> Response:
         now=now,
         ago=lambda ts: ago(ts, now),
         utc=utc,
-        csrf_token=CsrfTokens(rt).issue(now),
+        csrf_token=partial(CsrfTokens(rt).issue, now=now),
         nonce=nonce,
         replayed=request.args.get("replayed", ""),
         gone=request.args.get("gone", ""),
@@ -217,12 +244,9 @@ def replay(letter_id: str) -> Response:
         return denied
     rt = _runtime()
     token = request.form.get("csrf_token", "")
-    cross_site = request.headers.get("Sec-Fetch-Site", "same-origin") not in (
-        "same-origin",
-        "none",
-    )
-    if cross_site or not CsrfTokens(rt).valid(token):
-        log.warning("status.replay_refused", letter=letter_id, cross_site=cross_site)
+    foreign = cross_site()
+    if foreign or not CsrfTokens(rt).valid(token, letter_id):
+        log.warning("status.replay_refused", letter=letter_id, cross_site=foreign)
         return _harden(
             Response(
                 "This form is out of date or did not come from the status page: "

@@ -105,6 +105,8 @@ class Settings:
     ingress_vendor_rate_limit: str = "3000/second"
     #: Proxies in front of the web process whose ``X-Forwarded-For`` is believed.
     trusted_proxies: int = 0
+    #: Failed basic-auth attempts per client on /status and /metrics (``limits`` notation).
+    admin_auth_rate_limit: str = "10/minute"
     log_level: str = "INFO"
 
     def enabled(self, vendor: str) -> bool:
@@ -224,6 +226,7 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
             env, "OPPSYNC_INGRESS_VENDOR_RATE_LIMIT", "3000/second"
         ),
         trusted_proxies=int(_number(env, "OPPSYNC_TRUSTED_PROXIES", 0)),
+        admin_auth_rate_limit=_rate_limit(env, "OPPSYNC_ADMIN_AUTH_RATE_LIMIT", "10/minute"),
         log_level=env.get("OPPSYNC_LOG_LEVEL") or "INFO",
     )
 

@@ -145,9 +145,9 @@ def test_logs_follow_one_correlation_id_from_the_receiver_through_every_push(
     sync_one(live)
     event = next(e for e in events(live) if e["vendor"] == "salescaling")
     correlation_id = event["correlation_id"]
-    # then the web process logged its acceptance under that id
+    # then the web process logged its acceptance and the request's access line under that id
     web = [r for r in _log_records(live, "web.log") if r.get("correlation_id") == correlation_id]
-    assert [r["event"] for r in web] == ["webhook.accepted"]
+    assert [r["event"] for r in web] == ["webhook.accepted", "http.access"]
     assert web[0]["delivery"] == event["delivery"]
     # and the worker logged the ingest and each of the four pushes under the same id
     worker = [

@@ -15,6 +15,7 @@ import hmac
 import io
 import json
 import os
+import threading
 import time
 import tracemalloc
 import uuid
@@ -432,6 +433,17 @@ def test_receiver_publishes_through_the_shared_client_transport(env: dict[str, s
     assert isinstance(FlowerBroker(uri), FlowerRedis)
 
 
+def integers_in(value: Any) -> Iterator[int]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from integers_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from integers_in(item)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        yield value
+
+
 @FUZZ
 @given(vendor=st.sampled_from(VENDORS), body=bodies)
 def test_receiver_queues_exactly_the_signed_object(edge: Edge, vendor: str, body: bytes) -> None:
@@ -441,14 +453,18 @@ def test_receiver_queues_exactly_the_signed_object(edge: Edge, vendor: str, body
     queued = edge.queued()
     # when it is delivered
     answer = edge.post(vendor, body, headers)
-    # then a UTF-8 JSON object within the size and depth limits is queued once, as it was
-    # sent; anything else is a 4xx and nothing is queued
+    # then a UTF-8 JSON object within the size and depth limits, its integers within 64 bits,
+    # is queued once, as it was sent; anything else is a 4xx and nothing is queued
     try:
-        body.decode("utf-8")
-        payload = json.loads(body) if len(body) <= FUZZ_MAX_BODY else None
+        text = body.decode("utf-8")  # a byte order mark stays in, and json refuses it
+        payload = json.loads(text) if len(body) <= FUZZ_MAX_BODY else None
     except (ValueError, RecursionError):
         payload = None
-    if isinstance(payload, dict) and not nested_deeper_than(payload, MAX_JSON_DEPTH):
+    if (
+        isinstance(payload, dict)
+        and not nested_deeper_than(payload, MAX_JSON_DEPTH)
+        and all(-(2**63) <= n < 2**63 for n in integers_in(payload))
+    ):
         assert answer.status_code == 202, answer.get_data()[:300]
         assert edge.queued() == queued + 1
         envelope = edge.queued_envelopes()[-1]
@@ -617,6 +633,43 @@ def test_receiver_stops_reading_a_chunked_body_at_the_limit(edge: Edge) -> None:
     assert (status, data["error"]) == (413, "too_large")
     assert stream.taken <= FUZZ_MAX_BODY + 64 * 1024
     assert peak < 4 * 1024 * 1024
+
+
+#: Bodies the worker could not carry (UnicodeEncodeError, non-finite numbers) or would read
+#: differently from the sender, each with the reason the edge gives.
+UNCARRIABLE = {
+    "utf-8 byte order mark": (b'\xef\xbb\xbf{"id": "1"}', "not_utf8"),
+    "utf-16": ('{"id": "1"}'.encode("utf-16"), "not_utf8"),
+    "utf-16 without a mark": ('{"id": "1"}'.encode("utf-16-le"), "not_utf8"),
+    "utf-32": ('{"id": "1"}'.encode("utf-32"), "not_utf8"),
+    "NaN": (b'{"id": "1", "amount": NaN}', "bad_number"),
+    "Infinity": (b'{"id": "1", "amount": -Infinity}', "bad_number"),
+    "a float beyond a double": (b'{"id": "1", "amount": 1e400}', "bad_number"),
+    "an integer beyond 64 bits": (b'{"id": 18446744073709551616}', "bad_number"),
+    "a lone surrogate in a value": (b'{"id": "1", "name": "a\\ud800b"}', "bad_string"),
+    "a lone surrogate in a key": (b'{"id": "1", "x\\udfff": 1}', "bad_string"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNCARRIABLE))
+def test_receiver_refuses_at_the_edge_what_the_worker_cannot_carry(clean: Edge, kind: str) -> None:
+    # given a correctly signed body the worker would dead-letter or misread
+    body, reason = UNCARRIABLE[kind]
+    # when it is delivered
+    answer = clean.post("salescaling", body, standard_headers("salescaling", body))
+    # then 400 with a sentence saying why, and nothing queued
+    assert (answer.status_code, answer.get_json()["error"]) == (400, reason), answer.get_data()
+    assert answer.get_json()["message"].endswith(".")
+    assert clean.queued() == 0
+
+
+def test_receiver_takes_a_surrogate_pair_and_an_escaped_backslash(clean: Edge) -> None:
+    # given text that only looks like a lone surrogate: a pair (😀), and "\\ud800" as text
+    body = b'{"id": "1", "name": "\\ud83d\\ude00 \\\\ud800", "amount": 9223372036854775807}'
+    # when it is delivered, then it is queued as sent
+    answer = clean.post("salescaling", body, standard_headers("salescaling", body))
+    assert answer.status_code == 202, answer.get_data()
+    assert clean.queued_envelopes()[-1]["payload"]["name"] == "\U0001f600 \\ud800"
 
 
 def test_receiver_refuses_a_declared_oversize_before_reading(edge: Edge) -> None:
@@ -833,6 +886,39 @@ def test_receiver_publishes_again_after_a_publish_failed(
             assert redis.Redis.from_url(own.url).llen("ingest") == 2
     finally:
         publisher.close()
+        own.stop()
+
+
+def connections(client: redis.Redis) -> int:
+    """Clients connected to ``client``'s Redis."""
+    info: dict[str, Any] = client.info("clients")  # type: ignore[assignment]
+    return int(info["connected_clients"])
+
+
+def test_receiver_publisher_opens_no_connection_per_client_connection(
+    env: dict[str, str], sns: Any, tmp_path: Any
+) -> None:
+    # given a publisher on a Redis of its own, and the gevent worker's way of serving: every
+    # client connection handled by a greenlet of its own that ends with the connection
+    # (threads stand in for greenlets: under gevent threading.local is per greenlet)
+    own = start_redis(directory=tmp_path)
+    publisher = Publisher()
+    watcher = redis.Redis.from_url(own.url)
+    try:
+        with celery_publishing_to({**env, "REDIS_URL": own.url}):
+            before = connections(watcher)
+            # when 40 client connections each deliver one event
+            for n in range(40):
+                event = envelope("siro", {"id": f"c{n}"})
+                connection = threading.Thread(target=publisher.publish, args=(event,))
+                connection.start()
+                connection.join(timeout=10)
+            # then every event was queued over one broker connection, not one per client
+            assert watcher.llen("ingest") == 40
+            assert connections(watcher) - before <= 2
+    finally:
+        publisher.close()
+        watcher.close()
         own.stop()
 
 

@@ -8,16 +8,20 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import structlog
 from flask import Flask
+from gunicorn.config import Config as GunicornConfig
 
 from web.app import create_app
+from web.serverlog import JsonLogger
 from worker.embedded_redis import EmbeddedRedis
 from worker.logs import Redactor, configure
-from worker.settings import from_env
+from worker.settings import from_env, get_settings
 
 ENV = {
     "OPPSYNC_VENDORS": "siro,leadway,ivvy,salescaling,icloudready",
@@ -208,3 +212,44 @@ def test_rate_limited_request_logs_no_previous_correlation_id(
     refused = [r for r in _records(lines) if "exceeded" in str(r.get("event"))]
     assert refused
     assert all("correlation_id" not in r for r in refused)
+
+
+def test_gunicorn_lines_are_json_without_query_strings_or_request_headers(
+    lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given gunicorn's logger class as the Procfile names it, with access lines on
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    monkeypatch.setattr(sys, "stderr", lines)  # the logger class configures logs itself
+    cfg = GunicornConfig()
+    cfg.set("accesslog", "-")
+    logger = JsonLogger(cfg)
+    get_settings.cache_clear()
+    target = f"/status?api_key={SECRETS[0]}&password=hunter2-hunter2"
+    # when gunicorn reports a failed request and answers one with a secret in its headers
+    logger.error("Error handling request %s", target)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/status",
+        "QUERY_STRING": target.split("?", 1)[1],
+        "REMOTE_ADDR": "10.1.2.3",
+        "HTTP_USER_AGENT": "agent-hunter2-hunter2",
+        "HTTP_REFERER": "https://example.com/?hunter2-hunter2",
+        "HTTP_AUTHORIZATION": "Basic " + "b3BzOmh1bnRlcjItaHVudGVyMg==",
+    }
+    response = SimpleNamespace(status_code=401, status="401 UNAUTHORIZED", sent=57)
+    logger.access(response, None, environ, timedelta(milliseconds=3))
+    # then both lines are JSON, name the path alone, and carry nothing the sender chose
+    error, access = _records(lines)
+    assert error["event"] == "Error handling request /status"
+    assert access == {
+        **access,
+        "event": "http.access",
+        "method": "GET",
+        "path": "/status",
+        "status": 401,
+        "client": "10.1.2.3",
+    }
+    out = lines.getvalue()
+    assert "hunter2" not in out and SECRETS[0] not in out and "api_key" not in out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -183,6 +184,28 @@ def test_status_renders_behind_basic_auth(url: str, client: redis.Redis) -> None
     assert 'id="vendor-siro"' in answer.text and 'id="queue-push.salescaling"' in answer.text
 
 
+def test_admin_sign_in_failures_are_limited_per_client(url: str) -> None:
+    # given at most 3 failed sign-ins a minute per client
+    app = create_app(_settings(url, admin=True, OPPSYNC_ADMIN_AUTH_RATE_LIMIT="3/minute"))
+    web = app.test_client()
+    guess = _basic(ADMIN[0], "guess")
+    # and an operator who signed in many times (that never counts)
+    signed_in = [web.get("/metrics", headers=_basic(*ADMIN)).status_code for _ in range(5)]
+    assert signed_in == [200] * 5
+    # when one client guesses, on both admin pages
+    answers = [web.get(page, headers=guess).status_code for page in ("/status", "/metrics")]
+    answers.append(web.get("/status").status_code)
+    # then its next request is refused with Retry-After, the right password too
+    assert answers == [401, 401, 401]
+    refused = web.get("/metrics", headers=_basic(*ADMIN))
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert web.get("/status", headers=_basic(*ADMIN)).status_code == 429
+    # and another client still signs in
+    other = {"REMOTE_ADDR": "10.0.0.2"}
+    assert web.get("/status", headers=_basic(*ADMIN), environ_base=other).status_code == 200
+
+
 def test_readyz_says_no_worker_was_seen_until_one_beats(url: str) -> None:
     # given Redis up and no worker
     app = _app(url, admin=False)
@@ -206,23 +229,94 @@ def test_csrf_token_is_accepted_once_issued_and_refused_when_forged(url: str) ->
     app = _app(url, admin=True)
     tokens = CsrfTokens(app.extensions["oppsync.runtime"])
     now = time.time()
-    token = tokens.issue(now)
+    token = tokens.issue("letter-a", now)
     issued, _, signature = token.partition(".")
-    assert tokens.valid(token, now + 60)
-    assert not tokens.valid(f"{issued}.{'0' * len(signature)}", now)
-    assert not tokens.valid(f"{int(issued) + 1}.{signature}", now)
-    assert not tokens.valid(token, now + TOKEN_TTL_SECONDS + 1)
-    assert not tokens.valid("", now)
-    assert not tokens.valid("not-a-token", now)
+    assert tokens.valid(token, "letter-a", now + 60)
+    assert not tokens.valid(f"{issued}.{'0' * len(signature)}", "letter-a", now)
+    assert not tokens.valid(f"{int(issued) + 1}.{signature}", "letter-a", now)
+    assert not tokens.valid(token, "letter-a", now + TOKEN_TTL_SECONDS + 1)
+    assert not tokens.valid("", "letter-a", now)
+    assert not tokens.valid("not-a-token", "letter-a", now)
 
 
 def test_csrf_token_is_void_once_the_admin_credentials_change(url: str) -> None:
     # given a token issued under one password
-    token = CsrfTokens(_app(url, admin=True).extensions["oppsync.runtime"]).issue()
+    token = CsrfTokens(_app(url, admin=True).extensions["oppsync.runtime"]).issue("letter-a")
     # when the password is rotated
     rotated = create_app(replace(_settings(url, admin=True), admin_password="a new password"))
     # then the old token no longer replays anything
-    assert not CsrfTokens(rotated.extensions["oppsync.runtime"]).valid(token)
+    assert not CsrfTokens(rotated.extensions["oppsync.runtime"]).valid(token, "letter-a")
+
+
+def _letter(client: redis.Redis, key: str) -> str:
+    return DeadLetters(client).add(
+        kind="push", vendor="siro", job={"key": key, "vendor": "siro", "cause": {}},
+        attempts=1, error=Permanent("refused", vendor="siro", status=400),
+    ).id  # fmt: skip
+
+
+def _rendered_tokens(web: FlaskClient) -> dict[str, str]:
+    """Each Replay form's token on the rendered page, by the letter its form replays."""
+    page = web.get("/status", headers=_basic(*ADMIN)).text
+    forms = re.findall(r'deadletters/([^/"]+)/replay">\s*<input[^>]*value="([^"]+)"', page)
+    return dict(forms)
+
+
+def test_status_replay_token_replays_only_its_own_letter(url: str, client: redis.Redis) -> None:
+    # given two dead letters on the status page, each with its Replay form
+    first, second = _letter(client, "opp_1"), _letter(client, "opp_2")
+    web = _app(url, admin=True).test_client()
+    tokens = _rendered_tokens(web)
+    assert set(tokens) == {first, second}
+    # when the first form's token is posted to replay the second letter
+    answer = web.post(
+        f"/status/deadletters/{second}/replay",
+        data={"csrf_token": tokens[first]},
+        headers=_basic(*ADMIN),
+    )
+    # then it is refused and nothing is replayed (the browser test replays with the right one)
+    assert answer.status_code == 403
+    assert DeadLetters(client).get(second) is not None
+
+
+def test_status_replay_token_expires_within_the_hour(url: str, client: redis.Redis) -> None:
+    # given a Replay form rendered 61 minutes ago
+    letter = _letter(client, "opp_1")
+    app = _app(url, admin=True)
+    stale = CsrfTokens(app.extensions["oppsync.runtime"]).issue(letter, time.time() - 61 * 60)
+    # when it is posted now, then it is refused
+    answer = app.test_client().post(
+        f"/status/deadletters/{letter}/replay", data={"csrf_token": stale}, headers=_basic(*ADMIN)
+    )
+    assert answer.status_code == 403
+    assert DeadLetters(client).get(letter) is not None
+
+
+@pytest.mark.parametrize(
+    "claimed",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/page"},
+        {"Origin": "http://localhost.evil.example"},
+    ],
+)
+def test_status_replay_refuses_a_post_from_another_site(
+    url: str, client: redis.Redis, claimed: dict[str, str]
+) -> None:
+    # given a valid token for the letter (the forger got hold of one)
+    letter = _letter(client, "opp_1")
+    web = _app(url, admin=True).test_client()
+    token = _rendered_tokens(web)[letter]
+    # when a browser without Sec-Fetch-Site posts it from another site
+    answer = web.post(
+        f"/status/deadletters/{letter}/replay",
+        data={"csrf_token": token},
+        headers={**_basic(*ADMIN), **claimed},
+    )
+    # then nothing is replayed
+    assert answer.status_code == 403
+    assert DeadLetters(client).get(letter) is not None
 
 
 def test_status_replay_refuses_a_post_without_the_token(url: str, client: redis.Redis) -> None:
