@@ -48,7 +48,7 @@ def procfile_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def signed_delivery(stack: Stack) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps({"id": f"edge-{uuid.uuid4().hex}"}).encode()
+    body = json.dumps({"id": str(uuid.uuid4())}).encode()  # a Salescaling id is a UUID
     headers = sign_standard_webhook(stack.sims["salescaling"].webhook_secret, body)
     return body, headers
 
