@@ -37,6 +37,7 @@ from marshmallow import ValidationError
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
+from worker import duplicates
 from worker.errors import InvalidPayload, Transient
 from worker.runtime import Runtime
 from worker.state import HandedOver, HeldLock, Record, new_key
@@ -64,7 +65,7 @@ SETTLE_MAX = timedelta(seconds=2)
 @dataclass(frozen=True)
 class Outcome:
     key: str | None
-    outcome: str  # applied | unchanged | echo | stale | ignored | deleted | late
+    outcome: str  # applied | unchanged | echo | stale | ignored | deleted | late | duplicate
     targets: tuple[str, ...] = ()
     detail: str = ""
     #: The record's id in the source vendor, and the fields the event changed (provenance).
@@ -132,13 +133,9 @@ def identify(
     known = rt.store.key_for(vendor, vendor_id)
     if known:
         return known
-    adapter = rt.adapters[vendor]
-    stamped = adapter.key_of(record)
-    if stamped and rt.store.exists(stamped):
-        return rt.store.link(stamped, vendor, vendor_id)
-    ours = rt.store.key_we_wrote(vendor, fingerprint(incoming, adapter.synced_fields))
-    if ours:
-        return rt.store.link(ours, vendor, vendor_id)
+    carried = duplicates.carried_key(rt, vendor, record, incoming)
+    if carried:
+        return rt.store.link(carried, vendor, vendor_id)
     if patient and rt.store.creates_in_flight(vendor):
         raise Transient(
             f"{vendor} {vendor_id} is unknown while a create there is in flight",
@@ -147,6 +144,43 @@ def identify(
             reason="create_in_flight",
         )
     return rt.store.link(new_key(), vendor, vendor_id)
+
+
+def second_record(
+    rt: Runtime,
+    vendor: str,
+    vendor_id: str,
+    incoming: Opportunity,
+    record: dict[str, Any],
+    *,
+    found_by: str,
+) -> Outcome | None:
+    """A record we do not know that carries a deal already linked to another record in
+    ``vendor`` (a create the vendor committed after we made another): reduced to the
+    linked one (``worker/duplicates.py``). ``None`` when it is not one."""
+    if rt.store.key_for(vendor, vendor_id) is not None:
+        return None
+    key = duplicates.carried_key(rt, vendor, record, incoming)
+    kept = duplicates.linked_other(rt, key, vendor, vendor_id) if key else None
+    if key is None or kept is None:
+        return None
+    state = rt.store.load(key).state
+    action = duplicates.resolve(
+        rt,
+        key,
+        vendor,
+        kept=kept,
+        duplicate=vendor_id,
+        marked=as_lost(rt, state),
+        found_by=found_by,
+    )
+    return Outcome(key, "duplicate", detail=f"{vendor} {vendor_id}: {action}", vendor_id=vendor_id)
+
+
+def as_lost(rt: Runtime, opp: Opportunity) -> Opportunity:
+    """``opp`` set to lost, with a stage that agrees (for vendors whose status is a stage)."""
+    lost = opp.replace(status=Status.LOST, deleted=False)
+    return lost.replace(stage=stage_agreeing(rt, lost.stage, Status.LOST))
 
 
 def merge(
@@ -272,6 +306,8 @@ def ingest(
     event = read_event(envelope, adapter)
     if event is None:
         return Outcome(None, "ignored", detail="not an opportunity event")
+    if (first := rt.store.duplicate_of(vendor, event.vendor_id)) is not None:
+        return Outcome(first, "duplicate", detail=f"{vendor} {event.vendor_id} is a duplicate")
     if event.api_author and event.api_author == rt.own_api_key(vendor):
         return Outcome(
             rt.store.key_for(vendor, event.vendor_id),
@@ -289,6 +325,11 @@ def ingest(
     if incoming.deleted:
         deleted = Sighting(incoming.updated_at, fetched_at)
         return apply_delete(rt, vendor, event.vendor_id, envelope, deleted)
+    second = second_record(
+        rt, vendor, event.vendor_id, incoming, record_data, found_by=envelope.delivery_id
+    )
+    if second is not None:
+        return second
     key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
     sighting = Sighting(incoming.updated_at, fetched_at)
     with rt.locked(key) as (record, held):

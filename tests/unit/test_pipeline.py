@@ -41,6 +41,7 @@ class MemoryAdapter:
         self.synced_fields = fields
         self.lossy = lossy
         self.time_resolution = time_resolution
+        self.upserts_by_key = False
         self.records: dict[str, dict[str, Any]] = {}
         self.creates = 0
         self._ids = itertools.count(1)
