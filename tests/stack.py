@@ -91,6 +91,9 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
             "OPPSYNC_HTTP_TIMEOUT_SECONDS": "3",
             "OPPSYNC_RETRY_BASE_SECONDS": "0.3",
             "OPPSYNC_RETRY_MAX_SECONDS": "3",
+            # Twice the HTTP timeout: the faults' late commits (tests/integration/test_faults.py)
+            # land inside it, or, on purpose, after it.
+            "OPPSYNC_CREATE_SETTLE_SECONDS": "6",
             "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS": "30",
             "OPPSYNC_RECONCILE_SECONDS": "0",
             "OPPSYNC_INGRESS_RATE_LIMIT": "10000/second",
