@@ -14,6 +14,7 @@ from functools import partial
 
 import pytest
 
+from schemas.opportunity import Status
 from tests.integration.drive import (
     DEAL,
     announce,
@@ -29,7 +30,6 @@ from tests.integration.drive import (
     wait_converged,
     wait_quiet,
 )
-from schemas.opportunity import Status
 from tests.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
