@@ -123,19 +123,27 @@ def identify(
     record: dict[str, Any],
     *,
     patient: bool,
-) -> str:
+    envelope: Envelope,
+) -> str | Outcome:
     """The canonical key of (vendor, id), linking a new record to a new key.
 
     A record we do not know may be one we just created whose answer is still on its way
     (the vendor's webhook can beat it): recognise it by the fingerprint of what we wrote,
-    or wait briefly while a create in that vendor is in flight.
+    or wait briefly while a create in that vendor is in flight. When the deal it carries
+    is linked to another record there, it is a second record: the outcome of reducing it
+    (``second_record``), or of one reduced before, is returned instead of a key.
     """
     known = rt.store.key_for(vendor, vendor_id)
     if known:
         return known
+    if (first := rt.store.duplicate_of(vendor, vendor_id)) is not None:
+        return Outcome(first, "duplicate", detail=f"{vendor} {vendor_id} is a second record")
     carried = duplicates.carried_key(rt, vendor, record, incoming)
     if carried:
-        return rt.store.link(carried, vendor, vendor_id)
+        second = second_record(
+            rt, vendor, vendor_id, carried=carried, found_by=envelope.delivery_id
+        )
+        return second or rt.store.link(carried, vendor, vendor_id)
     if patient and rt.store.creates_in_flight(vendor):
         raise Transient(
             f"{vendor} {vendor_id} is unknown while a create there is in flight",
@@ -147,22 +155,14 @@ def identify(
 
 
 def second_record(
-    rt: Runtime,
-    vendor: str,
-    vendor_id: str,
-    incoming: Opportunity,
-    record: dict[str, Any],
-    *,
-    found_by: str,
+    rt: Runtime, vendor: str, vendor_id: str, *, carried: str, found_by: str
 ) -> Outcome | None:
-    """A record we do not know that carries a deal already linked to another record in
-    ``vendor`` (a create the vendor committed after we made another): reduced to the
-    linked one (``worker/duplicates.py``). ``None`` when it is not one."""
-    if rt.store.key_for(vendor, vendor_id) is not None:
-        return None
-    key = duplicates.carried_key(rt, vendor, record, incoming)
-    kept = duplicates.linked_other(rt, key, vendor, vendor_id) if key else None
-    if key is None or kept is None:
+    """An unlinked record that carries deal ``carried`` (``duplicates.carried_key``) while
+    that deal is linked to another record in ``vendor`` (a create the vendor committed after
+    we made another): reduced to the linked one. ``None`` when it is not one."""
+    key = carried
+    kept = duplicates.linked_other(rt, key, vendor, vendor_id)
+    if kept is None:
         return None
     state = rt.store.load(key).state
     action = duplicates.resolve(
@@ -306,8 +306,6 @@ def ingest(
     event = read_event(envelope, adapter)
     if event is None:
         return Outcome(None, "ignored", detail="not an opportunity event")
-    if (first := rt.store.duplicate_of(vendor, event.vendor_id)) is not None:
-        return Outcome(first, "duplicate", detail=f"{vendor} {event.vendor_id} is a duplicate")
     if event.api_author and event.api_author == rt.own_api_key(vendor):
         return Outcome(
             rt.store.key_for(vendor, event.vendor_id),
@@ -325,12 +323,11 @@ def ingest(
     if incoming.deleted:
         deleted = Sighting(incoming.updated_at, fetched_at)
         return apply_delete(rt, vendor, event.vendor_id, envelope, deleted)
-    second = second_record(
-        rt, vendor, event.vendor_id, incoming, record_data, found_by=envelope.delivery_id
+    key = identify(
+        rt, vendor, event.vendor_id, incoming, record_data, patient=patient, envelope=envelope
     )
-    if second is not None:
-        return second
-    key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
+    if isinstance(key, Outcome):  # a second record of a deal, reduced to the linked one
+        return key
     sighting = Sighting(incoming.updated_at, fetched_at)
     with rt.locked(key) as (record, held):
         return _apply(rt, record, held, vendor, incoming, event, envelope, sighting, hand_over)

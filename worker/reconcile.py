@@ -33,6 +33,7 @@ from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
 from schemas.opportunity import Opportunity, fingerprint
+from worker import duplicates
 from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
 from worker.pipeline import GONE, second_record
@@ -178,12 +179,14 @@ class Reconciler:
             if vendor_id in linked or store.duplicate_of(vendor, vendor_id):
                 continue
             try:
-                incoming = adapter.to_canonical(raw)
+                carried = duplicates.carried_key(self.rt, vendor, raw, adapter.to_canonical(raw))
             except InvalidPayload:
                 continue  # not a record oppsync can read, so none it wrote
+            if carried is None:
+                continue
             try:
                 found = second_record(
-                    self.rt, vendor, vendor_id, incoming, raw, found_by=f"reconcile:{self.run_id}"
+                    self.rt, vendor, vendor_id, carried=carried, found_by=f"reconcile:{self.run_id}"
                 )
             except VendorError as exc:
                 self.report.repairs.append(Repair("-", vendor, "error", str(exc), vendor_id))
