@@ -105,7 +105,7 @@ def test_fault_create_committed_after_settle_is_reduced_to_the_linked_record(
     live: Stack, target: str
 ) -> None:
     # given the target holds the create longer than any bound we wait (settle time)
-    aim(live, target, "late_commit", delay=SETTLE + 2.5, times=1)
+    aim(live, target, "late_commit", delay=SETTLE + 4.0, times=1)
     source = source_for(target)
     vendor_id = person_creates(live, source)
     assert announce(live, source, vendor_id) == 202
