@@ -19,6 +19,7 @@ from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
 from tests.strategies import envelope
 from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
+from worker.errors import CreateSettling, OutcomeUnknown
 from worker.runtime import Runtime
 from worker.settings import from_env
 from worker.state import Store
@@ -226,3 +227,31 @@ def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> N
         {"id": "L1", "name": "Zombie", "status": "open", "updated_at": T0 + timedelta(days=1)},
     )
     assert late.outcome == "late"
+
+
+def test_push_after_an_unanswered_create_waits_for_it_to_settle(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a create in leadway that timed out after it was sent (the vendor may commit it)
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    salescaling: Any = rt.adapters["salescaling"]
+    real_upsert = salescaling.upsert
+
+    def times_out(*args: Any, **kwargs: Any) -> UpsertResult:
+        real_upsert(*args, **kwargs)  # committed, but the answer never came
+        raise OutcomeUnknown("no answer", vendor="salescaling", reason="no_answer")
+
+    monkeypatch.setattr(salescaling, "upsert", times_out)
+    with pytest.raises(OutcomeUnknown) as lost:
+        writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+    # then its retry is asked for no sooner than the settle time after it was sent
+    settle = rt.settings.create_settle_seconds
+    assert lost.value.retry_after is not None and lost.value.retry_after > settle - 1
+    # and a push before then neither creates again nor looks, but waits for that moment
+    monkeypatch.setattr(salescaling, "upsert", real_upsert)
+    with pytest.raises(CreateSettling) as waiting:
+        writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+    assert settle - 1 < (waiting.value.retry_after or 0) <= settle
+    assert salescaling.creates == 1
