@@ -255,3 +255,22 @@ def test_push_after_an_unanswered_create_waits_for_it_to_settle(
         writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
     assert settle - 1 < (waiting.value.retry_after or 0) <= settle
     assert salescaling.creates == 1
+
+
+def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(rt: Runtime) -> None:
+    # given a deal synced to salescaling
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    sync(rt, outcome)
+    salescaling: Any = rt.adapters["salescaling"]
+    ((kept, record),) = salescaling.records.items()
+    # when a create the vendor committed late shows up: a second record of what we wrote
+    late = deliver(rt, "salescaling", {**record, "id": "late-1"})
+    # then it is deleted, the linked record kept, and the deal's history says so
+    assert late.outcome == "duplicate"
+    assert list(salescaling.records) == [kept]
+    assert rt.store.vendor_id(str(outcome.key), "salescaling") == kept
+    assert rt.store.writes(str(outcome.key))[0]["action"] == f"duplicate deleted, kept {kept}"
+    # and a later event about it goes no further
+    assert deliver(rt, "salescaling", {**record, "id": "late-1"}).outcome == "duplicate"
