@@ -37,8 +37,10 @@ def carried_key(
 
 
 def linked_other(rt: Runtime, key: str, vendor: str, vendor_id: str) -> str | None:
-    """The id ``key`` is linked to in ``vendor`` when that is not ``vendor_id``."""
-    linked = rt.store.vendor_id(key, vendor)
+    """The id ``key`` is linked to in ``vendor`` when that is not ``vendor_id`` and a create
+    of ``key`` there once went unanswered: only such a create can have made a second
+    record. (A person's own deal that happens to hold the same values is no duplicate.)"""
+    linked = rt.store.linked_after_unanswered(key, vendor)
     return linked if linked is not None and linked != vendor_id else None
 
 

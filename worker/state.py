@@ -16,6 +16,7 @@ push to that vendor (all values short, so Redis keeps the hash in its compact en
     written:<v>      fingerprint of what v holds       seen:<v>    newest source time from v
     intent:<v>       time a create in v was started    wrote_at:<v> when our last write to v ended
     writing:<v>      time a write to v was sent, until it is acknowledged
+    unanswered:<v>   when a create in v last went unanswered (a second record may appear)
     recheck:<v>      v deleted it while we wrote there: check it is still gone
     deleted          "1" once deleted (tombstone)
 
@@ -504,15 +505,25 @@ class Store:
             self._trim(writes_key(key), results[at], WRITES_KEPT)
 
     def end_write(
-        self, key: str, vendor: str, lock: HeldLock | None = None, *, not_created: bool = False
+        self,
+        key: str,
+        vendor: str,
+        lock: HeldLock | None = None,
+        *,
+        not_created: bool = False,
+        unanswered: bool = False,
     ) -> None:
         """A write that failed is no longer in flight (``record_write`` ends the others).
         A create that surely made nothing (``not_created``: refused, never sent) leaves no
-        intent: the next attempt creates at once instead of waiting for it to settle."""
+        intent: the next attempt creates at once instead of waiting for it to settle. A
+        create that may have committed (``unanswered``) is remembered for good: only then
+        can a second record of the deal appear there (``worker/duplicates.py``)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(opp_key(key), f"writing:{vendor}", *([f"intent:{vendor}"] if not_created else []))
         if not_created:
             pipe.zrem(intents_key(vendor), key)
+        if unanswered:
+            pipe.hset(opp_key(key), f"unanswered:{vendor}", str(time.time()))
         if lock is not None:
             self.unlock(lock, pipe)
         self.run(pipe, self._unlock_again(lock))
@@ -603,9 +614,13 @@ class Store:
     def key_we_wrote(self, vendor: str, fingerprint: str) -> str | None:
         return self.redis.get(wrote_key(vendor, fingerprint))  # type: ignore[return-value]
 
-    def vendor_id(self, key: str, vendor: str) -> str | None:
-        """The id of the record ``key`` is linked to in ``vendor``."""
-        return self.redis.hget(opp_key(key), f"id:{vendor}")  # type: ignore[return-value]
+    def linked_after_unanswered(self, key: str, vendor: str) -> str | None:
+        """The id of the record ``key`` is linked to in ``vendor``, when a create of it
+        there once went unanswered (else ``None``: no second record can be ours)."""
+        linked, unanswered = self.redis.hmget(
+            opp_key(key), [f"id:{vendor}", f"unanswered:{vendor}"]
+        )  # type: ignore[misc]
+        return linked if unanswered else None  # type: ignore[no-any-return]
 
     def mark_duplicate(self, vendor: str, vendor_id: str, key: str) -> None:
         self.redis.set(duplicate_key(vendor, vendor_id), key)

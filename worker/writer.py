@@ -151,7 +151,7 @@ def _push_now(
         # settled (no sooner: the retry would only wait again).
         uncertain = create and isinstance(exc, OutcomeUnknown) and not adapter.upserts_by_key
         not_created = create and isinstance(exc, VendorError) and not uncertain
-        rt.store.end_write(key, vendor, lock, not_created=not_created)
+        rt.store.end_write(key, vendor, lock, not_created=not_created, unanswered=uncertain)
         if uncertain:
             assert isinstance(exc, OutcomeUnknown)
             settled_in = sent + rt.settings.create_settle_seconds - time.time()

@@ -3,6 +3,7 @@ with in-memory vendor adapters (the adapters are the only stand-ins here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import replace
@@ -257,20 +258,52 @@ def test_push_after_an_unanswered_create_waits_for_it_to_settle(
     assert salescaling.creates == 1
 
 
-def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(rt: Runtime) -> None:
-    # given a deal synced to salescaling
+def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a create in salescaling that went unanswered, committed later than we waited
+    # (settle time 0 here), after a second create made the record we linked
+    rt.settings = dataclasses.replace(rt.settings, create_settle_seconds=0)
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    key = str(outcome.key)
+    salescaling: Any = rt.adapters["salescaling"]
+    real_upsert = salescaling.upsert
+
+    def times_out(*args: Any, **kwargs: Any) -> UpsertResult:
+        real_upsert(*args, **kwargs)
+        raise OutcomeUnknown("no answer", vendor="salescaling", reason="no_answer")
+
+    monkeypatch.setattr(salescaling, "upsert", times_out)
+    with pytest.raises(OutcomeUnknown):
+        writer.push(rt, key, "salescaling", cause={"vendor": "test"})
+    ((late_id, late),) = salescaling.records.items()
+    del salescaling.records[late_id]  # not visible yet when we looked again
+    monkeypatch.setattr(salescaling, "upsert", real_upsert)
+    writer.push(rt, key, "salescaling", cause={"vendor": "test"})
+    ((kept, _),) = salescaling.records.items()
+    # when the late record shows up (an event, a poll)
+    second = deliver(rt, "salescaling", late)
+    # then it is deleted, the linked record kept, and the deal's history says so
+    assert second.outcome == "duplicate"
+    assert list(salescaling.records) == [kept]
+    assert rt.store.key_for("salescaling", kept) == key
+    assert rt.store.writes(key)[0]["action"] == f"duplicate deleted, kept {kept}"
+    # and a later event about it goes no further
+    assert deliver(rt, "salescaling", late).outcome == "duplicate"
+
+
+def test_a_persons_deal_holding_the_same_values_is_no_duplicate(rt: Runtime) -> None:
+    # given a deal synced to salescaling, every create answered
     outcome = deliver(
         rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
     )
     sync(rt, outcome)
     salescaling: Any = rt.adapters["salescaling"]
     ((kept, record),) = salescaling.records.items()
-    # when a create the vendor committed late shows up: a second record of what we wrote
-    late = deliver(rt, "salescaling", {**record, "id": "late-1"})
-    # then it is deleted, the linked record kept, and the deal's history says so
-    assert late.outcome == "duplicate"
-    assert list(salescaling.records) == [kept]
-    assert rt.store.vendor_id(str(outcome.key), "salescaling") == kept
-    assert rt.store.writes(str(outcome.key))[0]["action"] == f"duplicate deleted, kept {kept}"
-    # and a later event about it goes no further
-    assert deliver(rt, "salescaling", {**record, "id": "late-1"}).outcome == "duplicate"
+    # when a person enters another deal there with the very same values
+    theirs = deliver(rt, "salescaling", {**record, "id": "theirs-1"})
+    # then it is not deleted as a duplicate
+    assert theirs.outcome != "duplicate"
+    assert set(salescaling.records) == {kept, "theirs-1"}
