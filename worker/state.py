@@ -511,19 +511,15 @@ class Store:
         lock: HeldLock | None = None,
         *,
         not_created: bool = False,
-        unanswered: bool = False,
     ) -> None:
         """A write that failed is no longer in flight (``record_write`` ends the others).
         A create that surely made nothing (``not_created``: refused, never sent) leaves no
-        intent: the next attempt creates at once instead of waiting for it to settle. A
-        create that may have committed (``unanswered``) is remembered for good: only then
-        can a second record of the deal appear there (``worker/duplicates.py``)."""
+        intent: the next attempt creates at once instead of waiting for it to settle."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(opp_key(key), f"writing:{vendor}", *([f"intent:{vendor}"] if not_created else []))
         if not_created:
             pipe.zrem(intents_key(vendor), key)
-        if unanswered:
-            pipe.hset(opp_key(key), f"unanswered:{vendor}", str(time.time()))
+
         if lock is not None:
             self.unlock(lock, pipe)
         self.run(pipe, self._unlock_again(lock))
@@ -613,6 +609,11 @@ class Store:
 
     def key_we_wrote(self, vendor: str, fingerprint: str) -> str | None:
         return self.redis.get(wrote_key(vendor, fingerprint))  # type: ignore[return-value]
+
+    def note_unanswered(self, key: str, vendor: str) -> None:
+        """A create of ``key`` in ``vendor`` got no answer (timed out, or its worker died):
+        remembered for good, since only then can a second record appear there."""
+        self.redis.hset(opp_key(key), f"unanswered:{vendor}", str(time.time()))
 
     def linked_after_unanswered(self, key: str, vendor: str) -> str | None:
         """The id of the record ``key`` is linked to in ``vendor``, when a create of it

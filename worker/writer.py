@@ -151,9 +151,8 @@ def _push_now(
         # settled (no sooner: the retry would only wait again).
         uncertain = create and isinstance(exc, OutcomeUnknown) and not adapter.upserts_by_key
         not_created = create and isinstance(exc, VendorError) and not uncertain
-        rt.store.end_write(key, vendor, lock, not_created=not_created, unanswered=uncertain)
-        if uncertain:
-            assert isinstance(exc, OutcomeUnknown)
+        rt.store.end_write(key, vendor, lock, not_created=not_created)
+        if uncertain and isinstance(exc, OutcomeUnknown):
             settled_in = sent + rt.settings.create_settle_seconds - time.time()
             exc.retry_after = max(exc.retry_after or 0.0, settled_in)
         raise
@@ -190,6 +189,7 @@ def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | N
             vendor=vendor,
             retry_after=wait,
         )
+    rt.store.note_unanswered(record.key, vendor)  # a second record may yet appear there
     since = datetime.fromtimestamp(sent, UTC) - timedelta(minutes=5)
     return adapter.find_existing(record.state, key=record.key, since=since)
 
