@@ -1,8 +1,10 @@
 """The whole oppsync stack on one machine, for integration tests, the demo and the benchmark.
 
 Starts a private Redis, the five vendor simulators, and the service exactly as the Procfile
-runs it (gunicorn serving ``web.app:create_app()``, a Celery worker on every queue) with the
-environment pointing every vendor at its simulator. Nothing here is mocked.
+runs it: its own ``web:`` and ``worker:`` command lines, read from the Procfile, with no flag
+added or dropped; only the environment differs (every vendor pointed at its simulator, the
+port, the worker's name). The integration suite, the benchmark rig and the demo all start the
+service this way. Nothing here is mocked.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
             "OPPSYNC_HTTP_TIMEOUT_SECONDS": "3",
             "OPPSYNC_RETRY_BASE_SECONDS": "0.3",
             "OPPSYNC_RETRY_MAX_SECONDS": "3",
+            # Twice the HTTP timeout: the faults' late commits (tests/integration/test_faults.py)
+            # land inside it, or, on purpose, after it.
+            "OPPSYNC_CREATE_SETTLE_SECONDS": "6",
             "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS": "30",
             "OPPSYNC_RECONCILE_SECONDS": "0",
             "OPPSYNC_INGRESS_RATE_LIMIT": "10000/second",
@@ -148,57 +153,36 @@ class Stack:
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start_web(self, workers: int = 2) -> None:
-        """The Procfile's ``web`` line with ``workers`` processes, on loopback."""
-        self.web_port = self.web_port or free_port()
-        env = {**self.env, "PORT": str(self.web_port), "WEB_CONCURRENCY": str(workers)}
-        self.web = self._spawn("web", _on_loopback(procfile_args("web", env)), self.env)
-        wait_for(lambda: _answers(f"{self.web_url}/healthz"), 30, "web did not start")
-        for name, sim in self.sims.items():
-            sim.webhook_url = f"{self.web_url}/webhooks/{name}"
-
-    def start_worker(
-        self, concurrency: int = 16, queues: str = QUEUES, extra_env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        n = len(self.workers)
-        process = self._spawn(f"worker{n}", [
-            str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--pool", "threads",
-            "--concurrency", str(concurrency), "-Q", queues, "--without-mingle",
-            "--without-gossip", "--loglevel", "INFO", "-n", f"worker{n}@%h"],
-            {**self.env, **(extra_env or {})})  # fmt: skip
-        self.workers.append(process)
-        wait_for(lambda: _answers(f"{self.web_url}/readyz"), 60, "worker did not become ready")
-        return process
-
     def start_procfile_web(self, app: str | None = None) -> subprocess.Popen[bytes]:
-        """The Procfile's ``web`` line on ``web_port``; ``app`` swaps the WSGI app (the
-        benchmark's bare ceiling) while every gunicorn setting stays the Procfile's."""
+        """The Procfile's ``web`` line, as it stands, on ``web_port`` (set through ``PORT``,
+        as a PaaS does); ``app`` swaps the WSGI app (the benchmark's bare ceiling) while every
+        server setting stays the Procfile's."""
         self.web_port = self.web_port or free_port()
-        args = _on_loopback(procfile_args("web", {**self.env, "PORT": str(self.web_port)}))
+        env = {**self.env, "PORT": str(self.web_port)}
+        args = _on_loopback(procfile_args("web", env))
         if app is not None:
             args = [app if a == "web.app:create_app()" else a for a in args]
-        self.web = self._spawn("web", args, self.env)
-        # Any answer will do: the bare app has no /healthz, its 404 says it serves.
-        wait_for(lambda: _serves(f"{self.web_url}/healthz"), 30, "web did not start")
+        self.web = self._spawn("web", args, env)
+        # The bare app has no /healthz: any answer says it serves; oppsync's must be healthy.
+        up = _answers if app is None else _serves
+        wait_for(lambda: up(f"{self.web_url}/healthz"), 30, "web did not start")
         for name, sim in self.sims.items():
             sim.webhook_url = f"{self.web_url}/webhooks/{name}"
         return self.web
 
     def start_procfile_worker(
-        self,
-        env: dict[str, str] | None = None,
-        extra_args: tuple[str, ...] = (),
-        wait: bool = True,
+        self, env: dict[str, str] | None = None, wait: bool = True
     ) -> subprocess.Popen[bytes]:
-        """The Procfile's ``worker`` line (``env`` replaces the stack's environment), named
-        apart from the others as separate hosts would be; ``wait`` until this worker says
-        it is ready (``/readyz`` is satisfied by any worker)."""
+        """The Procfile's ``worker`` line, as it stands (``env`` replaces the stack's
+        environment; ``OPPSYNC_WORKER_CONCURRENCY`` sets its threads). It is named apart from
+        the others as separate hosts would be, through Celery's own environment variable
+        for ``--hostname`` (click reads ``CELERY_WORKER_<OPTION>``), not an added flag;
+        ``wait`` until this worker says it is ready (``/readyz`` is satisfied by any)."""
         n = len(self.workers)
-        env = env or self.env
+        env = {**(env or self.env), "CELERY_WORKER_HOSTNAME": f"worker{n}@%h"}
         log = self.log_dir / f"worker{n}.log"
         offset = log.stat().st_size if log.exists() else 0
-        args = [*procfile_args("worker", env), "-n", f"worker{n}@%h", *extra_args]
-        process = self._spawn(f"worker{n}", args, env)
+        process = self._spawn(f"worker{n}", procfile_args("worker", env), env)
         self.workers.append(process)
 
         def ready() -> bool:
@@ -304,9 +288,9 @@ def start_stack(
         log_dir=log_dir,
     )
     try:
-        stack.start_web()
+        stack.start_procfile_web()
         if worker:
-            stack.start_worker()
+            stack.start_procfile_worker()
     except Exception:
         print(stack.logs()[-5000:], file=sys.stderr)
         stack.stop()

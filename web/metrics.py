@@ -43,6 +43,10 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
         "Writes to vendors, by target vendor and outcome.",
     ),
     "oppsync_retries_total": (("vendor",), "Jobs scheduled for another attempt, by vendor."),
+    "oppsync_duplicates_resolved_total": (
+        ("vendor",),
+        "Second records of a deal found in a vendor and deleted or marked, by vendor.",
+    ),
 }
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*_total$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -9,8 +9,10 @@
     └── VendorError              a vendor call failed
         ├── Transient            retry with backoff (network, 5xx)
         │   ├── RateLimited      429; carries the vendor's ``retry_after``
-        │   └── OutcomeUnknown   the request may have been committed (timeout after send,
-        │                        reset, 5xx): look before creating again
+        │   ├── OutcomeUnknown   the request may have been committed (timeout after send,
+        │   │                    reset, 5xx): look before creating again
+        │   └── CreateSettling   our own wait: such a create may still commit; retry once
+        │                        ``OPPSYNC_CREATE_SETTLE_SECONDS`` have passed (``retry_after``)
         └── Permanent            4xx, auth failure -> dead letter with the vendor's answer
 
 A duplicate delivery or an echo of our own write is an outcome, not an error. Outside the
@@ -108,6 +110,10 @@ class RateLimited(Transient):
 
 class OutcomeUnknown(Transient):
     reason = "outcome_unknown"
+
+
+class CreateSettling(Transient):
+    reason = "create_settling"
 
 
 class Permanent(VendorError):

@@ -34,7 +34,7 @@ _pool = ThreadPoolExecutor(
 )
 
 #: Transient reasons that are our own waiting, not the vendor failing (breaker ignores them).
-OUR_OWN_WAITS = frozenset({"busy", "own_quota", "create_in_flight"})
+OUR_OWN_WAITS = frozenset({"busy", "own_quota", "create_in_flight", "create_settling"})
 
 RetryScheduler = Callable[[str, str, dict[str, Any], float, int, float], None]
 

@@ -37,6 +37,7 @@ from marshmallow import ValidationError
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
+from worker import duplicates
 from worker.errors import InvalidPayload, Transient
 from worker.runtime import Runtime
 from worker.state import HandedOver, HeldLock, Record, new_key
@@ -64,7 +65,7 @@ SETTLE_MAX = timedelta(seconds=2)
 @dataclass(frozen=True)
 class Outcome:
     key: str | None
-    outcome: str  # applied | unchanged | echo | stale | ignored | deleted | late
+    outcome: str  # applied | unchanged | echo | stale | ignored | deleted | late | duplicate
     targets: tuple[str, ...] = ()
     detail: str = ""
     #: The record's id in the source vendor, and the fields the event changed (provenance).
@@ -138,23 +139,27 @@ def identify(
     record: dict[str, Any],
     *,
     patient: bool,
-) -> str:
+    envelope: Envelope,
+) -> str | Outcome:
     """The canonical key of (vendor, id), linking a new record to a new key.
 
     A record we do not know may be one we just created whose answer is still on its way
     (the vendor's webhook can beat it): recognise it by the fingerprint of what we wrote,
-    or wait briefly while a create in that vendor is in flight.
+    or wait briefly while a create in that vendor is in flight. When the deal it carries
+    is linked to another record there, it is a second record: the outcome of reducing it
+    (``second_record``), or of one reduced before, is returned instead of a key.
     """
     known = rt.store.key_for(vendor, vendor_id)
     if known:
         return known
-    adapter = rt.adapters[vendor]
-    stamped = adapter.key_of(record)
-    if stamped and rt.store.exists(stamped):
-        return rt.store.link(stamped, vendor, vendor_id)
-    ours = rt.store.key_we_wrote(vendor, fingerprint(incoming, adapter.synced_fields))
-    if ours:
-        return rt.store.link(ours, vendor, vendor_id)
+    if (first := rt.store.duplicate_of(vendor, vendor_id)) is not None:
+        return Outcome(first, "duplicate", detail=f"{vendor} {vendor_id} is a second record")
+    carried = duplicates.carried_key(rt, vendor, record, incoming)
+    if carried:
+        second = second_record(
+            rt, vendor, vendor_id, carried=carried, found_by=envelope.delivery_id
+        )
+        return second or rt.store.link(carried, vendor, vendor_id)
     if patient and rt.store.creates_in_flight(vendor):
         raise Transient(
             f"{vendor} {vendor_id} is unknown while a create there is in flight",
@@ -163,6 +168,35 @@ def identify(
             reason="create_in_flight",
         )
     return rt.store.link(new_key(), vendor, vendor_id)
+
+
+def second_record(
+    rt: Runtime, vendor: str, vendor_id: str, *, carried: str, found_by: str
+) -> Outcome | None:
+    """An unlinked record that carries deal ``carried`` (``duplicates.carried_key``) while
+    that deal is linked to another record in ``vendor`` (a create the vendor committed after
+    we made another): reduced to the linked one. ``None`` when it is not one."""
+    key = carried
+    kept = duplicates.linked_other(rt, key, vendor, vendor_id)
+    if kept is None:
+        return None
+    state = rt.store.load(key).state
+    action = duplicates.resolve(
+        rt,
+        key,
+        vendor,
+        kept=kept,
+        duplicate=vendor_id,
+        marked=as_lost(rt, state),
+        found_by=found_by,
+    )
+    return Outcome(key, "duplicate", detail=f"{vendor} {vendor_id}: {action}", vendor_id=vendor_id)
+
+
+def as_lost(rt: Runtime, opp: Opportunity) -> Opportunity:
+    """``opp`` set to lost, with a stage that agrees (for vendors whose status is a stage)."""
+    lost = opp.replace(status=Status.LOST, deleted=False)
+    return lost.replace(stage=stage_agreeing(rt, lost.stage, Status.LOST))
 
 
 def merge(
@@ -307,7 +341,11 @@ def ingest(
     if incoming.deleted:
         deleted = Sighting(incoming.updated_at, fetched_at)
         return apply_delete(rt, vendor, event.vendor_id, envelope, deleted)
-    key = identify(rt, vendor, event.vendor_id, incoming, record_data, patient=patient)
+    key = identify(
+        rt, vendor, event.vendor_id, incoming, record_data, patient=patient, envelope=envelope
+    )
+    if isinstance(key, Outcome):  # a second record of a deal, reduced to the linked one
+        return key
     sighting = Sighting(incoming.updated_at, fetched_at)
     with rt.locked(key) as (record, held):
         return _apply(rt, record, held, vendor, incoming, event, envelope, sighting, hand_over)

@@ -8,6 +8,8 @@ and what it should hold (the canonical state, as that vendor would hold it). The
   the record is fed to the pipeline as a change from that vendor, so last writer wins decides
   as for any change, and the pipeline writes the others;
 * the vendor's record is gone, or marked deleted: fed as a delete from that vendor;
+* a record no deal is linked to carries one linked to another record there (a create the
+  vendor committed after we made another): reduced to the linked one (``worker/duplicates.py``);
 * the vendor should hold something else (an earlier write failed, the vendor was enabled
   later, or the pipeline dropped its change as an echo or a stale one): it gets a push.
 
@@ -31,9 +33,10 @@ from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
 from schemas.opportunity import Opportunity, fingerprint
+from worker import duplicates
 from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
-from worker.pipeline import GONE, fetch_record
+from worker.pipeline import GONE, fetch_record, second_record
 from worker.polling import deleted_payload, poll_envelope
 from worker.runtime import Runtime
 from worker.state import RECONCILE_LOCK, Record
@@ -54,7 +57,7 @@ Push = Callable[[str, str, dict[str, Any]], str]
 class Repair:
     key: str
     vendor: str
-    action: str  # change | delete | push | error
+    action: str  # change | delete | push | duplicate | error
     outcome: str
     vendor_id: str | None = None
 
@@ -86,6 +89,7 @@ class ReconcileReport:
             f"{self.compared} vendor records compared, {self.as_expected} as expected.",
             f"Changed behind oppsync's back (fed to the pipeline): {actions['change']}",
             f"Gone or deleted in a vendor (fed as deletes): {actions['delete']}",
+            f"Second records of a deal (deleted or marked): {actions['duplicate']}",
             f"Pushed: {actions['push']}"
             + (f" ({', '.join(f'{n} {o}' for o, n in sorted(pushes.items()))})" if pushes else ""),
             f"Errors: {actions['error']}",
@@ -164,6 +168,33 @@ class Reconciler:
             self.report.notes.append(f"{vendor} could not be listed ({exc}); read by id")
             return
         self.listed[vendor] = records
+        self.second_records(vendor, records)
+
+    def second_records(self, vendor: str, records: dict[str, dict[str, Any]]) -> None:
+        """Records no deal is linked to that carry a deal linked to another record there
+        (a create committed after we made another): each reduced to the linked one."""
+        store, linked = self.rt.store, self.rt.store.linked(vendor, list(records))
+        adapter = self.rt.adapters[vendor]
+        for vendor_id, raw in records.items():
+            if vendor_id in linked or store.duplicate_of(vendor, vendor_id):
+                continue
+            try:
+                carried = duplicates.carried_key(self.rt, vendor, raw, adapter.to_canonical(raw))
+            except InvalidPayload:
+                continue  # not a record oppsync can read, so none it wrote
+            if carried is None:
+                continue
+            try:
+                found = second_record(
+                    self.rt, vendor, vendor_id, carried=carried, found_by=f"reconcile:{self.run_id}"
+                )
+            except VendorError as exc:
+                self.report.repairs.append(Repair("-", vendor, "error", str(exc), vendor_id))
+                continue
+            if found is not None and found.key is not None:
+                self.report.repairs.append(
+                    Repair(found.key, vendor, "duplicate", found.detail, vendor_id)
+                )
 
     def run(self) -> ReconcileReport:
         for vendor in self.vendors:

@@ -2,8 +2,10 @@
 
 Transient failures (network, 5xx, 429, a reset after sending) are retried with exponential
 backoff and full jitter — ``OPPSYNC_RETRY_BASE_SECONDS`` doubling per attempt up to
-``OPPSYNC_RETRY_MAX_SECONDS`` — and a vendor's ``Retry-After`` wins when it is longer.
-Past ``OPPSYNC_RETRY_HORIZON_HOURS`` since the first attempt, the job becomes a dead letter.
+``OPPSYNC_RETRY_MAX_SECONDS`` — and a vendor's ``Retry-After`` (or our own wait, such as an
+unanswered create's settle time) wins when it is longer, even past that maximum, up to the
+retry horizon. Past ``OPPSYNC_RETRY_HORIZON_HOURS`` since the first attempt, the job becomes
+a dead letter.
 Permanent failures and invalid payloads go to dead letters at once.
 """
 
@@ -30,14 +32,19 @@ def backoff(
     base: float,
     cap: float,
     retry_after: float | None = None,
+    limit: float | None = None,
     rng: random.Random | None = None,
 ) -> float:
-    """Full-jitter delay before retry number ``attempt`` (1 for the first retry)."""
+    """Full-jitter delay before retry number ``attempt`` (1 for the first retry).
+
+    ``retry_after`` (the vendor's ``Retry-After``) wins when longer, however long, up to
+    ``limit`` (the time left before the retry horizon): a vendor that asks for an hour is
+    not asked again after ``cap``, which would only be refused again and spend quota."""
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     delay = (rng or random).uniform(0, ceiling)
     if retry_after is not None and retry_after > delay:
-        delay = min(retry_after, cap) if retry_after > cap else retry_after
-    return delay
+        delay = retry_after
+    return delay if limit is None else max(0.0, min(delay, limit))
 
 
 def decide(
@@ -55,12 +62,14 @@ def decide(
     if not isinstance(error, Transient):
         return Verdict(False, reason=f"unexpected: {reason}")
     now = time.time() if now is None else now
-    if now - first_attempt_at > settings.retry_horizon_hours * 3600:
+    left = first_attempt_at + settings.retry_horizon_hours * 3600 - now
+    if left < 0:
         return Verdict(False, reason=f"gave up after {attempt} attempts: {reason}")
     delay = backoff(
         attempt,
         base=settings.retry_base_seconds,
         cap=settings.retry_max_seconds,
         retry_after=error.retry_after,
+        limit=left,
     )
     return Verdict(True, delay=delay, reason=reason)

@@ -94,6 +94,8 @@ class Settings:
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     retry_horizon_hours: float = 72.0
+    #: How long after it was sent an unanswered create may still commit (not repeated sooner).
+    create_settle_seconds: float = 60.0
     max_body_bytes: int = 1_048_576
     signature_tolerance_seconds: int = 300
     dedup_ttl_seconds: int = 72 * 3600
@@ -216,6 +218,7 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
         retry_base_seconds=_number(env, "OPPSYNC_RETRY_BASE_SECONDS", 2.0),
         retry_max_seconds=_number(env, "OPPSYNC_RETRY_MAX_SECONDS", 600.0),
         retry_horizon_hours=_number(env, "OPPSYNC_RETRY_HORIZON_HOURS", 72.0),
+        create_settle_seconds=_number(env, "OPPSYNC_CREATE_SETTLE_SECONDS", 60.0),
         max_body_bytes=int(_number(env, "OPPSYNC_MAX_BODY_BYTES", 1_048_576)),
         signature_tolerance_seconds=int(_number(env, "OPPSYNC_SIGNATURE_TOLERANCE_SECONDS", 300)),
         admin_user=env.get("OPPSYNC_ADMIN_USER") or None,

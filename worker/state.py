@@ -16,6 +16,7 @@ push to that vendor (all values short, so Redis keeps the hash in its compact en
     written:<v>      fingerprint of what v holds       seen:<v>    newest source time from v
     intent:<v>       time a create in v was started    wrote_at:<v> when our last write to v ended
     writing:<v>      time a write to v was sent, until it is acknowledged
+    unanswered:<v>   when a create in v last went unanswered (a second record may appear)
     recheck:<v>      v deleted it while we wrote there: check it is still gone
     deleted          "1" once deleted (tombstone)
 
@@ -30,6 +31,8 @@ one entry per event's fan-out (its cause once, then each write; compressed too),
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v
 (members older than ``INTENT_FRESH_SECONDS`` are swept by the workers' heartbeat).
+``oppsync:duplicate:<v>:<vendor id>`` -> ``k``: a second record of k in v, deleted or marked
+(``worker/duplicates.py``); its later events are dropped.
 
 Polling keeps, per polled vendor, ``oppsync:poll:<v>`` (hash: ``mark``, the newest
 ``updatedAt`` seen; ``full_at``, when the last complete full scan ended) and
@@ -79,6 +82,10 @@ def doc_key(key: str) -> str:
 
 def link_key(vendor: str, vendor_id: str) -> str:
     return f"{PREFIX}:link:{vendor}:{vendor_id}"
+
+
+def duplicate_key(vendor: str, vendor_id: str) -> str:
+    return f"{PREFIX}:duplicate:{vendor}:{vendor_id}"
 
 
 def delivery_key(vendor: str, delivery_id: str) -> str:
@@ -497,10 +504,22 @@ class Store:
         if at is not None:
             self._trim(writes_key(key), results[at], WRITES_KEPT)
 
-    def end_write(self, key: str, vendor: str, lock: HeldLock | None = None) -> None:
-        """A write that failed is no longer in flight (``record_write`` ends the others)."""
+    def end_write(
+        self,
+        key: str,
+        vendor: str,
+        lock: HeldLock | None = None,
+        *,
+        not_created: bool = False,
+    ) -> None:
+        """A write that failed is no longer in flight (``record_write`` ends the others).
+        A create that surely made nothing (``not_created``: refused, never sent) leaves no
+        intent: the next attempt creates at once instead of waiting for it to settle."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hdel(opp_key(key), f"writing:{vendor}")
+        pipe.hdel(opp_key(key), f"writing:{vendor}", *([f"intent:{vendor}"] if not_created else []))
+        if not_created:
+            pipe.zrem(intents_key(vendor), key)
+
         if lock is not None:
             self.unlock(lock, pipe)
         self.run(pipe, self._unlock_again(lock))
@@ -590,6 +609,26 @@ class Store:
 
     def key_we_wrote(self, vendor: str, fingerprint: str) -> str | None:
         return self.redis.get(wrote_key(vendor, fingerprint))  # type: ignore[return-value]
+
+    def note_unanswered(self, key: str, vendor: str) -> None:
+        """A create of ``key`` in ``vendor`` got no answer (timed out, or its worker died):
+        remembered for good, since only then can a second record appear there."""
+        self.redis.hset(opp_key(key), f"unanswered:{vendor}", str(time.time()))
+
+    def linked_after_unanswered(self, key: str, vendor: str) -> str | None:
+        """The id of the record ``key`` is linked to in ``vendor``, when a create of it
+        there once went unanswered (else ``None``: no second record can be ours)."""
+        linked, unanswered = self.redis.hmget(
+            opp_key(key), [f"id:{vendor}", f"unanswered:{vendor}"]
+        )  # type: ignore[misc]
+        return linked if unanswered else None  # type: ignore[no-any-return]
+
+    def mark_duplicate(self, vendor: str, vendor_id: str, key: str) -> None:
+        self.redis.set(duplicate_key(vendor, vendor_id), key)
+
+    def duplicate_of(self, vendor: str, vendor_id: str) -> str | None:
+        """The deal whose second record (deleted or marked) ``vendor_id`` is."""
+        return self.redis.get(duplicate_key(vendor, vendor_id))  # type: ignore[return-value]
 
     # -- create intents ------------------------------------------------------------------
     def creates_in_flight(self, vendor: str) -> bool:

@@ -51,6 +51,20 @@ def requeued_while_redis_is_unreachable() -> Iterator[None]:
         raise Reject(str(error), requeue=True) from error
 
 
+def countdown(delay: float) -> tuple[float, float | None]:
+    """The broker countdown for a retry ``delay`` seconds away, and the time before which
+    the job must not run (``None``: when it arrives).
+
+    A countdown longer than the broker's visibility timeout would be delivered twice
+    (celery#5935), so a longer wait (a vendor's long ``Retry-After``) is made of hops no
+    longer than ``OPPSYNC_RETRY_MAX_SECONDS``: a job that arrives early only schedules its
+    next hop, without calling the vendor."""
+    hop = get_runtime().settings.retry_max_seconds
+    if delay <= hop:
+        return delay, None
+    return hop, time.time() + delay
+
+
 def schedule_push_retry(
     key: str,
     vendor: str,
@@ -59,6 +73,7 @@ def schedule_push_retry(
     attempt: int,
     delay: float,
 ) -> None:
+    wait, not_before = countdown(delay)
     push_to_vendor.apply_async(
         kwargs={
             "key": key,
@@ -66,21 +81,45 @@ def schedule_push_retry(
             "cause": cause,
             "first_attempt_at": first_attempt_at,
             "attempt": attempt,
+            **({"not_before": not_before} if not_before is not None else {}),
         },
         queue=queue_for(vendor),
-        countdown=delay,
+        countdown=wait,
+    )
+
+
+def schedule_ingest_retry(
+    envelope: dict[str, Any], first_attempt_at: float, attempt: int, delay: float
+) -> None:
+    wait, not_before = countdown(delay)
+    ingest_change.apply_async(
+        kwargs={
+            "envelope": envelope,
+            "first_attempt_at": first_attempt_at,
+            "attempt": attempt,
+            **({"not_before": not_before} if not_before is not None else {}),
+        },
+        queue="ingest",
+        countdown=wait,
     )
 
 
 @app.task(name="oppsync.ingest_change", bind=True)
 def ingest_change(
-    self: Task, envelope: dict[str, Any], first_attempt_at: float | None = None, attempt: int = 1
+    self: Task,
+    envelope: dict[str, Any],
+    first_attempt_at: float | None = None,
+    attempt: int = 1,
+    not_before: float | None = None,
 ) -> str:
     """Validate one delivery, merge it, and write every vendor that must change.
 
     Idempotent: the same envelope twice merges nothing new the second time and writes no
-    vendor whose record already holds the state.
+    vendor whose record already holds the state. Before ``not_before`` it only waits on.
     """
+    if not_before is not None and (left := not_before - time.time()) > 0:
+        schedule_ingest_retry(envelope, first_attempt_at or time.time(), attempt, left)
+        return "waiting"
     env = Envelope.from_dict(envelope)
     rt = get_runtime()
     first_attempt_at = first_attempt_at or time.time()
@@ -107,15 +146,7 @@ def ingest_change(
                     delay=round(verdict.delay, 2),
                     error=str(error),
                 )
-                ingest_change.apply_async(
-                    kwargs={
-                        "envelope": envelope,
-                        "first_attempt_at": first_attempt_at,
-                        "attempt": attempt + 1,
-                    },
-                    queue="ingest",
-                    countdown=verdict.delay,
-                )
+                schedule_ingest_retry(envelope, first_attempt_at, attempt + 1, verdict.delay)
                 return "retrying"
             DeadLetters(rt.redis, rt.settings.secret_values()).add(
                 kind="ingest", vendor=env.vendor, job=envelope, attempts=attempt, error=error
@@ -166,13 +197,22 @@ def _fan_out(rt: Runtime, env: Envelope, outcome: pipeline.Outcome) -> str:
 
 @app.task(name="oppsync.push_to_vendor")
 def push_to_vendor(
-    key: str, vendor: str, cause: dict[str, Any], first_attempt_at: float, attempt: int
+    key: str,
+    vendor: str,
+    cause: dict[str, Any],
+    first_attempt_at: float,
+    attempt: int,
+    not_before: float | None = None,
 ) -> str:
     """Make one vendor hold the current state of one opportunity (a retry of a failed push).
 
     Idempotent: reads the state at run time and writes only if the vendor's record differs;
-    a create whose answer was lost is looked up before creating again.
+    a create whose answer was lost is looked up before creating again. Before
+    ``not_before`` (a long wait's intermediate hop: ``countdown``) it only waits on.
     """
+    if not_before is not None and (left := not_before - time.time()) > 0:
+        schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left)
+        return "waiting"
     with requeued_while_redis_is_unreachable():
         result = _push_once(key, vendor, cause, attempt=attempt, first_attempt_at=first_attempt_at)
         if result.outcome in ("created", "updated", "deleted") and cause.get("received_at"):

@@ -24,7 +24,7 @@ WINDOW_MINUTES = 15
 #: Outcomes of a push in which the vendor accepted a write.
 WRITES = frozenset({"created", "updated", "deleted"})
 #: Reasons a push waited that say nothing about the vendor.
-OURS = frozenset({"busy", "own_quota", "create_in_flight"})
+OURS = frozenset({"busy", "own_quota", "create_in_flight", "create_settling"})
 # Workers finish out of order: a time (and the reason that goes with it) only moves forward.
 
 

@@ -5,8 +5,11 @@ holds the (record, vendor) lock and reads the state when its turn comes (taking 
 reading are one step when the lock is free); while one push
 waits for its turn, later ones for that vendor are dropped ("coalesced"), and during a burst
 of edits it waits for the deal to go quiet, so a burst ends in a few writes carrying the
-final state. Creates leave an intent first; a write's fingerprint is remembered before it is
-sent, so the vendor's echo is recognised even when it beats the answer.
+final state. Creates leave an intent first; a create left without an answer is neither
+repeated nor looked for until it can no longer commit (``OPPSYNC_CREATE_SETTLE_SECONDS``
+after it was sent), then looked up before creating again. A write's fingerprint is
+remembered before it is sent, so the vendor's echo is recognised even when it beats the
+answer.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.opportunity import Status, fingerprint
-from worker.errors import Permanent
-from worker.pipeline import BURST_GAP, GONE, QUIET, SETTLE_MAX, stage_agreeing
+from schemas.opportunity import fingerprint
+from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
+from worker.pipeline import BURST_GAP, GONE, QUIET, SETTLE_MAX, as_lost
 from worker.runtime import Runtime
 from worker.state import LOCK_TIMEOUT_SECONDS, HeldLock, Record
 
@@ -39,8 +42,9 @@ def push(
 
     Reads the state when its turn comes, so a burst of changes coalesces into the latest
     one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
-    A create whose answer was lost leaves an intent: the next attempt looks the record up
-    in the vendor before creating again. With a ``journal`` (the fan-out's), the write's
+    A create whose answer was lost leaves an intent: the next attempt waits until that
+    create can no longer commit, then looks the record up in the vendor before creating
+    again. With a ``journal`` (the fan-out's), the write's
     history note is added to it, for one history entry per event, instead of stored here.
 
     The common case costs three round trips: lock and read at once, mark the write in
@@ -128,10 +132,10 @@ def _push_now(
     known_id = record.ids.get(vendor)
     vendor_id = known_id
     if vendor_id is None and vendor in record.intents:
-        since = datetime.fromtimestamp(record.intents[vendor], UTC) - timedelta(minutes=5)
-        found = adapter.find_existing(record.state, key=key, since=since)
-        vendor_id = adapter.checked_id(found) if found is not None else None
-    rt.store.before_write(key, vendor, wanted, create=vendor_id is None)
+        vendor_id = _find_unanswered_create(rt, record, vendor)
+    create = vendor_id is None
+    sent = time.time()
+    rt.store.before_write(key, vendor, wanted, create=create)
     try:
         result = adapter.upsert(
             record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
@@ -139,14 +143,21 @@ def _push_now(
         # The id goes into this vendor's URLs from now on: only one of its id forms is kept.
         result = replace(result, vendor_id=adapter.checked_id(result.vendor_id))
     except Permanent as exc:
-        rt.store.end_write(key, vendor, lock)
+        rt.store.end_write(key, vendor, lock, not_created=create)
         if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):
             # Deleted there while we wrote. Its delete (the vendor's event, the next poll or
             # reconciliation) applies the policy; nothing to retry, no dead letter.
             return "vanished"
         raise
-    except BaseException:
-        rt.store.end_write(key, vendor, lock)
+    except BaseException as exc:
+        # A create that may have committed keeps its intent, and is retried once it has
+        # settled (no sooner: the retry would only wait again).
+        uncertain = create and isinstance(exc, OutcomeUnknown) and not adapter.upserts_by_key
+        not_created = create and isinstance(exc, VendorError) and not uncertain
+        rt.store.end_write(key, vendor, lock, not_created=not_created)
+        if uncertain and isinstance(exc, OutcomeUnknown):
+            settled_in = sent + rt.settings.create_settle_seconds - time.time()
+            exc.retry_after = max(exc.retry_after or 0.0, settled_in)
         raise
     action = "created" if result.created else "updated"
     note = _write_note(record, cause, vendor, action, result.vendor_id)
@@ -163,6 +174,29 @@ def _push_now(
         lock=lock,
     )
     return action
+
+
+def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | None:
+    """The record an earlier create without an answer made, if it made one.
+
+    That create may still be under way at the vendor and commit after our timeout: it is
+    not looked for, nor repeated, before ``OPPSYNC_CREATE_SETTLE_SECONDS`` after it was
+    sent. Until then this push is retried at that moment (``CreateSettling``: the retry
+    policy honours its wait, no worker sleeps on it, no request is spent)."""
+    sent = record.intents[vendor]
+    adapter = rt.adapters[vendor]
+    settled_at = sent + rt.settings.create_settle_seconds
+    if not adapter.upserts_by_key and (wait := settled_at - time.time()) > 0:
+        raise CreateSettling(
+            f"{vendor}: a create sent {time.time() - sent:.1f} s ago may still commit",
+            vendor=vendor,
+            retry_after=wait,
+        )
+    rt.store.note_unanswered(record.key, vendor)  # a second record may yet appear there
+    since = datetime.fromtimestamp(sent, UTC) - timedelta(minutes=5)
+    found = adapter.find_existing(record.state, key=record.key, since=since)
+    # The id goes into this vendor's URLs from now on: only one of its id forms is kept.
+    return adapter.checked_id(found) if found is not None else None
 
 
 def _write_note(
@@ -222,9 +256,8 @@ def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]
         if exc.reason != "unsupported":
             raise
         # The vendor cannot delete (iVvy has no delete action): the nearest is "lost".
-        lost = record.state.replace(status=Status.LOST, deleted=False)
         adapter.upsert(
-            lost.replace(stage=stage_agreeing(rt, lost.stage, Status.LOST)),
+            as_lost(rt, record.state),
             key=record.key,
             vendor_id=vendor_id,
             extra=record.extra.get(vendor, {}),

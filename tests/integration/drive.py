@@ -243,6 +243,21 @@ def settle(stack: Stack) -> None:
     wait_idle(redis.Redis.from_url(stack.redis.url), timeout=60)
 
 
+def wait_quiet(stack: Stack, timeout: float = 60) -> None:
+    """Until every simulator has answered every request it was holding (a held create may
+    still commit) and the stack is idle: only then is "exactly one record" a fact."""
+    with redis.Redis.from_url(stack.redis.url) as client:
+        while True:
+            wait_for(
+                lambda: all(sim.held == 0 for sim in stack.sims.values()),
+                timeout,
+                "a simulator still holds a request",
+            )
+            wait_idle(client, timeout=timeout)  # what the held requests set off, done
+            if all(sim.held == 0 for sim in stack.sims.values()):
+                return
+
+
 def synced_from(stack: Stack, source: str) -> str:
     """A deal a person created in ``source``, synced to all five; returns its key."""
     vendor_id = person_creates(stack, source)

@@ -5,6 +5,7 @@ ownership from the mapping file holds against every other vendor."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from tests.integration.drive import (
 )
 from tests.simulators.base import sign_standard_webhook
 from tests.stack import ROOT, VENDORS, Stack, start_stack, wait_for
+from worker.pipeline import QUIET, SETTLE_MAX
 
 pytestmark = pytest.mark.integration
 
@@ -115,14 +117,28 @@ def test_push_burst_of_ten_edits_coalesces(live: Stack, source: str) -> None:
     # then every vendor ends with the last edit
     wait_names(live, "Edit 9")
     settle(live)
-    # after a few writes each, the last one carrying the final state
+    # after at most two writes each (README: the first edit's at once, or none when the deal
+    # had just changed; then one with the final values), plus one for each pause of QUIET or
+    # more and each SETTLE_MAX the burst lasted as the worker applied it (a slow machine's)
     sent = {v: upserts(live, v)[before[v] :] for v in others(source)}
-    assert all(1 <= len(s) <= 3 for s in sent.values()), {v: len(s) for v, s in sent.items()}
+    bound = 2 + burst_overruns(live, source, 10)
+    assert all(1 <= len(s) <= bound for s in sent.values()), {v: len(s) for v, s in sent.items()}
     assert {v: written_name(v, s[-1]) for v, s in sent.items()} == dict.fromkeys(
         others(source), "Edit 9"
     )
     amounts = {v: [o.amount for o in held(live, v)] for v in ("siro", "icloudready")}
     assert everywhere(amounts, Decimal("1009.00"))
+
+
+def burst_overruns(stack: Stack, source: str, count: int) -> int:
+    """How often the last ``count`` changes from ``source``, as the worker applied them,
+    paused for ``QUIET`` or more or went on past another ``SETTLE_MAX``: each lets a
+    waiting write go with what it has, so each may add a write (worker/writer.py)."""
+    applied = sorted(
+        e["at"] for e in events(stack) if e["vendor"] == source and e["outcome"] == "applied"
+    )[-count:]
+    pauses = sum(1 for a, b in itertools.pairwise(applied) if b - a >= QUIET.total_seconds())
+    return pauses + int((applied[-1] - applied[0]) // SETTLE_MAX.total_seconds())
 
 
 # -- 2. conflicts: last writer wins by the source's timestamp --------------------------------

@@ -75,7 +75,7 @@ def test_crash_sigkill_mid_push_loses_and_duplicates_nothing(crash_stack: Stack)
     )
     stack.kill_worker(stack.workers[0], signal.SIGKILL)
     slow.latency = 0.0
-    stack.start_worker()
+    stack.start_procfile_worker()
     # then the job comes back (late ack) and iCloudReady ends with exactly one record
     wait_for(
         lambda: names_held(stack, "icloudready") == ["Killed Mid Push"],
@@ -193,7 +193,7 @@ def test_crash_sigterm_mid_push_finishes_the_push_before_exiting(crash_stack: St
     # then it finished the push in flight before exiting: iVvy already holds the deal once
     assert [n for n in names_held(stack, "ivvy") if n == "Stopped Politely"] == ["Stopped Politely"]
     slow.latency = 0.0
-    stack.start_worker()
+    stack.start_procfile_worker()
     time.sleep(2)
     for vendor in TARGETS:
         assert names_held(stack, vendor).count("Stopped Politely") == 1, vendor

@@ -1,9 +1,11 @@
 """Nothing lost, nothing duplicated, under vendor faults injected into the real stack.
 
 For each vendor as the target of a sync, its simulator fails the first writes in one way —
-bursts of 5xx, 429 with Retry-After, a timeout after which it commits anyway, a response lost
-after it committed — and afterwards every vendor must hold exactly one record with the
-deal's values.
+bursts of 5xx, 429 with Retry-After, a create held past our timeout and committed afterwards,
+a response lost after it committed — and afterwards every vendor must hold exactly one record
+with the deal's values. Records are counted only once every simulator has answered every
+request it held and the stack is idle (``wait_quiet``): a held create counted too early is
+the duplicate a test would miss.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ from functools import partial
 
 import pytest
 
+from schemas.opportunity import Status
 from tests.integration.drive import (
     DEAL,
     announce,
     as_held_by,
+    expected,
     held,
+    held_by_id,
+    oppsync_show,
     others,
     person_creates,
+    run_cli,
+    synced,
     wait_converged,
+    wait_quiet,
 )
 from tests.stack import VENDORS, Stack, wait_for
 
@@ -50,6 +59,9 @@ def sync_through_fault(stack: Stack, target: str) -> None:
     assert announce(stack, source, vendor_id) == 202
     wait_converged(stack, others(source), as_held_by(source, DEAL))
     assert stack.sims[target].faults.fired, "the fault never fired"
+    # counted again once nothing is held and nothing runs: exactly one record each
+    wait_quiet(stack)
+    wait_converged(stack, others(source), as_held_by(source, DEAL))
 
 
 @pytest.mark.parametrize("target", VENDORS)
@@ -74,12 +86,53 @@ def test_fault_429_is_retried_after_the_vendors_retry_after(live: Stack, target:
     assert attempts[refused + 1].at - attempts[refused].at >= 2.0
 
 
+#: The stack's HTTP timeout and create settle time (tests/stack.py).
+HTTP_TIMEOUT, SETTLE = 3.0, 6.0
+
+
 @pytest.mark.parametrize("target", VENDORS)
-def test_fault_timeout_after_commit_creates_no_duplicate(live: Stack, target: str) -> None:
-    # given the target takes longer than our 3 s timeout, then commits anyway
-    aim(live, target, "timeout", delay=4.0, times=1)
-    # then the retry finds the record the first attempt made instead of creating another
+def test_fault_create_committed_after_our_timeout_is_not_made_twice(
+    live: Stack, target: str
+) -> None:
+    # given the target holds the create past our timeout, then commits it (inside settle)
+    aim(live, target, "late_commit", delay=HTTP_TIMEOUT + 1.5, times=1)
+    # then the retry waits for it and finds it instead of creating another
     sync_through_fault(live, target)
+
+
+@pytest.mark.parametrize("target", ["leadway", "ivvy", "salescaling", "icloudready"])
+def test_fault_create_committed_after_settle_is_reduced_to_the_linked_record(
+    live: Stack, target: str
+) -> None:
+    # given the target holds the create longer than any bound we wait (settle time)
+    aim(live, target, "late_commit", delay=SETTLE + 4.0, times=1)
+    source = source_for(target)
+    vendor_id = person_creates(live, source)
+    assert announce(live, source, vendor_id) == 202
+    wait_quiet(live)
+    assert len(held(live, target)) == 2, "the late create did not make a second record"
+    # when reconciliation runs
+    answer = run_cli(live, "reconcile", timeout=120)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    wait_quiet(live)
+    # then the target keeps one record of the deal: the linked one
+    records = held_by_id(live, target)
+    show = oppsync_show(live, f"{source}:{vendor_id}")
+    linked = next(line for line in show.splitlines() if line.strip().startswith(target))
+    live_ones = {i: o for i, o in records.items() if not str(o.name).startswith("DUPLICATE")}
+    assert list(live_ones) == [i for i in live_ones if i in linked], show
+    assert len(live_ones) == 1, records
+    if target == "ivvy":  # no delete action: the other is marked lost and named a duplicate
+        (marked,) = [o for i, o in records.items() if i not in live_ones]
+        assert marked.status == Status.LOST
+    else:
+        assert len(records) == 1, records
+    (kept,) = live_ones.values()
+    assert synced(kept, target) == expected(target, as_held_by(source, DEAL))
+    wait_converged(live, [v for v in others(source) if v != target], as_held_by(source, DEAL))
+    # and the deal's history says what was done with the other record
+    assert f"duplicate {'marked lost' if target == 'ivvy' else 'deleted'}" in show, show
+    assert "Second records of a deal (deleted or marked): 1" in answer.stdout
 
 
 @pytest.mark.parametrize("target", VENDORS)

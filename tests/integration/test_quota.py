@@ -27,7 +27,8 @@ def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         leadway_quota=QUOTA,
         LEADWAY_RATE_LIMIT=f"{QUOTA[0]}/{int(QUOTA[1])} seconds",
     )
-    stack.start_worker(concurrency=8)  # a second worker process on the same Redis
+    # a second worker process on the same Redis
+    stack.start_procfile_worker({**stack.env, "OPPSYNC_WORKER_CONCURRENCY": "8"})
     yield stack
     stack.stop()
 

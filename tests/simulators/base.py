@@ -7,7 +7,8 @@ server closes every connection and starts a thread for each). Faults ``lost_resp
 ``reset`` drop the connection through werkzeug's socket, so they need werkzeug.
 
 Tests reach its state directly (``sim.records``) and switch faults on with
-``sim.faults.add(...)``; every request is logged in ``sim.log`` so tests can count creates.
+``sim.faults.add(...)``; every request is logged in ``sim.log`` so tests can count creates,
+and ``sim.held`` counts the requests it is still handling (a held one may yet commit).
 
 Fault kinds (``Fault.kind``):
 
@@ -15,6 +16,9 @@ Fault kinds (``Fault.kind``):
                        touching state.
 * ``"timeout"``        sleep ``delay`` seconds before handling (client times out; nothing is
                        committed unless the client waits).
+* ``"late_commit"``    hold the request ``delay`` seconds (longer than the client's timeout),
+                       then commit it anyway: the client saw a timeout, the record exists
+                       once the hold ends. Tests wait for ``held == 0`` before counting.
 * ``"lost_response"``  handle the request (state committed), then drop the connection
                        without an answer: the client sees a reset.
 * ``"reset"``          drop the connection before handling (nothing committed).
@@ -197,6 +201,8 @@ class Simulator:
         self.log: list[LoggedRequest] = []
         self.quota = SlidingWindow(*rate_limit) if rate_limit else None
         self.rate_limited = 0
+        self._held = 0
+        self._held_lock = threading.Lock()
         #: Where this vendor sends its webhooks (None: it sends none).
         self.webhook_url: str | None = None
         #: Standard Webhooks secret used when the vendor is wired through its automation.
@@ -210,6 +216,7 @@ class Simulator:
         self.app = Flask(f"sim-{self.name}")
         self.app.before_request(self._before)
         self.app.after_request(self._after)
+        self.app.teardown_request(self._done)
         self.routes()
 
     # -- to be provided by each vendor ---------------------------------------------------
@@ -253,6 +260,12 @@ class Simulator:
     def url(self) -> str:
         assert self._server is not None, "simulator not started"
         return f"http://127.0.0.1:{self._server.server_port}"
+
+    @property
+    def held(self) -> int:
+        """Requests received and not yet answered (a held create may still commit)."""
+        with self._held_lock:
+            return self._held
 
     # -- helpers for subclasses -----------------------------------------------------------
     def next_id(self) -> int:
@@ -298,6 +311,9 @@ class Simulator:
 
     # -- request hooks -------------------------------------------------------------------
     def _before(self) -> Response | None:
+        with self._held_lock:
+            self._held += 1
+        request.environ["sim.held"] = True
         if self.latency:
             time.sleep(self.latency)
         denied = self.check_auth()
@@ -319,7 +335,7 @@ class Simulator:
             return self.json_response(
                 {"message": f"simulated {fault.status}"}, fault.status, headers
             )
-        if fault.kind == "timeout":
+        if fault.kind in ("timeout", "late_commit"):
             time.sleep(fault.delay)
         if fault.kind == "reset":
             _drop_connection()
@@ -342,3 +358,9 @@ class Simulator:
         if fault is not None and fault.kind == "lost_response":
             _drop_connection()
         return response
+
+    def _done(self, _error: BaseException | None) -> None:
+        """The request is handled (answered, dropped or failed): no longer held."""
+        if request.environ.pop("sim.held", False):
+            with self._held_lock:
+                self._held -= 1

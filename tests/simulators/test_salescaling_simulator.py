@@ -334,6 +334,23 @@ def test_simulator_lost_response_commits_then_drops_the_connection(
     assert [r["name"] for r in sim.records.values()] == [DEAL["name"]]
 
 
+def test_simulator_late_commit_holds_past_the_timeout_then_commits(
+    sim: SalescalingSimulator, client: httpx.Client
+) -> None:
+    # given a create held 1.5 s, longer than the client's 0.5 s timeout
+    sim.faults.add("late_commit", delay=1.5, methods=("POST",))
+    # when the client gives up waiting
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(PREFIX, json=DEAL, timeout=0.5)
+    # then the simulator still holds it, nothing is committed yet, and then it is
+    assert sim.held == 1 and sim.records == {}
+    deadline = time.monotonic() + 5
+    while sim.held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.held == 0
+    assert [r["name"] for r in sim.records.values()] == [DEAL["name"]]
+
+
 def test_simulator_quota_answers_429_envelope_with_retry_after() -> None:
     # given a quota of two requests a minute
     limited = SalescalingSimulator(rate_limit=(2, 60.0)).start()

@@ -3,6 +3,7 @@ with in-memory vendor adapters (the adapters are the only stand-ins here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +20,7 @@ from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
 from tests.strategies import envelope
 from worker import pipeline, writer
 from worker.embedded_redis import EmbeddedRedis
-from worker.errors import InvalidPayload
+from worker.errors import CreateSettling, InvalidPayload, OutcomeUnknown
 from worker.runtime import Runtime
 from worker.settings import from_env
 from worker.state import Store
@@ -42,6 +43,7 @@ class MemoryAdapter:
         self.synced_fields = fields
         self.lossy = lossy
         self.time_resolution = time_resolution
+        self.upserts_by_key = False
         self.records: dict[str, dict[str, Any]] = {}
         self.creates = 0
         self._ids = itertools.count(1)
@@ -242,3 +244,82 @@ def test_ingest_refuses_a_fetch_answered_with_another_record(rt: Runtime) -> Non
     assert refused.value.reason == "bad_answer"
     assert rt.store.key_for("leadway", "L1") is None
     assert rt.store.key_for("leadway", "L2") is None
+
+
+def test_push_after_an_unanswered_create_waits_for_it_to_settle(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a create in leadway that timed out after it was sent (the vendor may commit it)
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    salescaling: Any = rt.adapters["salescaling"]
+    real_upsert = salescaling.upsert
+
+    def times_out(*args: Any, **kwargs: Any) -> UpsertResult:
+        real_upsert(*args, **kwargs)  # committed, but the answer never came
+        raise OutcomeUnknown("no answer", vendor="salescaling", reason="no_answer")
+
+    monkeypatch.setattr(salescaling, "upsert", times_out)
+    with pytest.raises(OutcomeUnknown) as lost:
+        writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+    # then its retry is asked for no sooner than the settle time after it was sent
+    settle = rt.settings.create_settle_seconds
+    assert lost.value.retry_after is not None and lost.value.retry_after > settle - 1
+    # and a push before then neither creates again nor looks, but waits for that moment
+    monkeypatch.setattr(salescaling, "upsert", real_upsert)
+    with pytest.raises(CreateSettling) as waiting:
+        writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+    assert settle - 1 < (waiting.value.retry_after or 0) <= settle
+    assert salescaling.creates == 1
+
+
+def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a create in salescaling that went unanswered, committed later than we waited
+    # (settle time 0 here), after a second create made the record we linked
+    rt.settings = dataclasses.replace(rt.settings, create_settle_seconds=0)
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    key = str(outcome.key)
+    salescaling: Any = rt.adapters["salescaling"]
+    real_upsert = salescaling.upsert
+
+    def times_out(*args: Any, **kwargs: Any) -> UpsertResult:
+        real_upsert(*args, **kwargs)
+        raise OutcomeUnknown("no answer", vendor="salescaling", reason="no_answer")
+
+    monkeypatch.setattr(salescaling, "upsert", times_out)
+    with pytest.raises(OutcomeUnknown):
+        writer.push(rt, key, "salescaling", cause={"vendor": "test"})
+    ((late_id, late),) = salescaling.records.items()
+    del salescaling.records[late_id]  # not visible yet when we looked again
+    monkeypatch.setattr(salescaling, "upsert", real_upsert)
+    writer.push(rt, key, "salescaling", cause={"vendor": "test"})
+    ((kept, _),) = salescaling.records.items()
+    # when the late record shows up (an event, a poll)
+    second = deliver(rt, "salescaling", late)
+    # then it is deleted, the linked record kept, and the deal's history says so
+    assert second.outcome == "duplicate"
+    assert list(salescaling.records) == [kept]
+    assert rt.store.key_for("salescaling", kept) == key
+    assert rt.store.writes(key)[0]["action"] == f"duplicate deleted, kept {kept}"
+    # and a later event about it goes no further
+    assert deliver(rt, "salescaling", late).outcome == "duplicate"
+
+
+def test_a_persons_deal_holding_the_same_values_is_no_duplicate(rt: Runtime) -> None:
+    # given a deal synced to salescaling, every create answered
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    sync(rt, outcome)
+    salescaling: Any = rt.adapters["salescaling"]
+    ((kept, record),) = salescaling.records.items()
+    # when a person enters another deal there with the very same values
+    theirs = deliver(rt, "salescaling", {**record, "id": "theirs-1"})
+    # then it is not deleted as a duplicate
+    assert theirs.outcome != "duplicate"
+    assert set(salescaling.records) == {kept, "theirs-1"}

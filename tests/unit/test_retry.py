@@ -72,3 +72,21 @@ def test_decide_gives_up_after_the_horizon() -> None:
 
 def test_default_horizon_is_at_least_72_hours() -> None:
     assert SETTINGS.retry_horizon_hours >= 72
+
+
+def test_decide_honours_a_retry_after_longer_than_the_maximum_delay() -> None:
+    # given a vendor asking for an hour, longer than OPPSYNC_RETRY_MAX_SECONDS (600 s)
+    error = RateLimited("slow down", vendor="leadway", retry_after=3600)
+    # when the policy decides
+    verdict = decide(error, attempt=1, first_attempt_at=time.time(), settings=SETTINGS)
+    # then the retry waits the hour the vendor asked for, not the 600 s maximum
+    assert verdict.retry and verdict.delay == 3600
+
+
+def test_decide_cuts_a_retry_after_at_the_retry_horizon() -> None:
+    # given a job first tried 71 h ago (horizon 72 h) and a vendor asking for 5 h
+    now = time.time()
+    error = RateLimited("slow down", vendor="leadway", retry_after=5 * 3600)
+    verdict = decide(error, attempt=9, first_attempt_at=now - 71 * 3600, settings=SETTINGS, now=now)
+    # then the last retry comes at the horizon, not after it
+    assert verdict.retry and verdict.delay == pytest.approx(3600)

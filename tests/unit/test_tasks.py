@@ -6,6 +6,7 @@ test's own, which is stopped at the moment under test, and at real simulators.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,23 @@ def test_an_ingest_run_in_process_that_loses_redis_raises_to_its_caller(
     # then the caller gets an error to report (there is no queue to put the job back on)
     with pytest.raises(Reject):
         tasks.ingest_now(envelope("salescaling", DEAL))
+
+
+def test_push_retry_longer_than_the_broker_allows_waits_in_hops(
+    tasks: Any, sims: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a vendor asked for an hour, longer than a countdown may last (retry max: 3 s)
+    published: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.push_to_vendor, "apply_async", lambda **job: published.append(job))
+    tasks.schedule_push_retry("opp_1", "salescaling", {}, time.time(), 2, 3600.0)
+    (first,) = published
+    assert first["countdown"] <= 3.0
+    not_before = first["kwargs"]["not_before"]
+    assert not_before == pytest.approx(time.time() + 3600, abs=5)
+    # when that hop arrives early
+    outcome = tasks.push_to_vendor.apply(kwargs=first["kwargs"]).get()
+    # then it only schedules the next hop, for the same moment, and calls no vendor
+    assert outcome == "waiting"
+    assert published[1]["countdown"] <= 3.0
+    assert published[1]["kwargs"]["not_before"] == pytest.approx(not_before, abs=0.1)
+    assert sims["salescaling"].log == []

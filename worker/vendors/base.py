@@ -36,6 +36,9 @@ class VendorAdapter(Protocol):
     synced_fields: frozenset[str]
     #: How finely the vendor stamps its times, in seconds (0: finer than we can tell apart).
     time_resolution: float
+    #: Whether a create is an upsert by our key (SIRO ``externalId``): repeating it can
+    #: make no second record, so an unanswered one need not settle first.
+    upserts_by_key: bool
 
     # -- pure translation (delegates to schemas/<vendor>.py) --------------------------------
     def record_id(self, record: dict[str, Any]) -> str:
@@ -113,6 +116,7 @@ class SchemaTranslation:
     synced_fields: frozenset[str]
     mapping: Mapping
     time_resolution: float = 0.0
+    upserts_by_key: bool = False
 
     def record_id(self, record: dict[str, Any]) -> str:
         try:

@@ -34,6 +34,7 @@ EXTERNAL_ID = "external_id"
 
 class SiroAdapter(SchemaTranslation):
     name = "siro"
+    upserts_by_key = True  # PUT sync upserts by externalId (our key)
     schema = schema
     synced_fields: frozenset[str] = schema.SYNCED_FIELDS
 
