@@ -41,20 +41,29 @@ def whsec(seed: str) -> str:
     return "whsec_" + base64.b64encode(seed.encode().ljust(24, b"-")).decode()
 
 
-def procfile_args(process: str, env: Mapping[str, str]) -> list[str]:
-    """The Procfile's command line for ``process`` (``web``, ``worker``, ...): each
-    ``${VAR:-default}`` expanded from ``env``, and the program taken from this virtualenv."""
+def procfile_args(
+    process: str, env: Mapping[str, str], *, extra: tuple[str, ...] = (), app: str | None = None
+) -> list[str]:
+    """The Procfile's line for ``process`` (``web``, ``worker``, ...) as a shell runs it
+    (``sh -c``; the pre-flight check first, then ``exec`` of the server): each
+    ``${VAR:-default}`` expanded from ``env``, every program taken from this virtualenv,
+    ``extra`` appended to the server's arguments and ``app`` in place of the web's app."""
     for line in (ROOT / "Procfile").read_text().splitlines():
         name, _, command = line.partition(":")
-        if name.strip() == process:
-            expanded = re.sub(
-                r"\$\{(\w+)(?::-([^}]*))?\}",
-                lambda m: env.get(m.group(1)) or m.group(2) or "",
-                command,
-            )
-            args = shlex.split(expanded)
-            local = BIN / args[0]
-            return [str(local) if local.exists() else args[0], *args[1:]]
+        if name.strip() != process:
+            continue
+        expanded = re.sub(
+            r"\$\{(\w+)(?::-([^}]*))?\}",
+            lambda m: env.get(m.group(1)) or m.group(2) or "",
+            command,
+        )
+        steps = [shlex.split(step) for step in expanded.split("&&")]
+        steps = [step[1:] if step[0] == "exec" else step for step in steps]
+        server = [app if app and a == "web.app:create_app()" else a for a in steps[-1]]
+        steps[-1] = [*server, *extra]
+        local = [[str(BIN / s[0]) if (BIN / s[0]).exists() else s[0], *s[1:]] for s in steps]
+        script = " && ".join([*map(shlex.join, local[:-1]), "exec " + shlex.join(local[-1])])
+        return ["/bin/sh", "-c", script]
     raise KeyError(f"no {process!r} process in the Procfile")
 
 
@@ -171,9 +180,7 @@ class Stack:
         """The Procfile's ``web`` line on ``web_port``; ``app`` swaps the WSGI app (the
         benchmark's bare ceiling) while every gunicorn setting stays the Procfile's."""
         self.web_port = self.web_port or free_port()
-        args = procfile_args("web", {**self.env, "PORT": str(self.web_port)})
-        if app is not None:
-            args = [app if a == "web.app:create_app()" else a for a in args]
+        args = procfile_args("web", {**self.env, "PORT": str(self.web_port)}, app=app)
         self.web = self._spawn("web", args, self.env)
         # Any answer will do: the bare app has no /healthz, its 404 says it serves.
         wait_for(lambda: _serves(f"{self.web_url}/healthz"), 30, "web did not start")
@@ -194,7 +201,7 @@ class Stack:
         env = env or self.env
         log = self.log_dir / f"worker{n}.log"
         offset = log.stat().st_size if log.exists() else 0
-        args = [*procfile_args("worker", env), "-n", f"worker{n}@%h", *extra_args]
+        args = procfile_args("worker", env, extra=("-n", f"worker{n}@%h", *extra_args))
         process = self._spawn(f"worker{n}", args, env)
         self.workers.append(process)
 
