@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -34,6 +36,7 @@ from rich.table import Table
 from schemas.mapping import VENDORS, Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
 from worker.settings import load_mapping
+from worker.state import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVERGE_SECONDS = 120
@@ -128,9 +131,16 @@ class Cell:
 class Board:
     """Each sample deal as each vendor holds it, read back through the vendor's schema."""
 
-    def __init__(self, sims: dict[str, Any], mapping: Mapping) -> None:
+    def __init__(
+        self,
+        sims: dict[str, Any],
+        mapping: Mapping,
+        key_of: Callable[[str], str | None] = lambda source: None,
+    ) -> None:
         self.sims = sims
         self.mapping = mapping
+        #: The canonical key of the deal created in ``source``, once oppsync linked it.
+        self.key_of = key_of
 
     def expected(self, source: str, vendor: str) -> dict[str, Any]:
         held_by_source = _schema(source).project(SAMPLES[source], self.mapping)
@@ -174,10 +184,11 @@ class Board:
             caption="✓ holds what the deal should look like there · … differs · – not yet",
         )
         table.add_column("deal (created in)")
+        table.add_column("key (oppsync show KEY)")
         for vendor in VENDORS:
             table.add_column(vendor)
         for source, deal in SAMPLES.items():
-            row = [f"{deal.name} ({source})"]
+            row = [f"{deal.name} ({source})", self.key_of(source) or "[dim]–[/dim]"]
             for vendor in VENDORS:
                 cell = cells[source][vendor]
                 if cell is None:
@@ -273,12 +284,15 @@ class ProcessLog:
 
 
 def show_convergence(
-    sims: dict[str, Any], mapping: Mapping, console: Console, *, started: float
+    sims: dict[str, Any], mapping: Mapping, console: Console, *, started: float, store: Store
 ) -> bool:
-    """Create and announce the sample deals, then redraw the table until all agree."""
-    board = Board(sims, mapping)
+    """Create and announce the sample deals, then redraw the table until all agree; each
+    deal's key (from the link map) is shown for ``oppsync show``."""
+    created: dict[str, str] = {}
+    board = Board(sims, mapping, lambda source: store.key_for(source, created[source]))
     for vendor, deal in SAMPLES.items():
-        answer = announce(sims[vendor], vendor, person_creates(sims[vendor], vendor, deal, mapping))
+        created[vendor] = person_creates(sims[vendor], vendor, deal, mapping)
+        answer = announce(sims[vendor], vendor, created[vendor])
         console.print(f"{vendor}: a person created “{deal.name}”; the webhook got {answer}")
     cells = board.cells()
     with Live(board.table(cells, 0.0), console=console, refresh_per_second=4) as live:
@@ -320,7 +334,7 @@ def demo(*, port: int, exit_when_converged: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="oppsync-demo-"))
     log = ProcessLog(workdir / "stack.log")
     # Piped into a file or CI log, a table 80 columns wide would wrap every cell.
-    console = Console(file=log.terminal, width=None if log.terminal.isatty() else 132)
+    console = Console(file=log.terminal, width=None if log.terminal.isatty() else 170)
     console.print(f"Starting Redis, five simulated vendors, web, worker, beat and Flower "
                   f"(their output: {log.path}) …")  # fmt: skip
     with log:
@@ -370,7 +384,11 @@ def _run(
         web = f"http://127.0.0.1:{port}"
         _wait_ready(web)
         started = time.monotonic()
-        outcome["converged"] = show_convergence(sims, mapping, console, started=started)
+        store = Store(redis.Redis.from_url(redis_url, decode_responses=True))
+        outcome["converged"] = show_convergence(
+            sims, mapping, console, started=started, store=store
+        )
+        store.redis.close()
         took = time.monotonic() - started
         console.print(
             f"All five vendors agree on all five deals: converged in {took:.1f} s."
