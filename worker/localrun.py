@@ -164,8 +164,12 @@ def _start(
         return EXIT_CONFIG
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    # No env file: honcho would read a .env here (docker compose's, from .env.example) over
+    # the environment just checked and built.
     honcho = subprocess.Popen(
-        [str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile")], cwd=ROOT, env=env
+        [str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-e", os.devnull],
+        cwd=ROOT,
+        env=env,
     )
     started.callback(_stop_honcho, honcho)
     listening = threading.Event()

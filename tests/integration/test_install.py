@@ -51,7 +51,8 @@ def dry_run(python: Path, report: Path, *args: str) -> tuple[str, dict[str, str]
     assert result.returncode == 0, said[-3000:]
     installs = json.loads(report.read_text())["install"]
     versions = {
-        canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in installs
+        str(canonicalize_name(i["metadata"]["name"])): str(i["metadata"]["version"])
+        for i in installs
     }
     return said, versions
 
