@@ -151,8 +151,8 @@ class EnvReader:
     def problem(self, text: str) -> None:
         self.problems.append(text)
 
-    def number(self, name: str, default: float, *, minimum: float = 0, example: str = "") -> float:
-        """A number (seconds, bytes, counts) no smaller than ``minimum``."""
+    def number(self, name: str, default: float, *, positive: bool = False) -> float:
+        """A number (seconds, counts): 0 or more, or above 0 when ``positive``."""
         raw = self.raw(name)
         if raw is None:
             return default
@@ -160,10 +160,10 @@ class EnvReader:
             value = float(raw)
         except ValueError:
             value = float("nan")
-        if not value >= minimum:  # also refuses NaN
+        if not (value > 0 if positive else value >= 0):  # also refuses NaN
             self.problem(
-                f"{name}={raw!r} is not a number of at least {minimum:g}: "
-                f"use e.g. {name}={example or f'{default:g}'}"
+                f"{name}={raw!r} is not a number {'above 0' if positive else 'of 0 or more'}: "
+                f"use e.g. {name}={default:g}"
             )
             return default
         return value
@@ -324,7 +324,7 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
     except ConfigError as exc:
         read.problem(str(exc))
         mapping = Mapping()
-    retry_max_seconds = read.number("OPPSYNC_RETRY_MAX_SECONDS", 600.0, minimum=0.001)
+    retry_max_seconds = read.number("OPPSYNC_RETRY_MAX_SECONDS", 600.0, positive=True)
     visibility_timeout = read.integer("OPPSYNC_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=1)
     if visibility_timeout <= retry_max_seconds:
         read.problem(
@@ -338,7 +338,7 @@ def from_env(env: EnvMapping[str, str] | None = None, *, check: bool = True) -> 
         vendor={name: _vendor_settings(read, name, default_policy) for name in VENDORS},
         mapping=mapping,
         mapping_path=mapping_path,
-        http_timeout_seconds=read.number("OPPSYNC_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.001),
+        http_timeout_seconds=read.number("OPPSYNC_HTTP_TIMEOUT_SECONDS", 10.0, positive=True),
         retry_base_seconds=read.number("OPPSYNC_RETRY_BASE_SECONDS", 2.0),
         retry_max_seconds=retry_max_seconds,
         retry_horizon_hours=read.number("OPPSYNC_RETRY_HORIZON_HOURS", 72.0),

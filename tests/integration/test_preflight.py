@@ -110,7 +110,7 @@ def mistakes(tmp: Path) -> dict[str, tuple[dict[str, str], str]]:
         ),
         "invalid number": (
             one_vendor(OPPSYNC_HTTP_TIMEOUT_SECONDS="ten"),
-            "OPPSYNC_HTTP_TIMEOUT_SECONDS='ten' is not a number",
+            "OPPSYNC_HTTP_TIMEOUT_SECONDS='ten' is not a number above 0: use e.g.",
         ),
         "invalid policy": (
             one_vendor(SIRO_DELETE_POLICY="destroy"),
