@@ -39,22 +39,30 @@ def stock_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dry_run(python: Path, report: Path, *args: str) -> tuple[str, dict[str, str]]:
-    """``pip install --dry-run`` of ``args``: pip's output and what it would install."""
-    result = subprocess.run(
+    """``pip install --dry-run`` of ``args``: pip's output and what it would install. Stops
+    pip at its first backtracking message (it can go on for many minutes)."""
+    said: list[str] = []
+    with subprocess.Popen(
         [python, "-m", "pip", "install", "--dry-run", "--report", str(report), *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=240,
-    )
-    said = result.stdout + result.stderr
-    assert result.returncode == 0, said[-3000:]
+    ) as pip:
+        assert pip.stdout is not None
+        for line in pip.stdout:
+            said.append(line)
+            if any(words in line for words in BACKTRACKING):
+                pip.kill()
+                raise AssertionError(f"pip backtracks: {line.strip()}\n{''.join(said[-30:])}")
+        returncode = pip.wait(timeout=240)
+    assert returncode == 0, "".join(said[-60:])
     installs = json.loads(report.read_text())["install"]
     versions = {
         str(canonicalize_name(i["metadata"]["name"])): str(i["metadata"]["version"])
         for i in installs
     }
-    return said, versions
+    return "".join(said), versions
 
 
 def test_install_stock_pip_resolves_the_project_without_backtracking(
