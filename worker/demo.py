@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -340,14 +341,33 @@ def demo(*, port: int, exit_when_converged: bool) -> int:
     with log:
         try:
             converged = _run(port, flower_port, workdir, console, log, exit_when_converged)
+        except ConfigRefused as exc:
+            console.print(str(exc))
+            shutil.rmtree(workdir, ignore_errors=True)
+            return 2
         except RuntimeError as exc:
             console.print(f"{log.tail()}\n\ndemo: {exc} (the whole log: {log.path})")
+            _keep_only(workdir, log.path)
             return 1
     if not converged:
         console.print(f"The stack's output is kept in {log.path}.")
+        _keep_only(workdir, log.path)
         return 1
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+class ConfigRefused(RuntimeError):
+    """The pre-flight check refused what the demo took from the user's environment."""
+
+
+def _keep_only(workdir: Path, log: Path) -> None:
+    """After a failed demo, its temporary folder keeps only the log it points the user to."""
+    for child in workdir.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child != log:
+            child.unlink()
 
 
 def _run(
@@ -360,21 +380,43 @@ def _run(
 ) -> bool:
     from tests.stack import start_simulators
     from worker.embedded_redis import start_redis
-    from worker.localrun import run_stack
 
-    redis_server = None
-    redis_url = os.environ.get("REDIS_URL", "")
-    if redis_url:
-        console.print("Using REDIS_URL: the demo's links and events stay in that Redis.")
-    else:
-        redis_server = start_redis(directory=workdir / "redis")
-        redis_url = redis_server.url
-    sims = start_simulators()
+    with ExitStack() as started:  # whatever starts is stopped, however the demo ends
+        redis_url = os.environ.get("REDIS_URL", "")
+        if redis_url:
+            console.print("Using REDIS_URL: the demo's links and events stay in that Redis.")
+        else:
+            redis_server = start_redis(directory=workdir / "redis")
+            started.callback(redis_server.stop)
+            redis_url = redis_server.url
+        sims = start_simulators()
+        for sim in sims.values():
+            started.callback(sim.stop)
+        return _run_on(
+            redis_url, sims, port, flower_port, workdir, console, log, exit_when_converged
+        )
+
+
+def _run_on(
+    redis_url: str,
+    sims: dict[str, Any],
+    port: int,
+    flower_port: int,
+    workdir: Path,
+    console: Console,
+    log: ProcessLog,
+    exit_when_converged: bool,
+) -> bool:
+    from worker.localrun import run_stack
+    from worker.preflight import explain, problems
+
     for name, sim in sims.items():
         sim.webhook_url = f"http://127.0.0.1:{port}/webhooks/{name}"
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = True  # Leadway and iVvy announce our own writes too, as in life
     env = _environment(redis_url, sims, workdir, flower_port)
+    if found := problems(env):  # what the demo takes from the user's environment
+        raise ConfigRefused(explain(found))
     os.environ.clear()
     os.environ.update(env)  # run_stack starts the Procfile with this process's environment
     mapping = load_mapping(env["OPPSYNC_MAPPING"])
@@ -404,11 +446,5 @@ def _run(
             raise Finished
         log.follow()
 
-    try:
-        run_stack(sandbox=False, port=port, after_start=after_start)
-    finally:
-        for sim in sims.values():
-            sim.stop()
-        if redis_server is not None:
-            redis_server.stop()
+    run_stack(sandbox=False, port=port, after_start=after_start)
     return outcome["converged"]

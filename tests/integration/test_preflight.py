@@ -238,6 +238,20 @@ def test_run_says_it_runs_the_sandbox_and_cleans_up_a_failed_start() -> None:
     assert not answers(redis_port)
 
 
+def test_demo_refused_start_stops_its_redis_and_removes_its_folder() -> None:
+    # given a Procfile value the demo keeps from the user's environment
+    env = clean_env(WEB_CONCURRENCY="many")
+    # when the demo starts (its Redis and simulators come up, then the start is refused)
+    result = run_oppsync(env, "demo", "--exit-when-converged", "--port", env["PORT"])
+    said = result.stdout + result.stderr
+    # then one line says why, exit 2, and nothing it made is left
+    assert result.returncode == 2, said[-3000:]
+    assert "Traceback" not in said
+    assert "WEB_CONCURRENCY='many' is not a whole number" in said
+    folder = Path(re.search(r"their output: (\S+)/stack\.log", said).group(1))  # type: ignore[union-attr]
+    assert not folder.exists()
+
+
 def answers(port: int) -> bool:
     import socket
 
