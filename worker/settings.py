@@ -145,8 +145,9 @@ class EnvReader:
         self.problems: list[str] = []
 
     def raw(self, name: str) -> str | None:
+        """The value as set (a password keeps its spaces); None when unset or blank."""
         value = self.env.get(name)
-        return None if value is None or value.strip() == "" else value.strip()
+        return None if value is None or value.strip() == "" else value
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -172,6 +173,7 @@ class EnvReader:
         raw = self.raw(name)
         if raw is None:
             return default
+        raw = raw.strip()
         if not raw.isdigit() or int(raw) < minimum:
             self.problem(
                 f"{name}={raw!r} is not a whole number of at least {minimum}: "
@@ -199,7 +201,7 @@ class EnvReader:
         raw = self.raw(name)
         if raw is None:
             return default
-        value = raw.upper() if fold else raw
+        value = raw.strip().upper() if fold else raw.strip()
         if value not in choices:
             self.problem(f"{name}={raw!r} is not one of: {', '.join(choices)}")
             return default
@@ -210,6 +212,7 @@ class EnvReader:
         raw = self.raw(name)
         if raw is None:
             return default
+        raw = raw.strip()
         parts = urlsplit(raw)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             self.problem(
