@@ -11,6 +11,7 @@ everything it started.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -92,8 +93,18 @@ def _stop_on_signals() -> dict[int, Any]:
     return {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
 
 
+def web_bind_host() -> str:
+    """The address the Procfile's web binds (``--bind HOST:$PORT``)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:") and (bind := re.search(r"--bind[ =]([^:\s]+):", line)):
+            return bind.group(1)
+    return "0.0.0.0"
+
+
 def _announce_when_listening(port: int, flower_port: int, stop: threading.Event) -> None:
     """Say where the web and Flower listen once the web really accepts connections."""
+    host = web_bind_host()
+    where = "every interface" if host == "0.0.0.0" else "this address only"
     while not stop.is_set():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -101,7 +112,7 @@ def _announce_when_listening(port: int, flower_port: int, stop: threading.Event)
             stop.wait(0.3)
             continue
         print(
-            f"oppsync: web listening on 0.0.0.0:{port}, every interface (here: "
+            f"oppsync: web listening on {host}:{port}, {where} (here: "
             f"http://127.0.0.1:{port}, webhooks at /webhooks/<vendor>); Flower on "
             f"0.0.0.0:{flower_port} (http://127.0.0.1:{flower_port}). Ctrl-C stops.",
             flush=True,
