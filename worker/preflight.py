@@ -13,6 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
 from worker.errors import ConfigError
 from worker.settings import EnvReader, Settings, from_env
 
@@ -53,10 +56,37 @@ def procfile_problems(env: Mapping[str, str]) -> list[str]:
     return read.problems
 
 
+#: HighLevel's webhook keys, when set instead of the published ones: what each must be.
+SIGNING_KEYS: dict[str, tuple[type, str]] = {
+    "LEADWAY_WEBHOOK_PUBLIC_KEY": (ed25519.Ed25519PublicKey, "an Ed25519 public key"),
+    "LEADWAY_WEBHOOK_RSA_PUBLIC_KEY": (rsa.RSAPublicKey, "an RSA public key"),
+}
+
+
+def signing_key_problems(env: Mapping[str, str]) -> list[str]:
+    """Public keys that could verify no delivery (the receiver would fail on each one)."""
+    found = []
+    for name, (kind, what) in SIGNING_KEYS.items():
+        pem = EnvReader(env).raw(name)
+        if pem is None:
+            continue
+        try:
+            usable = isinstance(serialization.load_pem_public_key(pem.encode()), kind)
+        except ValueError:
+            usable = False
+        if not usable:
+            found.append(
+                f"{name} is not {what} in PEM: use the whole -----BEGIN PUBLIC KEY----- "
+                "block HighLevel publishes, or leave it unset for HighLevel's own"
+            )
+    return found
+
+
 #: Every check, in the order its lines are printed.
 CHECKS: tuple[Callable[[Mapping[str, str]], list[str]], ...] = (
     settings_problems,
     procfile_problems,
+    signing_key_problems,
 )
 
 
