@@ -6,6 +6,7 @@
     python3 dev.py lint     ruff (lint + format check) and mypy
     python3 dev.py demo     the stack plus five simulated vendors, with a live table
     python3 dev.py bench    the benchmark (add --quick for a short run)
+    python3 dev.py lock     rewrite requirements.txt, the deploy lock, from pyproject.toml
 
 Installing means: a virtual environment in ``.venv`` with the project and its test
 dependencies (re-done when ``pyproject.toml`` changes), and Debian's Chromium for the
@@ -26,6 +27,13 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".oppsync-installed"
+#: How requirements.txt is made: every runtime package pinned with its hashes, for Python
+#: 3.11 on Linux, what the Dockerfile and a PaaS run (tests/unit/test_lock.py checks it).
+LOCK_COMMAND = (
+    "uv", "pip", "compile", "pyproject.toml", "--generate-hashes", "--python-platform", "linux",
+    "--python-version", "3.11", "--custom-compile-command", "python3 dev.py lock",
+    "--output-file", "requirements.txt",
+)  # fmt: skip
 
 
 def _installed_for() -> str:
@@ -93,6 +101,8 @@ def main(argv: list[str]) -> int:
     if command == "test":
         ensure_chromium()
         return run("python", "-m", "pytest", *rest)
+    if command == "lock":
+        return run("uv", *LOCK_COMMAND[1:], *rest)
     if command == "lint":
         return run("ruff", "check", ".") or run("ruff", "format", "--check", ".") or run("mypy")
     print(f"unknown command {command!r}\n{__doc__}")

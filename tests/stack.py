@@ -44,20 +44,26 @@ def whsec(seed: str) -> str:
     return "whsec_" + base64.b64encode(seed.encode().ljust(24, b"-")).decode()
 
 
-def procfile_args(process: str, env: Mapping[str, str]) -> list[str]:
-    """The Procfile's command line for ``process`` (``web``, ``worker``, ...): each
-    ``${VAR:-default}`` expanded from ``env``, and the program taken from this virtualenv."""
+def procfile_args(process: str, env: Mapping[str, str], *, app: str | None = None) -> list[str]:
+    """The Procfile's line for ``process`` (``web``, ``worker``, ...) as a shell runs it
+    (``sh -c``; the pre-flight check first, then ``exec`` of the server): each
+    ``${VAR:-default}`` expanded from ``env``, every program taken from this virtualenv,
+    and ``app`` in place of the web's app (the benchmark's bare ceiling)."""
     for line in (ROOT / "Procfile").read_text().splitlines():
         name, _, command = line.partition(":")
-        if name.strip() == process:
-            expanded = re.sub(
-                r"\$\{(\w+)(?::-([^}]*))?\}",
-                lambda m: env.get(m.group(1)) or m.group(2) or "",
-                command,
-            )
-            args = shlex.split(expanded)
-            local = BIN / args[0]
-            return [str(local) if local.exists() else args[0], *args[1:]]
+        if name.strip() != process:
+            continue
+        expanded = re.sub(
+            r"\$\{(\w+)(?::-([^}]*))?\}",
+            lambda m: env.get(m.group(1)) or m.group(2) or "",
+            command,
+        )
+        steps = [shlex.split(step) for step in expanded.split("&&")]
+        steps = [step[1:] if step[0] == "exec" else step for step in steps]
+        steps[-1] = [app if app and a == "web.app:create_app()" else a for a in steps[-1]]
+        local = [[str(BIN / s[0]) if (BIN / s[0]).exists() else s[0], *s[1:]] for s in steps]
+        script = " && ".join([*map(shlex.join, local[:-1]), "exec " + shlex.join(local[-1])])
+        return ["/bin/sh", "-c", script]
     raise KeyError(f"no {process!r} process in the Procfile")
 
 
@@ -159,9 +165,7 @@ class Stack:
         server setting stays the Procfile's."""
         self.web_port = self.web_port or free_port()
         env = {**self.env, "PORT": str(self.web_port)}
-        args = _on_loopback(procfile_args("web", env))
-        if app is not None:
-            args = [app if a == "web.app:create_app()" else a for a in args]
+        args = _on_loopback(procfile_args("web", env, app=app))
         self.web = self._spawn("web", args, env)
         # The bare app has no /healthz: any answer says it serves; oppsync's must be healthy.
         up = _answers if app is None else _serves

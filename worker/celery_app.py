@@ -8,7 +8,6 @@ broker's visibility timeout is kept longer than any retry countdown (celery#5935
 
 from __future__ import annotations
 
-import os
 import threading
 
 from celery import Celery
@@ -16,20 +15,17 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from schemas.mapping import VENDORS
 from worker import broker
-from worker.errors import ConfigError
 from worker.logs import configure as configure_logs
+from worker.preflight import settings_or_exit
 from worker.settings import POLLED_VENDORS, get_settings
 
 QUEUES: tuple[str, ...] = ("ingest", *(f"push.{v}" for v in VENDORS), "poll")
 HEARTBEAT_SECONDS = 5.0
 
-settings = get_settings()
-visibility_timeout = int(os.environ.get("OPPSYNC_VISIBILITY_TIMEOUT_SECONDS", "3600"))
-if visibility_timeout <= settings.retry_max_seconds:
-    raise ConfigError(
-        "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS must be longer than OPPSYNC_RETRY_MAX_SECONDS, "
-        "or Redis redelivers waiting retries (celery#5935)"
-    )
+# A worker, beat or Flower started without the Procfile's pre-flight still stops with every
+# problem listed (exit 2), not with Celery's "module 'worker' has no attribute 'celery_app'".
+settings = settings_or_exit(get_settings)
+visibility_timeout = settings.visibility_timeout_seconds
 configure_logs(settings.secret_values(), settings.log_level)
 
 broker.install()  # kombu's Redis transport, one Redis client per channel
@@ -43,21 +39,21 @@ app.conf.update(
     task_create_missing_queues=True,
     task_serializer="json",
     accept_content=["json"],
-    worker_prefetch_multiplier=int(os.environ.get("OPPSYNC_PREFETCH", "4")),
+    worker_prefetch_multiplier=settings.prefetch,
     # Flower shows tasks from the worker's events; the extra "sent" event from every
     # publisher cost the receiver a quarter of its time per webhook (bench), so it is off.
     worker_send_task_events=True,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
     worker_redirect_stdouts=False,
-    worker_soft_shutdown_timeout=float(os.environ.get("OPPSYNC_SOFT_SHUTDOWN_SECONDS", "10")),
+    worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
     broker_connection_retry_on_startup=True,
     # A killed worker's unacked jobs come back once older than the visibility timeout; the
     # sweep that looks for them runs every OPPSYNC_UNACKED_SWEEP_SECONDS (kombu's default
     # is about 100 s).
     broker_transport_options={
         "visibility_timeout": visibility_timeout,
-        "unacked_restore_interval": int(os.environ.get("OPPSYNC_UNACKED_SWEEP_SECONDS", "10")),
+        "unacked_restore_interval": settings.unacked_sweep_seconds,
         "unacked_restore_throttle": 1,
     },
     task_publish_retry_policy={
@@ -81,7 +77,7 @@ def beat_schedule() -> dict[str, dict[str, object]]:
                 "args": (vendor,),
                 "options": {"queue": "poll"},
             }
-    reconcile_seconds = float(os.environ.get("OPPSYNC_RECONCILE_SECONDS", "3600"))
+    reconcile_seconds = settings.reconcile_seconds
     if reconcile_seconds > 0:
         schedule["reconcile"] = {
             "task": "oppsync.reconcile",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from schemas.mapping import VENDORS
+from worker import __version__
 from worker.errors import ConfigError
 from worker.terminal import printable
 
@@ -25,16 +28,23 @@ def _when(ts: float | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="oppsync")
 def main() -> None:
     """oppsync keeps sales opportunities in sync across SIRO, Leadway, iVvy, Salescaling and
     iCloudReady. See README.md for configuration."""
 
 
 @main.command()
-@click.option("--sandbox", is_flag=True, help="Also start simulated vendors and use them.")
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=None,
+    help="Start simulated vendors and use them / never: refuse to start without real vendors "
+    "configured. Default: the sandbox only when no vendor is configured.",
+)
 @click.option("--port", default=8000, show_default=True, help="Port of the web receiver.")
-def run(sandbox: bool, port: int) -> None:
-    """Run web, worker, beat and Flower locally (Redis is started when REDIS_URL is unset)."""
+def run(sandbox: bool | None, port: int) -> None:
+    """Run web, worker, beat and Flower locally (Redis is started when REDIS_URL is unset).
+    The configuration is checked first: every problem is listed, exit status 2."""
     from worker.localrun import run_stack
 
     sys.exit(run_stack(sandbox=sandbox, port=port))
@@ -164,13 +174,23 @@ def deadletters_replay(letter_ids: tuple[str, ...], replay_all: bool) -> None:
 
 
 @deadletters.command("purge")
-@click.option("--vendor", type=click.Choice(VENDORS))
+@click.argument("letter_ids", nargs=-1)
+@click.option("--vendor", type=click.Choice(VENDORS), help="Every dead letter of this vendor.")
+@click.option("--all", "purge_all", is_flag=True, help="Every dead letter.")
 @click.confirmation_option(prompt="Delete these dead letters for good?")
-def deadletters_purge(vendor: str | None) -> None:
-    """Delete dead letters without replaying them."""
+def deadletters_purge(letter_ids: tuple[str, ...], vendor: str | None, purge_all: bool) -> None:
+    """Delete dead letters without replaying them: the ones named, a vendor's, or --all."""
     from worker.deadletters import DeadLetters
 
-    count = DeadLetters(_runtime().redis).purge(vendor=vendor)
+    letters = DeadLetters(_runtime().redis)
+    if letter_ids:
+        for letter_id in letter_ids:
+            gone = letters.take(letter_id) is not None
+            echo(f"{letter_id}: " + ("purged" if gone else "not found"))
+        return
+    if not (vendor or purge_all):
+        raise click.UsageError("name dead letters to purge, or --vendor V, or --all")
+    count = letters.purge(vendor=vendor)
     echo(f"Purged {count} dead letters.")
 
 
@@ -181,11 +201,11 @@ def config() -> None:
 
 @config.command("check")
 def config_check() -> None:
-    """Validate configuration and mapping, then make one harmless read per vendor."""
+    """Validate configuration and mapping, then make one harmless read per vendor. Exit
+    status 2 when the configuration is refused, 1 when Redis or a vendor fails."""
     from worker.configcheck import check
 
-    ok = check(echo)
-    sys.exit(0 if ok else 1)
+    sys.exit(check(click.echo))
 
 
 @main.command()
@@ -199,7 +219,7 @@ def reconcile(vendor: str | None) -> None:
     rt = _interactive_runtime()
     if vendor and not rt.settings.enabled(vendor):
         raise click.ClickException(f"{vendor} is not enabled (OPPSYNC_VENDORS)")
-    with exclusive(rt) as keep_alive:
+    with _config_errors(), exclusive(rt) as keep_alive:
         if keep_alive is None:
             raise click.ClickException("a reconciliation is already running; try again later")
         reconciler = Reconciler(
@@ -235,7 +255,7 @@ def backfill(source: str, dry_run: bool) -> None:
     if not rt.settings.enabled(source):
         raise click.ClickException(f"{source} is not enabled (OPPSYNC_VENDORS)")
     run = Backfill(rt, source, push=push_now, enqueue=enqueue_ingest, dry_run=dry_run)
-    with _progress() as progress:
+    with _config_errors(), _progress() as progress:
         listing = progress.add_task("Listing", total=len(run.vendors))
         for name in run.vendors:
             progress.update(listing, description=f"Listing {name}")
@@ -275,10 +295,21 @@ def _interactive_runtime() -> Any:
 def _runtime() -> Any:
     from worker.runtime import get_runtime
 
-    try:
+    with _config_errors():
         return get_runtime()
+
+
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    """A configuration problem, met at start or while running (a vendor's setting read
+    when first used), ends the command as the pre-flight check does: every line, exit 2."""
+    from worker.preflight import EXIT_CONFIG, explain
+
+    try:
+        yield
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        click.echo(explain(list(exc.problems)), err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":  # ``python -m worker.cli``: the same commands without the script

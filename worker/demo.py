@@ -20,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -35,6 +38,7 @@ from rich.table import Table
 from schemas.mapping import VENDORS, Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
 from worker.settings import load_mapping
+from worker.state import Store
 from worker.terminal import printable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,9 +134,16 @@ class Cell:
 class Board:
     """Each sample deal as each vendor holds it, read back through the vendor's schema."""
 
-    def __init__(self, sims: dict[str, Any], mapping: Mapping) -> None:
+    def __init__(
+        self,
+        sims: dict[str, Any],
+        mapping: Mapping,
+        key_of: Callable[[str], str | None] = lambda source: None,
+    ) -> None:
         self.sims = sims
         self.mapping = mapping
+        #: The canonical key of the deal created in ``source``, once oppsync linked it.
+        self.key_of = key_of
 
     def expected(self, source: str, vendor: str) -> dict[str, Any]:
         held_by_source = _schema(source).project(SAMPLES[source], self.mapping)
@@ -176,10 +187,11 @@ class Board:
             caption="✓ holds what the deal should look like there · … differs · – not yet",
         )
         table.add_column("deal (created in)")
+        table.add_column("key (oppsync show KEY)")
         for vendor in VENDORS:
             table.add_column(vendor)
         for source, deal in SAMPLES.items():
-            row = [f"{deal.name} ({source})"]
+            row = [f"{deal.name} ({source})", self.key_of(source) or "[dim]–[/dim]"]
             for vendor in VENDORS:
                 cell = cells[source][vendor]
                 if cell is None:
@@ -276,12 +288,15 @@ class ProcessLog:
 
 
 def show_convergence(
-    sims: dict[str, Any], mapping: Mapping, console: Console, *, started: float
+    sims: dict[str, Any], mapping: Mapping, console: Console, *, started: float, store: Store
 ) -> bool:
-    """Create and announce the sample deals, then redraw the table until all agree."""
-    board = Board(sims, mapping)
+    """Create and announce the sample deals, then redraw the table until all agree; each
+    deal's key (from the link map) is shown for ``oppsync show``."""
+    created: dict[str, str] = {}
+    board = Board(sims, mapping, lambda source: store.key_for(source, created[source]))
     for vendor, deal in SAMPLES.items():
-        answer = announce(sims[vendor], vendor, person_creates(sims[vendor], vendor, deal, mapping))
+        created[vendor] = person_creates(sims[vendor], vendor, deal, mapping)
+        answer = announce(sims[vendor], vendor, created[vendor])
         console.print(f"{vendor}: a person created “{deal.name}”; the webhook got {answer}")
     cells = board.cells()
     with Live(board.table(cells, 0.0), console=console, refresh_per_second=4) as live:
@@ -323,22 +338,41 @@ def demo(*, port: int, exit_when_converged: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="oppsync-demo-"))
     log = ProcessLog(workdir / "stack.log")
     # Piped into a file or CI log, a table 80 columns wide would wrap every cell.
-    console = Console(file=log.terminal, width=None if log.terminal.isatty() else 132)
+    console = Console(file=log.terminal, width=None if log.terminal.isatty() else 170)
     console.print(f"Starting Redis, five simulated vendors, web, worker, beat and Flower "
                   f"(their output: {log.path}) …")  # fmt: skip
     with log:
         try:
             converged = _run(port, flower_port, workdir, console, log, exit_when_converged)
+        except ConfigRefused as exc:
+            console.print(str(exc))
+            shutil.rmtree(workdir, ignore_errors=True)
+            return 2
         except RuntimeError as exc:
             console.print(
                 escape(printable(f"{log.tail()}\n\ndemo: {exc} (the whole log: {log.path})"))
             )
+            _keep_only(workdir, log.path)
             return 1
     if not converged:
         console.print(f"The stack's output is kept in {log.path}.")
+        _keep_only(workdir, log.path)
         return 1
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+class ConfigRefused(RuntimeError):
+    """The pre-flight check refused what the demo took from the user's environment."""
+
+
+def _keep_only(workdir: Path, log: Path) -> None:
+    """After a failed demo, its temporary folder keeps only the log it points the user to."""
+    for child in workdir.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child != log:
+            child.unlink()
 
 
 def _run(
@@ -351,21 +385,43 @@ def _run(
 ) -> bool:
     from tests.stack import start_simulators
     from worker.embedded_redis import start_redis
-    from worker.localrun import run_stack, source_line, write_sandbox_env
 
-    redis_server = None
-    redis_url = os.environ.get("REDIS_URL", "")
-    if redis_url:
-        console.print("Using REDIS_URL: the demo's links and events stay in that Redis.")
-    else:
-        redis_server = start_redis(directory=workdir / "redis")
-        redis_url = redis_server.url
-    sims = start_simulators()
+    with ExitStack() as started:  # whatever starts is stopped, however the demo ends
+        redis_url = os.environ.get("REDIS_URL", "")
+        if redis_url:
+            console.print("Using REDIS_URL: the demo's links and events stay in that Redis.")
+        else:
+            redis_server = start_redis(directory=workdir / "redis")
+            started.callback(redis_server.stop)
+            redis_url = redis_server.url
+        sims = start_simulators()
+        for sim in sims.values():
+            started.callback(sim.stop)
+        return _run_on(
+            redis_url, sims, port, flower_port, workdir, console, log, exit_when_converged
+        )
+
+
+def _run_on(
+    redis_url: str,
+    sims: dict[str, Any],
+    port: int,
+    flower_port: int,
+    workdir: Path,
+    console: Console,
+    log: ProcessLog,
+    exit_when_converged: bool,
+) -> bool:
+    from worker.localrun import run_stack, source_line, write_sandbox_env
+    from worker.preflight import explain, problems
+
     for name, sim in sims.items():
         sim.webhook_url = f"http://127.0.0.1:{port}/webhooks/{name}"
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = True  # Leadway and iVvy announce our own writes too, as in life
     env = _environment(redis_url, sims, workdir, flower_port)
+    if found := problems(env):  # what the demo takes from the user's environment
+        raise ConfigRefused(explain(found))
     env_file = write_sandbox_env(env)
     os.environ.clear()
     os.environ.update(env)  # run_stack starts the Procfile with this process's environment
@@ -376,7 +432,11 @@ def _run(
         web = f"http://127.0.0.1:{port}"
         _wait_ready(web)
         started = time.monotonic()
-        outcome["converged"] = show_convergence(sims, mapping, console, started=started)
+        store = Store(redis.Redis.from_url(redis_url, decode_responses=True))
+        outcome["converged"] = show_convergence(
+            sims, mapping, console, started=started, store=store
+        )
+        store.redis.close()
         took = time.monotonic() - started
         console.print(
             f"All five vendors agree on all five deals: converged in {took:.1f} s."
@@ -396,9 +456,5 @@ def _run(
     try:
         run_stack(sandbox=False, port=port, after_start=after_start)
     finally:
-        for sim in sims.values():
-            sim.stop()
         env_file.unlink(missing_ok=True)
-        if redis_server is not None:
-            redis_server.stop()
     return outcome["converged"]

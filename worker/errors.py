@@ -43,7 +43,13 @@ class OppsyncError(Exception):
 
 
 class ConfigError(OppsyncError):
+    """``problems``: one line per variable that is missing or invalid (all of them)."""
+
     reason = "config"
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems or [message])
 
 
 class Rejected(OppsyncError):

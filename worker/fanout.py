@@ -25,12 +25,14 @@ from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
+from worker.settings import EnvReader
 from worker.state import HandedOver, HeldLock, Record
 
 #: Threads writing vendors for the fast path, shared by every task in the process: about
 #: four per concurrent ingest, since each event writes four vendors at once.
 _pool = ThreadPoolExecutor(
-    max_workers=int(os.environ.get("OPPSYNC_PUSH_THREADS", "64")), thread_name_prefix="oppsync-push"
+    max_workers=EnvReader(os.environ).integer("OPPSYNC_PUSH_THREADS", 64, minimum=1),
+    thread_name_prefix="oppsync-push",
 )
 
 #: Transient reasons that are our own waiting, not the vendor failing (breaker ignores them).

@@ -3,15 +3,19 @@ real stack (``show``, ``deadletters``, ``config check``) or a stack of its own (
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
 
 import click
+import httpx
 import pytest
 import redis
+import yaml
 from click.testing import CliRunner
 
 from tests.integration.drive import (
@@ -28,6 +32,7 @@ from worker.cli import main
 from worker.deadletters import DeadLetters
 from worker.demo import SAMPLES
 from worker.embedded_redis import free_port
+from worker.errors import InvalidPayload
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +121,36 @@ def test_cli_deadletters_list_show_replay_and_purge(live: Stack) -> None:
     assert held(live, "icloudready") == []
 
 
+def test_cli_deadletters_purge_takes_single_letters(live: Stack) -> None:
+    # given two dead letters of one vendor
+    letters = DeadLetters(redis.Redis.from_url(live.redis.url, decode_responses=True))
+    made = [
+        letters.add(
+            kind="ingest", vendor="siro", job={"n": n}, attempts=1, error=InvalidPayload("bad")
+        )
+        for n in range(2)
+    ]
+    # when the operator purges one of them by id (as Troubleshooting says to)
+    purged = oppsync(live.env, "deadletters", "purge", made[0].id, "no-such-letter", "--yes")
+    # then that one is gone, the other is kept, and an unknown id is said to be unknown
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert purged.stdout.splitlines() == [f"{made[0].id}: purged", "no-such-letter: not found"]
+    assert [x.id for x in letters.list()] == [made[1].id]
+    # and without ids, vendor or --all, nothing is purged
+    refused = oppsync(live.env, "deadletters", "purge", "--yes")
+    assert refused.returncode == 2 and "--all" in refused.stderr
+    assert [x.id for x in letters.list()] == [made[1].id]
+    letters.take(made[1].id)
+
+
+def test_cli_version_and_openapi_version_follow_the_package(live: Stack) -> None:
+    package = importlib.metadata.version("oppsync")
+    said = oppsync(live.env, "--version")
+    assert said.returncode == 0 and said.stdout.strip() == f"oppsync, version {package}"
+    spec = yaml.safe_load(httpx.get(f"{live.web_url}/openapi.yaml").text)
+    assert spec["info"]["version"] == package
+
+
 def test_cli_config_check_reports_each_vendor_working(live: Stack) -> None:
     result = oppsync(live.env, "config", "check")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -129,7 +164,7 @@ def test_cli_config_check_reports_each_vendor_working(live: Stack) -> None:
 def test_cli_config_check_names_a_missing_variable(live: Stack) -> None:
     env = {k: v for k, v in live.env.items() if k != "LEADWAY_PIPELINE_ID"}
     result = oppsync(env, "config", "check")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "LEADWAY_PIPELINE_ID is required" in result.stdout
 
 
@@ -184,3 +219,5 @@ def test_cli_demo_converges_and_exits_when_asked() -> None:
     assert len(table_rows) == len(SAMPLES), out
     for row in table_rows:
         assert row.count("✓") == len(VENDORS), row
+        # and each deal's key, to pass to oppsync show
+        assert re.search(r"│ opp_[0-9a-f]{20} +│", row), row

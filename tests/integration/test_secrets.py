@@ -162,7 +162,7 @@ def flower(
     log_path = stack.log_dir / "flower.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            ["bash", "-c", f"exec {procfile_command('flower')}"],
+            ["bash", "-c", procfile_command("flower")],
             cwd=ROOT,
             env=env,
             stdout=log,
