@@ -22,6 +22,10 @@ PROCESSES = ("web", "worker", "beat", "flower")
 APP_SOURCES = [*ROOT.joinpath("worker").rglob("*.py"), *ROOT.joinpath("web").rglob("*.py")]
 
 
+#: What a WSGI server puts in a request's environ (PEP 3333), read by the access log.
+WSGI_KEYS = {"REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "SERVER_PROTOCOL"}
+
+
 class Recorder(dict[str, str]):
     """An empty environment that notes every variable it is asked for."""
 
@@ -47,9 +51,10 @@ def variables_read() -> set[str]:
     for check in preflight.CHECKS:
         check(env)
     source = "\n".join(path.read_text() for path in APP_SOURCES)
-    by_name = re.findall(r"\.(?:get|require)\(\s*\"([A-Z][A-Z0-9_]{2,})\"", source)
+    by_name = set(re.findall(r"\.(?:get|require)\(\s*\"([A-Z][A-Z0-9_]{2,})\"", source))
+    by_name -= WSGI_KEYS  # a request's keys (web/serverlog.py), not configuration
     procfile = re.findall(r"\$\{(\w+)", (ROOT / "Procfile").read_text())
-    return env.asked | set(by_name) | set(procfile)
+    return env.asked | by_name | set(procfile)
 
 
 VARIABLE_LINE = re.compile(r"^(?:# )?([A-Z][A-Z0-9_]+)=")
