@@ -2,9 +2,9 @@
 
 The stack is started exactly as the Procfile runs it (gunicorn serving the web app, a Celery
 worker on every queue) on a private Redis with an append-only file (docs/deploy.md's
-production advice), against the five vendor simulators answering after ``--latency-ms`` (default 50);
-``worker/benchrig.py`` holds that rig, the load generator and the meters. Phases, full size
-(``--quick`` scales them down):
+production advice), against the five vendor simulators answering after ``--latency-ms``
+(default 50); ``worker/benchrig.py`` holds that rig, the load generator and the meters.
+Phases, full size (``--quick`` scales them down):
 
 1. ingest ceiling: a bare Flask endpoint that only LPUSHes the body, under the Procfile's
    gunicorn settings, 50 connections for 30 s;

@@ -30,7 +30,9 @@ def test_page_section_names_the_command_the_time_and_the_machine() -> None:
 def test_write_page_replaces_only_the_generated_part(tmp_path: Path) -> None:
     # given a page with prose written by hand around the last run's tables
     page = tmp_path / "performance.md"
-    page.write_text(f"# Performance\n\nHow it works.\n\n{section('old table')}\n\n## Notes\n\nBy hand.\n")
+    page.write_text(
+        f"# Performance\n\nHow it works.\n\n{section('old table')}\n\n## Notes\n\nBy hand.\n"
+    )
     # when a new run writes its tables
     write_page(page, section("new table", "oppsync bench --events 500"))
     # then the new tables replace the old ones, and the prose around them stays as it was
