@@ -267,7 +267,7 @@ def page_section(
     load = ", ".join(f"{x:.2f}" for x in machine.get("load_average") or ())
     facts = (
         f"Written by `{command}`, finished {finished:%Y-%m-%d %H:%M} UTC after "
-        f"{wall_seconds / 60:.0f} minutes, on {machine['cores']} cores ({machine['cpu']}); "
+        f"{wall_seconds / 60:.0f} min, on {machine['cores']} cores ({machine['cpu']}); "
         f"load average when it ended: {load or 'n/a'}."
     )
     return "\n\n".join([BEGIN, facts, table, END])

@@ -22,7 +22,7 @@ def test_page_section_names_the_command_the_time_and_the_machine() -> None:
     text = section("| figure | measured |\n|---|---|\n| ingest rate | 799/s |")
     # then it says which command made them, when, for how long and on what
     assert text.startswith(BEGIN) and text.endswith(END)
-    assert "Written by `oppsync bench`, finished 2026-12-07 04:05 UTC after 41 minutes" in text
+    assert "Written by `oppsync bench`, finished 2026-12-07 04:05 UTC after 41 min" in text
     assert "on 2 cores (AMD EPYC 7B13); load average when it ended: 1.50, 1.25, 0.75." in text
     assert "| ingest rate | 799/s |" in text
 
