@@ -45,7 +45,7 @@ FETCH_TIMEOUT = 3.0
 CERT_MAX_BYTES = 64 * 1024
 NO_TOPIC = (
     "IVVY_SNS_TOPIC_ARN is not set, so no SNS message is accepted: set it to the TopicArn "
-    "iVvy's subscribeToNotifications answered with (README, iVvy notifications)."
+    "iVvy's subscribeToNotifications answered with (docs/vendors.md, iVvy)."
 )
 NOTIFICATION = "Notification"
 CONFIRMATIONS = ("SubscriptionConfirmation", "UnsubscribeConfirmation")

@@ -1,10 +1,10 @@
 """``oppsync bench``: the real stack under load, each figure next to a ceiling from the same run.
 
 The stack is started exactly as the Procfile runs it (gunicorn serving the web app, a Celery
-worker on every queue) on a private Redis with an append-only file (the README's production
-advice), against the five vendor simulators answering after ``--latency-ms`` (default 50);
-``worker/benchrig.py`` holds that rig, the load generator and the meters. Phases, full size
-(``--quick`` scales them down):
+worker on every queue) on a private Redis with an append-only file (docs/deploy.md's
+production advice), against the five vendor simulators answering after ``--latency-ms``
+(default 50); ``worker/benchrig.py`` holds that rig, the load generator and the meters.
+Phases, full size (``--quick`` scales them down):
 
 1. ingest ceiling: a bare Flask endpoint that only LPUSHes the body, under the Procfile's
    gunicorn settings, 50 connections for 30 s;
@@ -19,7 +19,8 @@ advice), against the five vendor simulators answering after ``--latency-ms`` (de
 7. quota: a 2,000-event backlog against a Leadway simulator enforcing 100 requests per 10 s,
    with two worker processes.
 
-Between phases Redis is emptied (FLUSHALL) with no oppsync process running.
+Between phases Redis is emptied (FLUSHALL) with no oppsync process running. The tables are
+printed, written to the JSON and, for a full run, into ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +297,26 @@ def quota_use(
     return {"used": used, "peak_window": peak, "requests": len(accepted), "seconds": seconds}
 
 
+#: The page a full run rewrites (between its markers) unless told otherwise.
+PERFORMANCE_PAGE = ROOT / "docs" / "performance.md"
+
+
+def command_line(
+    *, quick: bool, latency_ms: float, events: int | None, soak_events: int | None
+) -> str:
+    """The ``oppsync bench`` command that makes these figures, for the page's header."""
+    words = ["oppsync", "bench"]
+    if quick:
+        words.append("--quick")
+    if latency_ms != Plan(quick=quick).latency_ms:
+        words.append(f"--latency-ms {latency_ms:g}")
+    if events is not None:
+        words.append(f"--events {events}")
+    if soak_events is not None:
+        words.append(f"--soak-events {soak_events}")
+    return " ".join(words)
+
+
 def run_benchmark(
     *,
     quick: bool,
@@ -302,9 +324,15 @@ def run_benchmark(
     json_path: Path,
     events: int | None = None,
     soak_events: int | None = None,
+    page_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every phase, print the table on stdout, write the JSON; the results."""
-    from worker.benchreport import render
+    """Run every phase, print the table on stdout, write the JSON and the performance page
+    (``page_path``; by default ``docs/performance.md`` for a full run, none for ``--quick``,
+    whose short phases would replace the full figures); the results."""
+    from worker.benchreport import page_section, render, write_page
+
+    if page_path is None and not quick:
+        page_path = PERFORMANCE_PAGE
 
     plan = Plan.short(latency_ms) if quick else Plan.full(latency_ms)
     if events is not None:
@@ -329,4 +357,17 @@ def run_benchmark(
     print(table)
     json_path.write_text(json.dumps(results, indent=2, default=str))
     say(f"results in {json_path}; process logs in {log_dir}")
+    if page_path is not None:
+        command = command_line(
+            quick=quick, latency_ms=latency_ms, events=events, soak_events=soak_events
+        )
+        section = page_section(
+            table,
+            command=command,
+            finished=datetime.now(UTC),
+            machine=results["machine"],
+            wall_seconds=results["wall_seconds"],
+        )
+        write_page(page_path, section)
+        say(f"tables written into {page_path}")
     return results

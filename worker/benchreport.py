@@ -1,13 +1,16 @@
 """The benchmark's table: each figure of issue 8 with its ceiling, ratio, target and verdict,
 then where the CPU went and what Redis did per event (for whoever tunes the pipeline).
 
-Printed as Markdown so the README's Performance section is the output of a run, pasted.
+Printed as Markdown, and written into ``docs/performance.md`` between two markers, so the
+page's figures are the output of a run, never typed by hand; the prose around the markers is.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 MB = 1024 * 1024
@@ -248,3 +251,36 @@ def render(r: dict[str, Any]) -> str:
         [row.cells() for row in rows(r)],
     )
     return "\n\n".join([head, table, cpu_table(r), redis_table(r)])
+
+
+#: The part of the performance page a run rewrites; everything outside is written by hand.
+BEGIN = "<!-- oppsync bench: begin (generated: the next run rewrites up to the end marker) -->"
+END = "<!-- oppsync bench: end -->"
+#: A page written where none was: a title, then the run.
+TITLE = "# Performance\n\n"
+
+
+def page_section(
+    table: str, *, command: str, finished: datetime, machine: dict[str, Any], wall_seconds: float
+) -> str:
+    """The page's generated part: which command ran, when, on what, then its tables."""
+    load = ", ".join(f"{x:.2f}" for x in machine.get("load_average") or ())
+    facts = (
+        f"Written by `{command}`, finished {finished:%Y-%m-%d %H:%M} UTC after "
+        f"{wall_seconds / 60:.0f} min, on {machine['cores']} cores ({machine['cpu']}); "
+        f"load average when it ended: {load or 'n/a'}."
+    )
+    return "\n\n".join([BEGIN, facts, table, END])
+
+
+def write_page(path: Path, section: str) -> None:
+    """Put ``section`` between the page's markers, keeping what is around them; a page
+    without markers (or no page) gets the section at its end."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else TITLE) + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -1,6 +1,6 @@
 """The benchmark's rig: the stack it measures, the load generator, and what it meters.
 
-``Rig`` starts a private Redis with an append-only file (the README's production advice),
+``Rig`` starts a private Redis with an append-only file (docs/deploy.md's production advice),
 the vendor simulators (one process each, ``worker/benchsims.py``) and holds the service's
 environment; the web and worker processes are started by each phase from the Procfile's
 own command lines (``tests/stack.py``). The load generator (``worker/benchload.py``) runs as

@@ -31,7 +31,8 @@ def _when(ts: float | None) -> str:
 @click.version_option(__version__, prog_name="oppsync")
 def main() -> None:
     """oppsync keeps sales opportunities in sync across SIRO, Leadway, iVvy, Salescaling and
-    iCloudReady. See README.md for configuration."""
+    iCloudReady. See docs/configuration.md for configuration, docs/operations.md for these
+    commands."""
 
 
 @main.command()
@@ -87,11 +88,23 @@ def demo(port: int, exit_when_converged: bool) -> None:
     type=int,
     help="Events in all when memory is read again (default 100000; quick: none).",
 )
+@click.option(
+    "--page",
+    "page_path",
+    type=click.Path(dir_okay=False),
+    help="Where to write the tables, between the page's markers. Default: the repository's "
+    "docs/performance.md for a full run; a --quick run writes no page unless given one.",
+)
 def bench(
-    quick: bool, latency_ms: float, json_path: str, events: int | None, soak_events: int | None
+    quick: bool,
+    latency_ms: float,
+    json_path: str,
+    events: int | None,
+    soak_events: int | None,
+    page_path: str | None,
 ) -> None:
     """Start the real stack against the vendor simulators, load it over HTTP, and print every
-    performance figure next to a ceiling measured in the same run (README "Performance")."""
+    performance figure next to a ceiling measured in the same run (docs/performance.md)."""
     from pathlib import Path
 
     from worker.bench import run_benchmark
@@ -102,6 +115,7 @@ def bench(
         json_path=Path(json_path),
         events=events,
         soak_events=soak_events,
+        page_path=Path(page_path) if page_path else None,
     )
 
 

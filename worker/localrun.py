@@ -117,7 +117,7 @@ def _redis(env: dict[str, str]) -> EmbeddedRedis | None:
 
 SANDBOX_NOTICE = (
     "No vendor is configured: running the SANDBOX (five simulated vendors on this machine, "
-    "nothing real is synced); set the vendors' variables (README, Configuration), or pass "
+    "nothing real is synced); set the vendors' variables (docs/configuration.md), or pass "
     "--no-sandbox to refuse to start without them."
 )
 

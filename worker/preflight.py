@@ -100,7 +100,7 @@ def explain(found: list[str]) -> str:
     """The problems as printed: a heading, then one line per problem."""
     heading = (
         f"oppsync cannot start: {len(found)} configuration "
-        f"{'problem' if len(found) == 1 else 'problems'} (README, Configuration; "
+        f"{'problem' if len(found) == 1 else 'problems'} (docs/configuration.md; "
         ".env.example lists every variable):"
     )
     return "\n".join([heading, *(f"  {line}" for line in found)])

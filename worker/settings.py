@@ -4,7 +4,7 @@ Twelve-factor: ``OPPSYNC_*`` for the service, ``<VENDOR>_*`` per vendor, ``REDIS
 broker and state. Every value is checked when settings are built, and every problem is
 collected before any is raised: one ``ConfigError`` whose ``problems`` has one line per
 variable, naming it and what a valid value looks like (``worker/preflight.py`` prints them).
-The README's configuration table and ``.env.example`` mirror this.
+The tables of ``docs/configuration.md`` and ``.env.example`` mirror this.
 """
 
 from __future__ import annotations

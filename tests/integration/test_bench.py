@@ -1,5 +1,5 @@
 """``oppsync bench --quick`` keeps working: it runs, prints every figure of the table, writes
-its JSON, and loses or duplicates none of the events it sends.
+its JSON and the page it is given, and loses or duplicates none of the events it sends.
 
 Speeds are the benchmark's output, never asserted here: on a shared CI machine they say
 nothing about the code. What is asserted holds at any speed.
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.stack import ROOT
+from worker.benchreport import BEGIN, END
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +44,10 @@ def quick_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
+    page = out.with_name("performance.md")  # never the repository's docs
+    command = ["bench", "--quick", "--json", str(out), "--page", str(page)]
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "bench", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "worker.cli", *command],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -92,6 +95,16 @@ def test_bench_quick_writes_its_json(quick_run: tuple[Any, Path]) -> None:
     assert 0 < results["quota"]["used"] <= 1.5
     assert results["throughput"]["commands"]
     assert results["machine"]["cores"] >= 1
+
+
+def test_bench_quick_writes_its_tables_into_the_page(quick_run: tuple[Any, Path]) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-4000:]
+    # then the page given holds the tables printed, between the markers, under the command
+    page = out.with_name("performance.md").read_text()
+    section = page.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert "Written by `oppsync bench --quick`" in section
+    assert done.stdout.strip() in section
 
 
 def test_bench_quick_loses_and_duplicates_nothing(quick_run: tuple[Any, Path]) -> None:

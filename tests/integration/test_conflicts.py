@@ -117,9 +117,10 @@ def test_push_burst_of_ten_edits_coalesces(live: Stack, source: str) -> None:
     # then every vendor ends with the last edit
     wait_names(live, "Edit 9")
     settle(live)
-    # after at most two writes each (README: the first edit's at once, or none when the deal
-    # had just changed; then one with the final values), plus one for each pause of QUIET or
-    # more and each SETTLE_MAX the burst lasted as the worker applied it (a slow machine's)
+    # after at most two writes each (docs/architecture.md: the first edit's at once, or none
+    # when the deal had just changed; then one with the final values), plus one for each
+    # pause of QUIET or more and each SETTLE_MAX the burst lasted as the worker applied it
+    # (a slow machine's)
     sent = {v: upserts(live, v)[before[v] :] for v in others(source)}
     bound = 2 + burst_overruns(live, source, 10)
     assert all(1 <= len(s) <= bound for s in sent.values()), {v: len(s) for v, s in sent.items()}

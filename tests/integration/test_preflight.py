@@ -23,7 +23,7 @@ from worker.embedded_redis import EmbeddedRedis, free_port
 pytestmark = pytest.mark.integration
 
 SERVICE_PREFIXES = ("OPPSYNC_", "SIRO_", "LEADWAY_", "IVVY_", "SALESCALING_", "ICLOUDREADY_")
-HEADING = re.compile(r"^oppsync cannot start: \d+ configuration problems? \(README")
+HEADING = re.compile(r"^oppsync cannot start: \d+ configuration problems? \(docs/configuration\.md")
 
 #: A mapping file with a typo: "leadwy" for "leadway".
 TYPO_MAPPING = """

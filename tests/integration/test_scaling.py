@@ -1,6 +1,6 @@
 """Scaling out: two worker processes on one Redis keep every vendor's quota and each deal's
-order of changes, and the web's processes share its connections, as the README's "Scaling
-out" section promises.
+order of changes, and the web's processes share its connections, as the "Scaling out"
+section of docs/performance.md promises.
 
 A stack of its own: the Procfile's worker line run twice (as two PaaS worker processes on
 separate hosts would be) against one Redis, and a Leadway simulator enforcing a quota of
