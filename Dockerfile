@@ -18,13 +18,12 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --require-hashes --no-deps -r requirements.txt
 
-# Then the project itself, without resolving anything again. tests/ ships until the sandbox
-# moves into the product: `oppsync run --sandbox` and `oppsync demo` start its simulators.
+# Then the project itself, without resolving anything again (the simulators that
+# `oppsync run --sandbox` and `oppsync demo` start are product code, in worker/sandbox/).
 COPY pyproject.toml README.md LICENSE Procfile mapping.example.toml ./
 COPY schemas ./schemas
 COPY web ./web
 COPY worker ./worker
-COPY tests ./tests
 RUN pip install --no-deps . \
     && useradd --create-home --uid 10001 oppsync
 

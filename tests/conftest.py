@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.embedded_redis import EmbeddedRedis, start_redis
+from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 
 
 @pytest.fixture(scope="session")

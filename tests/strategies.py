@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import time
-import tomllib
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
 from schemas.envelope import Envelope, Scheme
-from schemas.mapping import Mapping, parse_mapping
 from schemas.opportunity import Contact, Opportunity, Status
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE_MAPPING: Mapping = parse_mapping(tomllib.loads((ROOT / "mapping.example.toml").read_text()))
+from worker.sandbox.files import EXAMPLE_MAPPING
 
 _word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=10)
 names = st.builds(lambda a, b: f"{a.title()} {b}", _word, _word)

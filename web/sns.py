@@ -35,6 +35,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from worker.errors import Rejected
+from worker.vendors.sns import (
+    CONFIRMATION_KEYS,
+    CONFIRMATIONS,
+    NOTIFICATION,
+    NOTIFICATION_KEYS,
+    string_to_sign,
+)
 
 DEFAULT_CERT_HOSTS: tuple[str, ...] = ("sns.*.amazonaws.com",)
 #: Signing certificates kept (by URL): SNS rotates them rarely, one per region.
@@ -47,30 +54,7 @@ NO_TOPIC = (
     "IVVY_SNS_TOPIC_ARN is not set, so no SNS message is accepted: set it to the TopicArn "
     "iVvy's subscribeToNotifications answered with (docs/vendors.md, iVvy)."
 )
-NOTIFICATION = "Notification"
-CONFIRMATIONS = ("SubscriptionConfirmation", "UnsubscribeConfirmation")
-NOTIFICATION_KEYS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
-CONFIRMATION_KEYS = (
-    "Message",
-    "MessageId",
-    "SubscribeURL",
-    "Timestamp",
-    "Token",
-    "TopicArn",
-    "Type",
-)
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
-
-
-def string_to_sign(message: dict[str, Any]) -> bytes:
-    """The canonical text SNS signed; ``Subject`` only when the notification has one."""
-    keys = NOTIFICATION_KEYS if message.get("Type") == NOTIFICATION else CONFIRMATION_KEYS
-    text = "".join(
-        f"{key}\n{message[key]}\n"
-        for key in keys
-        if not (key == "Subject" and message.get(key) is None)
-    )
-    return text.encode()
 
 
 def _malformed(why: str) -> Rejected:

@@ -37,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.stack import ROOT, wait_for
 from worker import benchprobe as probe
 from worker import deadletters, metrics, state
 from worker.benchrig import (
@@ -51,6 +50,8 @@ from worker.benchrig import (
     stop,
 )
 from worker.benchtally import Tally
+from worker.sandbox.files import ROOT
+from worker.sandbox.stack import wait_for
 
 
 class Bench(Rig):

@@ -1,10 +1,10 @@
 """The benchmark's rig: the stack it measures, the load generator, and what it meters.
 
-``Rig`` starts a private Redis with an append-only file (docs/deploy.md's production advice),
-the vendor simulators (one process each, ``worker/benchsims.py``) and holds the service's
-environment; the web and worker processes are started by each phase from the Procfile's
-own command lines (``tests/stack.py``). The load generator (``worker/benchload.py``) runs as
-a process of its own for each batch of events; the simulators count where they landed.
+``Rig`` starts a private Redis with an append-only file (docs/deploy.md's production advice), the
+vendor simulators (one process each, ``worker/benchsims.py``) and holds the service's environment;
+the web and worker processes are started by each phase from the Procfile's own command lines
+(``worker/sandbox/stack.py``). The load generator (``worker/benchload.py``) runs as a process of its
+own for each batch of events; the simulators count where they landed.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from typing import Any
 
 import redis
 
-from tests.stack import ROOT, VENDORS, Stack, stack_env
 from worker import benchprobe as probe
 from worker.benchsims import RemoteSimulator, start_remote_simulators
 from worker.benchtally import Tally
-from worker.embedded_redis import start_redis
+from worker.sandbox.embedded_redis import start_redis
+from worker.sandbox.files import ROOT
+from worker.sandbox.stack import VENDORS, Stack, stack_env
 
 SOURCE = "salescaling"
 TARGETS = tuple(v for v in VENDORS if v != SOURCE)

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tests.simulators.icloudready import IcloudreadySimulator
-from tests.simulators.ivvy import IvvySimulator
-from tests.simulators.leadway import LeadwaySimulator
-from tests.simulators.salescaling import SalescalingSimulator
-from tests.simulators.siro import SiroSimulator
-from tests.stack import VENDORS, whsec
+from worker.sandbox.simulators.icloudready import IcloudreadySimulator
+from worker.sandbox.simulators.ivvy import IvvySimulator
+from worker.sandbox.simulators.leadway import LeadwaySimulator
+from worker.sandbox.simulators.salescaling import SalescalingSimulator
+from worker.sandbox.simulators.siro import SiroSimulator
+from worker.sandbox.stack import VENDORS, whsec
 
 SIMULATORS: dict[str, Any] = {
     "siro": SiroSimulator,

@@ -46,7 +46,7 @@ def main() -> None:
 def run(sandbox: bool | None, port: int) -> None:
     """Run web, worker, beat and Flower locally (Redis is started when REDIS_URL is unset).
     The configuration is checked first: every problem is listed, exit status 2."""
-    from worker.localrun import run_stack
+    from worker.sandbox.localrun import run_stack
 
     sys.exit(run_stack(sandbox=sandbox, port=port))
 
@@ -61,7 +61,7 @@ def run(sandbox: bool | None, port: int) -> None:
 def demo(port: int, exit_when_converged: bool) -> None:
     """Run the stack on five simulated vendors, send a sample deal from each, and show a live
     table of every deal in every vendor until they agree; then keep running until Ctrl-C."""
-    from worker.demo import demo as run_demo
+    from worker.sandbox.demo import demo as run_demo
 
     sys.exit(run_demo(port=port, exit_when_converged=exit_when_converged))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stack import Stack, start_stack
+from worker.sandbox.stack import Stack, start_stack
 
 QUEUE_KEYS = (
     "ingest",

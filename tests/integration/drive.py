@@ -17,9 +17,9 @@ import redis
 
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
 from tests.integration.conftest import wait_idle
-from tests.simulators.base import LoggedRequest
-from tests.stack import ROOT, VENDORS, Stack, wait_for
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
+from worker.sandbox.simulators.base import LoggedRequest
+from worker.sandbox.stack import ROOT, VENDORS, Stack, wait_for
 from worker.state import RECENT_EVENTS, TRIM_SLACK, Store
 
 DEAL = Opportunity(

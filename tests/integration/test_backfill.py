@@ -28,7 +28,7 @@ from tests.integration.drive import (
     synced,
     writes,
 )
-from tests.stack import VENDORS, Stack, wait_for
+from worker.sandbox.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.stack import ROOT
 from worker.benchreport import BEGIN, END
+from worker.sandbox.stack import ROOT
 
 pytestmark = pytest.mark.integration
 

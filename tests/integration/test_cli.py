@@ -27,12 +27,12 @@ from tests.integration.drive import (
     person_creates,
     wait_converged,
 )
-from tests.stack import ROOT, VENDORS, Stack, wait_for
 from worker.cli import main
 from worker.deadletters import DeadLetters
-from worker.demo import SAMPLES
-from worker.embedded_redis import free_port
 from worker.errors import InvalidPayload
+from worker.sandbox.demo import SAMPLES
+from worker.sandbox.embedded_redis import free_port
+from worker.sandbox.stack import ROOT, VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 

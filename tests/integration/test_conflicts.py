@@ -35,9 +35,9 @@ from tests.integration.drive import (
     wait_names,
     written_name,
 )
-from tests.simulators.base import sign_standard_webhook
-from tests.stack import ROOT, VENDORS, Stack, start_stack, wait_for
 from worker.pipeline import QUIET, SETTLE_MAX
+from worker.sandbox.simulators.base import sign_standard_webhook
+from worker.sandbox.stack import ROOT, VENDORS, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from tests.integration.drive import (
     synced_from,
     upserts,
 )
-from tests.stack import VENDORS, Stack, start_stack, wait_for
+from worker.sandbox.stack import VENDORS, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
 

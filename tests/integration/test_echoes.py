@@ -24,7 +24,7 @@ from tests.integration.drive import (
     person_edits,
     upserts,
 )
-from tests.stack import VENDORS, Stack, wait_for
+from worker.sandbox.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 

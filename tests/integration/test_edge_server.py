@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.simulators.base import sign_standard_webhook
-from tests.stack import ADMIN_PASSWORD, Stack, stack_env, start_simulators, wait_for
-from worker.embedded_redis import start_redis
+from worker.sandbox.embedded_redis import start_redis
+from worker.sandbox.simulators.base import sign_standard_webhook
+from worker.sandbox.stack import ADMIN_PASSWORD, Stack, stack_env, start_simulators, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from tests.integration.drive import (
     wait_converged,
     wait_quiet,
 )
-from tests.stack import VENDORS, Stack, wait_for
+from worker.sandbox.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_fault_429_is_retried_after_the_vendors_retry_after(live: Stack, target:
     assert attempts[refused + 1].at - attempts[refused].at >= 2.0
 
 
-#: The stack's HTTP timeout and create settle time (tests/stack.py).
+#: The stack's HTTP timeout and create settle time (worker/sandbox/stack.py).
 HTTP_TIMEOUT, SETTLE = 3.0, 6.0
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity, Status
-from tests.simulators.icloudready import IcloudreadySimulator
 from tests.strategies import EXAMPLE_MAPPING
 from worker.errors import ConfigError, InvalidPayload, OutcomeUnknown, Permanent, RateLimited
+from worker.sandbox.simulators.icloudready import IcloudreadySimulator
 from worker.settings import VendorSettings
 from worker.vendors.icloudready import IcloudreadyAdapter
 

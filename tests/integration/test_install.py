@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from tests.stack import ROOT
 from tests.unit.test_lock import TEST_TOOLS, lock_entries
+from worker.sandbox.stack import ROOT
 
 pytestmark = pytest.mark.install
 

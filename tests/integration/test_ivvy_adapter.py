@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 
 from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
-from tests.simulators.ivvy import IvvySimulator
 from tests.strategies import EXAMPLE_MAPPING, opportunities
 from worker.errors import ConfigError, InvalidPayload, OutcomeUnknown, Permanent, RateLimited
+from worker.sandbox.simulators.ivvy import IvvySimulator
 from worker.settings import VendorSettings
 from worker.vendors.ivvy import IvvyAdapter
 

@@ -10,9 +10,9 @@ import pytest
 
 from schemas import leadway as schema
 from schemas.opportunity import Contact, Opportunity, Status
-from tests.simulators.leadway import LeadwaySimulator
 from tests.strategies import EXAMPLE_MAPPING
 from worker.errors import InvalidPayload, OutcomeUnknown, Permanent, RateLimited
+from worker.sandbox.simulators.leadway import LeadwaySimulator
 from worker.settings import from_env
 from worker.vendors.leadway import LeadwayAdapter
 

@@ -21,7 +21,7 @@ from tests.integration.drive import (
     person_creates,
     wait_converged,
 )
-from tests.stack import ADMIN_PASSWORD, ADMIN_USER, Stack, wait_for
+from worker.sandbox.stack import ADMIN_PASSWORD, ADMIN_USER, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from tests.integration.drive import (
     wait_converged,
     writes,
 )
-from tests.stack import Stack, wait_for
+from worker.sandbox.stack import Stack, wait_for
 
 pytestmark = pytest.mark.integration
 

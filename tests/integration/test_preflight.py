@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, procfile_args, wait_for
-from worker.embedded_redis import EmbeddedRedis, free_port
+from worker.sandbox.embedded_redis import EmbeddedRedis, free_port
+from worker.sandbox.stack import ROOT, procfile_args, wait_for
 
 pytestmark = pytest.mark.integration
 

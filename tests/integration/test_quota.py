@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.drive import DEAL, held, person_creates
-from tests.stack import Stack, start_stack, wait_for
+from worker.sandbox.stack import Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 
 from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status
-from tests.simulators.salescaling import SalescalingSimulator
 from tests.strategies import EXAMPLE_MAPPING, opportunities
 from worker.errors import ConfigError, InvalidPayload, OutcomeUnknown, Permanent, RateLimited
+from worker.sandbox.simulators.salescaling import SalescalingSimulator
 from worker.settings import VendorSettings
 from worker.vendors.salescaling import SalescalingAdapter
 

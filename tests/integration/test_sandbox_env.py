@@ -23,9 +23,9 @@ import httpx
 import pytest
 import redis
 
-from tests.stack import ROOT, wait_for
-from worker.embedded_redis import free_port
-from worker.localrun import SANDBOX_ENV, STATE_DIR
+from worker.sandbox.embedded_redis import free_port
+from worker.sandbox.localrun import SANDBOX_ENV, STATE_DIR
+from worker.sandbox.stack import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 

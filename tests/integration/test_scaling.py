@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.integration.drive import DEAL, held, others, person_creates, schema
-from tests.stack import Stack, start_stack, wait_for
+from worker.sandbox.stack import Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.stack import Stack
+from worker.sandbox.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 Flower ask for credentials when they are configured.
 
 Runs the real stack with every vendor's tokens, keys, passwords and webhook secrets set
-(``tests/stack.py``), makes it use all of them (a full sync, a Standard Webhooks delivery
+(``worker/sandbox/stack.py``), makes it use all of them (a full sync, a Standard Webhooks delivery
 per vendor, refusals that end as dead letters), then greps everything it wrote.
 """
 
@@ -28,10 +28,10 @@ from tests.integration.drive import (
     person_creates,
     wait_converged,
 )
-from tests.simulators.base import sign_standard_webhook
-from tests.stack import BIN, ROOT, VENDORS, Stack, wait_for
 from worker.deadletters import DeadLetters
-from worker.embedded_redis import free_port
+from worker.sandbox.embedded_redis import free_port
+from worker.sandbox.simulators.base import sign_standard_webhook
+from worker.sandbox.stack import BIN, ROOT, VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def test_secrets_never_reach_a_log_line_an_answer_or_a_dead_letter(live: Stack) 
 
 @pytest.mark.parametrize("path", ["/metrics", "/status"])
 def test_admin_pages_need_the_configured_credentials(stack: Stack, path: str) -> None:
-    # given OPPSYNC_ADMIN_USER / OPPSYNC_ADMIN_PASSWORD set (tests/stack.py)
+    # given OPPSYNC_ADMIN_USER / OPPSYNC_ADMIN_PASSWORD set (worker/sandbox/stack.py)
     user, password = stack.env["OPPSYNC_ADMIN_USER"], stack.env["OPPSYNC_ADMIN_PASSWORD"]
     url = f"{stack.web_url}{path}"
     # then no credentials or wrong ones get 401 with a challenge, and no data

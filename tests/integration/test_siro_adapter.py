@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from schemas.opportunity import Contact, Opportunity, Status
-from tests.simulators.siro import SiroSimulator
 from tests.strategies import EXAMPLE_MAPPING
 from worker.errors import ConfigError, InvalidPayload, OutcomeUnknown, Permanent, RateLimited
+from worker.sandbox.simulators.siro import SiroSimulator
 from worker.settings import VendorSettings
 from worker.vendors.siro import SiroAdapter
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.integration.test_cli import oppsync
-from tests.stack import Stack, start_stack
+from worker.sandbox.stack import Stack, start_stack
 
 pytestmark = pytest.mark.integration
 

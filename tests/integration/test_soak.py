@@ -23,9 +23,9 @@ import redis
 from tests.integration.drive import DEAL, announce, person_creates, person_edits, schema, synced
 from tests.integration.test_deletes import ivvy_deletes, leadway_deletes
 from tests.integration.test_echoes import quiet
-from tests.stack import VENDORS, Stack, wait_for
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from worker.deadletters import DeadLetters
+from worker.sandbox.stack import VENDORS, Stack, wait_for
 from worker.state import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]

@@ -15,9 +15,9 @@ from tests.integration.drive import (
     wait_converged,
 )
 from tests.integration.test_cli import oppsync
-from tests.stack import Stack
 from worker.deadletters import DeadLetters
 from worker.errors import Permanent
+from worker.sandbox.stack import Stack
 from worker.state import Store, opp_key
 
 pytestmark = pytest.mark.integration

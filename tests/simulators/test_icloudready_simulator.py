@@ -14,7 +14,7 @@ from flask import Flask, request
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
-from tests.simulators.icloudready import IcloudreadySimulator
+from worker.sandbox.simulators.icloudready import IcloudreadySimulator
 
 EMAIL, PASSWORD = "ops@example.com", "icr-test-password"
 OPPS = "/api/v2/opportunities"

@@ -14,9 +14,9 @@ import pytest
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from tests.simulators import tls
-from tests.simulators.ivvy import IvvySimulator
 from web.sns import SnsVerifier
+from worker.sandbox.simulators import tls
+from worker.sandbox.simulators.ivvy import IvvySimulator
 from worker.vendors.ivvy import IvvyAuth, content_md5, ivvy_headers, signature, string_to_sign
 
 WRITE = "/api/1.0/venue?action=addOrUpdateOpportunity"

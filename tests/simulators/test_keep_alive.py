@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.simulators.leadway import API_VERSION, LeadwaySimulator
 from worker.benchsims import RemoteSimulator
+from worker.sandbox.simulators.leadway import API_VERSION, LeadwaySimulator
 
 PIPELINES = "/opportunities/pipelines?locationId=ve9EPM428h8vShlRW1KT"
 HEADERS = {"Authorization": "Bearer leadway-test-token", "Version": API_VERSION}

@@ -20,8 +20,8 @@ from flask import Flask, request
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
-from tests.simulators.leadway import API_VERSION, LeadwaySimulator
 from tests.strategies import EXAMPLE_MAPPING
+from worker.sandbox.simulators.leadway import API_VERSION, LeadwaySimulator
 
 STAGES = [s.ids["leadway"] for s in EXAMPLE_MAPPING.stages]
 SECRET = "whsec_" + base64.b64encode(b"leadway-simulator-test-secret!!").decode()

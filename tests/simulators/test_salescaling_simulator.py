@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.simulators.salescaling import PREFIX, SalescalingSimulator
+from worker.sandbox.simulators.salescaling import PREFIX, SalescalingSimulator
 
 KEY = "salescaling-test-key"
 DEAL = {

@@ -15,7 +15,7 @@ from flask import Flask, request
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
-from tests.simulators.siro import OPPORTUNITIES_PATH, SYNC_PATH, SiroSimulator
+from worker.sandbox.simulators.siro import OPPORTUNITIES_PATH, SYNC_PATH, SiroSimulator
 
 TOKEN = "siro-test-token"
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

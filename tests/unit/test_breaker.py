@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from worker import breaker
-from worker.embedded_redis import EmbeddedRedis
+from worker.sandbox.embedded_redis import EmbeddedRedis
 
 
 def test_breaker_opens_after_repeated_failures_and_closes_on_success(

@@ -9,7 +9,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from worker import broker
-from worker.embedded_redis import EmbeddedRedis
+from worker.sandbox.embedded_redis import EmbeddedRedis
 
 
 def test_messages_go_through_and_every_publish_reuses_one_client(

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.stack import ROOT
 from worker import preflight
 from worker.errors import ConfigError
+from worker.sandbox.stack import ROOT
 from worker.settings import from_env
 
 PROCESSES = ("web", "worker", "beat", "flower")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT
+from worker.sandbox.stack import ROOT
 
 DOCS = sorted(
     [ROOT / "README.md", ROOT / "SECURITY.md", ROOT / "CONTRIBUTING.md", *ROOT.glob("docs/*.md")]

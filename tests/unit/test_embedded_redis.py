@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.embedded_redis import start_redis
+from worker.sandbox.embedded_redis import start_redis
 
 
 def mode(path: Path) -> int:

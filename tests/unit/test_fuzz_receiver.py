@@ -38,10 +38,6 @@ from kombu.exceptions import OperationalError
 from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
 from schemas.envelope import Envelope
-from tests.simulators import tls
-from tests.simulators.ivvy import IvvySimulator
-from tests.simulators.leadway import iso, signing_keys
-from tests.stack import wait_for, whsec
 from tests.strategies import envelope
 from web.app import create_app
 from web.receiver import (
@@ -52,7 +48,11 @@ from web.receiver import (
     nested_deeper_than,
 )
 from worker import broker, metrics
-from worker.embedded_redis import EmbeddedRedis, start_redis
+from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
+from worker.sandbox.simulators import tls
+from worker.sandbox.simulators.ivvy import IvvySimulator
+from worker.sandbox.simulators.leadway import iso, signing_keys
+from worker.sandbox.stack import wait_for, whsec
 from worker.settings import Settings, from_env, get_settings
 from worker.state import delivery_key
 
@@ -786,7 +786,7 @@ def test_receiver_limits_are_not_applied_to_health_or_the_description(
 
 def test_receiver_fails_open_when_redis_is_down(env: dict[str, str], sns: Any) -> None:
     # given a receiver whose Redis (limiter, dedup and queue alike) does not answer
-    from worker.embedded_redis import free_port
+    from worker.sandbox.embedded_redis import free_port
 
     down = build_edge(env, sns, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     # when correctly signed events arrive

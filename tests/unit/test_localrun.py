@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker import demo, localrun
+from worker.sandbox import demo, localrun
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.stack import ROOT
+from worker.sandbox.stack import ROOT
 
 LOCK = ROOT / "requirements.txt"
 #: The lock is for the deploy target: Python 3.11 on Linux (.python-version, Dockerfile).

@@ -19,8 +19,8 @@ from gunicorn.config import Config as GunicornConfig
 
 from web.app import create_app
 from web.serverlog import JsonLogger
-from worker.embedded_redis import EmbeddedRedis
 from worker.logs import Redactor, configure
+from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env, get_settings
 
 ENV = {

@@ -20,9 +20,9 @@ from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status
 from tests.strategies import envelope
 from tests.unit.test_pipeline import MemoryAdapter
 from worker import pipeline, writer
-from worker.embedded_redis import EmbeddedRedis
 from worker.errors import Permanent
 from worker.runtime import Runtime
+from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
 from worker.state import Store
 from worker.vendors.base import UpsertResult

@@ -25,9 +25,9 @@ from web.app import create_app
 from web.status import TOKEN_TTL_SECONDS, CsrfTokens, ago
 from worker import metrics, vendorhealth
 from worker.deadletters import DeadLetters
-from worker.embedded_redis import EmbeddedRedis
 from worker.errors import ConfigError, Permanent, RateLimited, Transient
 from worker.runtime import build_runtime
+from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import Settings, from_env
 
 DB = 7  # a database of the session's Redis no other test uses

@@ -19,9 +19,9 @@ from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
 from tests.strategies import envelope
 from worker import pipeline, writer
-from worker.embedded_redis import EmbeddedRedis
 from worker.errors import CreateSettling, InvalidPayload, OutcomeUnknown
 from worker.runtime import Runtime
+from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
 from worker.state import Store
 from worker.vendors.base import UpsertResult

@@ -16,10 +16,10 @@ from marshmallow import ValidationError
 from schemas.envelope import Envelope, is_thin
 from schemas.opportunity import Opportunity, Status, fingerprint, load
 from worker import polling
-from worker.embedded_redis import EmbeddedRedis
 from worker.errors import InvalidPayload, Transient
 from worker.polling import Change, classify
 from worker.runtime import Runtime
+from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
 from worker.state import Linked, Store
 

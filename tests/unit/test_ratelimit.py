@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
-from worker.embedded_redis import EmbeddedRedis
 from worker.errors import RateLimited
 from worker.ratelimit import LEASE_SECONDS, WAITERS, VendorQuota, no_waiting
+from worker.sandbox.embedded_redis import EmbeddedRedis
 
 
 def test_quota_allows_the_limit_then_waits_for_the_window(redis_server: EmbeddedRedis) -> None:

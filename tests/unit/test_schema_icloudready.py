@@ -16,8 +16,8 @@ from marshmallow import ValidationError
 from schemas import icloudready as icr
 from schemas.mapping import Mapping
 from schemas.opportunity import Contact, Opportunity, Status
-from tests.simulators.icloudready import IcloudreadySimulator
 from tests.strategies import EXAMPLE_MAPPING, opportunities
+from worker.sandbox.simulators.icloudready import IcloudreadySimulator
 
 M = EXAMPLE_MAPPING
 OWNER_ID = "609a8f85c2834915d0a5a5e2"

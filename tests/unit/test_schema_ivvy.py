@@ -16,8 +16,8 @@ from marshmallow import ValidationError
 from schemas import ivvy
 from schemas.mapping import Mapping, parse_mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
-from tests.simulators.ivvy import DEFAULT_STAGES, IvvySimulator
 from tests.strategies import EXAMPLE_MAPPING, opportunities
+from worker.sandbox.simulators.ivvy import DEFAULT_STAGES, IvvySimulator
 
 M = EXAMPLE_MAPPING
 NO_MAPPING = Mapping()

@@ -13,8 +13,8 @@ from marshmallow import ValidationError
 
 from schemas import leadway
 from schemas.opportunity import Contact, Opportunity, Status
-from tests.simulators.leadway import API_VERSION, LeadwaySimulator
 from tests.strategies import EXAMPLE_MAPPING, opportunities
+from worker.sandbox.simulators.leadway import API_VERSION, LeadwaySimulator
 
 M = EXAMPLE_MAPPING
 NEW, PROPOSAL, WON, LOST = (s.ids["leadway"] for s in M.stages)

@@ -15,8 +15,8 @@ from marshmallow import ValidationError
 from schemas import salescaling
 from schemas.mapping import Mapping, parse_mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
-from tests.simulators.salescaling import SalescalingSimulator
 from tests.strategies import EXAMPLE_MAPPING, opportunities
+from worker.sandbox.simulators.salescaling import SalescalingSimulator
 
 M = EXAMPLE_MAPPING
 #: A tenant whose statuses differ: no "abandoned" of its own, "closed_won" for won. (Lost is

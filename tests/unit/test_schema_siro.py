@@ -15,8 +15,8 @@ from marshmallow import ValidationError
 from schemas import siro
 from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
-from tests.simulators.siro import SiroSimulator, validate_sync
 from tests.strategies import EXAMPLE_MAPPING, opportunities
+from worker.sandbox.simulators.siro import SiroSimulator, validate_sync
 
 M = EXAMPLE_MAPPING
 

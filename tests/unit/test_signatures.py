@@ -11,7 +11,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from tests.simulators.base import sign_standard_webhook
 from web.signatures import (
     HIGHLEVEL_ED25519_PEM,
     HIGHLEVEL_RSA_PEM,
@@ -19,6 +18,7 @@ from web.signatures import (
     verify_standard,
 )
 from worker.errors import Rejected
+from worker.sandbox.simulators.base import sign_standard_webhook
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret-0123456789").decode()
 OTHER = "whsec_" + base64.b64encode(b"another-secret-0123456789ab").decode()

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.simulators import tls
-from tests.simulators.ivvy import IvvySimulator
 from web.sns import CERT_CACHE_SIZE, SnsVerifier, string_to_sign
 from worker.errors import Rejected
+from worker.sandbox.simulators import tls
+from worker.sandbox.simulators.ivvy import IvvySimulator
 
 LOOPBACK = ("127.0.0.1",)
 OTHER_TOPIC = "arn:aws:sns:us-east-1:111122223333:not-ours"

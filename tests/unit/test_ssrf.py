@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.simulators import tls
-from tests.simulators.base import Simulator
-from tests.simulators.ivvy import IvvySimulator
-from tests.stack import VENDORS, stack_env, start_simulators
 from web.sns import DEFAULT_CERT_HOSTS, SnsVerifier
 from worker.errors import OppsyncError, Rejected
+from worker.sandbox.simulators import tls
+from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.ivvy import IvvySimulator
+from worker.sandbox.stack import VENDORS, stack_env, start_simulators
 from worker.settings import from_env
 from worker.vendors import build_adapters
 from worker.vendors.base import VendorAdapter

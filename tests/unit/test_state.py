@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from schemas.opportunity import Opportunity, Status, dump
-from worker.embedded_redis import EmbeddedRedis
+from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.state import (
     PENDING_CLAIM_SECONDS,
     QUEUED_MARK,

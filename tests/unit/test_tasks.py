@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 
-from tests.stack import stack_env, start_simulators
 from tests.strategies import envelope
 from worker import fanout, writer
 from worker.deadletters import DeadLetters
-from worker.embedded_redis import EmbeddedRedis, start_redis
 from worker.runtime import Runtime, build_runtime
+from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
+from worker.sandbox.stack import stack_env, start_simulators
 from worker.settings import from_env, get_settings
 
 #: A new Salescaling deal, as its API returns it.

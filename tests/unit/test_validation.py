@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import redis
 
-from tests.simulators.leadway import LeadwaySimulator
-from tests.simulators.salescaling import SalescalingSimulator
-from tests.stack import VENDORS, stack_env, start_simulators, whsec
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from tests.strategies import envelope
 from worker import fanout, pipeline
 from worker.deadletters import DeadLetter, DeadLetters
-from worker.embedded_redis import EmbeddedRedis
 from worker.errors import InvalidPayload
 from worker.runtime import Runtime, build_runtime
+from worker.sandbox.embedded_redis import EmbeddedRedis
+from worker.sandbox.simulators.leadway import LeadwaySimulator
+from worker.sandbox.simulators.salescaling import SalescalingSimulator
+from worker.sandbox.stack import VENDORS, stack_env, start_simulators, whsec
 from worker.settings import from_env, get_settings
 
 DB = 7

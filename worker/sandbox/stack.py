@@ -24,15 +24,15 @@ from typing import Any
 
 import httpx
 
-from tests.simulators import tls
-from tests.simulators.icloudready import IcloudreadySimulator
-from tests.simulators.ivvy import IvvySimulator
-from tests.simulators.leadway import LeadwaySimulator
-from tests.simulators.salescaling import SalescalingSimulator
-from tests.simulators.siro import SiroSimulator
-from worker.embedded_redis import EmbeddedRedis, free_port, start_redis
+from worker.sandbox.embedded_redis import EmbeddedRedis, free_port, start_redis
+from worker.sandbox.files import MAPPING_EXAMPLE, PROCFILE, ROOT
+from worker.sandbox.simulators import tls
+from worker.sandbox.simulators.icloudready import IcloudreadySimulator
+from worker.sandbox.simulators.ivvy import IvvySimulator
+from worker.sandbox.simulators.leadway import LeadwaySimulator
+from worker.sandbox.simulators.salescaling import SalescalingSimulator
+from worker.sandbox.simulators.siro import SiroSimulator
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 VENDORS = ("siro", "leadway", "ivvy", "salescaling", "icloudready")
 QUEUES = "ingest,push.siro,push.leadway,push.ivvy,push.salescaling,push.icloudready,poll"
@@ -49,7 +49,7 @@ def procfile_args(process: str, env: Mapping[str, str], *, app: str | None = Non
     (``sh -c``; the pre-flight check first, then ``exec`` of the server): each
     ``${VAR:-default}`` expanded from ``env``, every program taken from this virtualenv,
     and ``app`` in place of the web's app (the benchmark's bare ceiling)."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
+    for line in PROCFILE.read_text().splitlines():
         name, _, command = line.partition(":")
         if name.strip() != process:
             continue
@@ -96,7 +96,7 @@ def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[st
         {
             "REDIS_URL": redis_url,
             "OPPSYNC_VENDORS": ",".join(VENDORS),
-            "OPPSYNC_MAPPING": str(ROOT / "mapping.example.toml"),
+            "OPPSYNC_MAPPING": str(MAPPING_EXAMPLE),
             "OPPSYNC_HTTP_TIMEOUT_SECONDS": "3",
             "OPPSYNC_RETRY_BASE_SECONDS": "0.3",
             "OPPSYNC_RETRY_MAX_SECONDS": "3",

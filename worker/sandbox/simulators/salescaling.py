@@ -30,7 +30,7 @@ from typing import Any
 
 from flask import Response, request
 
-from tests.simulators.base import Simulator
+from worker.sandbox.simulators.base import Simulator
 
 PREFIX = "/api/v1/opportunities"
 UNAUTHORIZED = "Unauthorized - missing or invalid API key"

@@ -31,7 +31,7 @@ from typing import Any
 from flask import Response, request
 
 from schemas.siro import format_timestamp, parse_timestamp
-from tests.simulators.base import Simulator
+from worker.sandbox.simulators.base import Simulator
 
 SYNC_PATH = "/v1/integrations/sync/opportunities"
 OPPORTUNITIES_PATH = "/v1/integrations/opportunities"

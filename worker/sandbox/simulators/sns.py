@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from flask import Flask, Response, request
 
-from web.sns import string_to_sign
+from worker.vendors.sns import string_to_sign
 
 _material: tuple[rsa.RSAPrivateKey, bytes] | None = None
 _material_lock = threading.Lock()

@@ -32,12 +32,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from worker.embedded_redis import EmbeddedRedis, start_redis
 from worker.preflight import EXIT_CONFIG, explain, problems
+from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
+from worker.sandbox.files import PROCFILE, ROOT, STATE_DIR
 from worker.settings import REQUIRED
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = ROOT / ".oppsync"
 SANDBOX_ENV = STATE_DIR / "sandbox.env"
 #: What the command line reads (DESIGN.md "Operator names"): Redis, the service's and each
 #: vendor's variables, Flower's credentials.
@@ -135,7 +134,7 @@ def _stop_on_signals() -> dict[int, Any]:
 
 def web_bind_host() -> str:
     """The address the Procfile's web binds (``--bind HOST:$PORT``)."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
+    for line in PROCFILE.read_text().splitlines():
         if line.startswith("web:") and (bind := re.search(r"--bind[ =]([^:\s]+):", line)):
             return bind.group(1)
     return "0.0.0.0"
@@ -228,7 +227,7 @@ def _start(
     # the environment just checked and built. umask 077: Flower's database, beat's schedule
     # and whatever else the processes write are their owner's only.
     honcho = subprocess.Popen(
-        [str(bin_dir / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-e", os.devnull],
+        [str(bin_dir / "honcho"), "start", "-f", str(PROCFILE), "-e", os.devnull],
         cwd=ROOT,
         env=env,
         umask=0o077,
@@ -254,7 +253,7 @@ def _start(
 
 def _sandbox_env(env: dict[str, str], port: int, started: ExitStack) -> dict[str, str]:
     """Start the five simulators (stopped with the stack) and point every vendor at them."""
-    from tests.stack import stack_env, start_simulators
+    from worker.sandbox.stack import stack_env, start_simulators
 
     sims = start_simulators()
     for sim in sims.values():

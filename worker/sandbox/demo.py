@@ -1,7 +1,7 @@
 """``oppsync demo``: the whole stack on five simulated vendors, one sample deal from each, and a
 live table of every deal in every vendor until they all agree.
 
-Runs what ``oppsync run`` runs (``worker/localrun.py``: web, worker, beat, Flower under
+Runs what ``oppsync run`` runs (``worker/sandbox/localrun.py``: web, worker, beat, Flower under
 honcho) on a private Redis (unless ``REDIS_URL`` is set) and the five vendor simulators of the
 test suite. Once the service answers ``/readyz``, a person "creates" one deal in each vendor's
 own records and the vendor announces it (its signed webhook, or its automation's Standard
@@ -41,7 +41,6 @@ from worker.settings import load_mapping
 from worker.state import Store
 from worker.terminal import printable
 
-ROOT = Path(__file__).resolve().parent.parent
 CONVERGE_SECONDS = 120
 READY_SECONDS = 120
 
@@ -313,7 +312,7 @@ def _environment(
 ) -> dict[str, str]:
     """The service's environment: every vendor pointed at its simulator, admin credentials
     (the user's, or made up now) for /status, /metrics and Flower."""
-    from tests.stack import stack_env
+    from worker.sandbox.stack import stack_env
 
     user = os.environ.get("OPPSYNC_ADMIN_USER") or "admin"
     password = os.environ.get("OPPSYNC_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
@@ -329,7 +328,7 @@ def _environment(
 
 def demo(*, port: int, exit_when_converged: bool) -> int:
     """Run the demo; returns the process exit code (0: every vendor agreed)."""
-    from worker.localrun import port_conflict
+    from worker.sandbox.localrun import port_conflict
 
     if conflict := port_conflict(port, os.environ):
         print(conflict, file=sys.stderr)
@@ -383,8 +382,8 @@ def _run(
     log: ProcessLog,
     exit_when_converged: bool,
 ) -> bool:
-    from tests.stack import start_simulators
-    from worker.embedded_redis import start_redis
+    from worker.sandbox.embedded_redis import start_redis
+    from worker.sandbox.stack import start_simulators
 
     with ExitStack() as started:  # whatever starts is stopped, however the demo ends
         redis_url = os.environ.get("REDIS_URL", "")
@@ -412,8 +411,8 @@ def _run_on(
     log: ProcessLog,
     exit_when_converged: bool,
 ) -> bool:
-    from worker.localrun import run_stack, source_line, write_sandbox_env
     from worker.preflight import explain, problems
+    from worker.sandbox.localrun import run_stack, source_line, write_sandbox_env
 
     for name, sim in sims.items():
         sim.webhook_url = f"http://127.0.0.1:{port}/webhooks/{name}"

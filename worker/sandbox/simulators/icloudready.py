@@ -36,7 +36,7 @@ from typing import Any
 
 from flask import Response, request
 
-from tests.simulators.base import Simulator
+from worker.sandbox.simulators.base import Simulator
 
 API = "/api/v2"
 MAX_LIMIT = 100

@@ -13,11 +13,11 @@ strings pass, as in the vendor page's example), inline ``contact``/``company`` u
 ``__GREATERTHAN``, ``__LESSTHAN``, ``__NOT``, ``ISNULL``) and pages (``start``, ``perPage``
 ≤ 100); the lead stage/type/source lists answer too.
 
-Notifications are SNS deliveries (``tests/simulators/sns.py``), whose signing certificate and
-``SubscribeURL`` the simulator also serves over https (``tls_url``, a certificate from
-``tests/simulators/tls.py``), as AWS does: ``emit`` sends one now; with
-``auto_emit`` each change is sent just after it happens, ``SourceType`` 1 with the API key as
-``SourceInfo`` for API writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
+Notifications are SNS deliveries (``worker/sandbox/simulators/sns.py``), whose signing certificate
+and ``SubscribeURL`` the simulator also serves over https (``tls_url``, a certificate from
+``worker/sandbox/simulators/tls.py``), as AWS does: ``emit`` sends one now; with ``auto_emit`` each
+change is sent just after it happens, ``SourceType`` 1 with the API key as ``SourceInfo`` for API
+writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from flask import Response, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from schemas.ivvy import format_timestamp, parse_timestamp
-from tests.simulators import tls
-from tests.simulators.base import Simulator
-from tests.simulators.sns import FakeSnsTopic
+from worker.sandbox.simulators import tls
+from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.sns import FakeSnsTopic
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
 
 DEFAULT_TOPIC_ARN = "arn:aws:sns:ap-southeast-2:123456789012:ivvy-crm"

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from flask import Response, g, request
 
-from tests.simulators.base import Simulator, SlidingWindow
-from tests.strategies import EXAMPLE_MAPPING
+from worker.sandbox.files import EXAMPLE_MAPPING
+from worker.sandbox.simulators.base import Simulator, SlidingWindow
 
 API_VERSION = "2021-07-28"
 STATUSES = ("open", "won", "lost", "abandoned")
