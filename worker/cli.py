@@ -107,7 +107,7 @@ def bench(
     performance figure next to a ceiling measured in the same run (docs/performance.md)."""
     from pathlib import Path
 
-    from worker.bench import run_benchmark
+    from worker.bench.benchmark import run_benchmark
 
     run_benchmark(
         quick=quick,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker.benchreport import BEGIN, END
+from worker.bench.report import BEGIN, END
 from worker.sandbox.stack import ROOT
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from worker.benchsims import RemoteSimulator
+from worker.bench.sims import RemoteSimulator
 from worker.sandbox.simulators.leadway import API_VERSION, LeadwaySimulator
 
 PIPELINES = "/opportunities/pipelines?locationId=ve9EPM428h8vShlRW1KT"

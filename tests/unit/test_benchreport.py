@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.bench import command_line
-from worker.benchreport import BEGIN, END, page_section, write_page
+from worker.bench.benchmark import command_line
+from worker.bench.report import BEGIN, END, page_section, write_page
 from worker.sandbox.stack import ROOT
 
 MACHINE = {"cores": 2, "cpu": "AMD EPYC 7B13", "load_average": [1.5, 1.25, 0.75]}

@@ -1,6 +1,6 @@
 """Counting the benchmark's events where they land: in the vendor simulators.
 
-A background thread asks each simulator's process (``worker/benchsims.py``) every second
+A background thread asks each simulator's process (``worker/bench/sims.py``) every second
 what it saw: when a vendor first acknowledged deal ``n``'s write, the event is there; when
 every target has, the event is complete. At the end each deal must be exactly one record in
 every target: none is lost, more is a duplicate.
@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from worker.benchsims import Drained, RemoteSimulator
+from worker.bench.sims import Drained, RemoteSimulator
 
 
 class Tally:

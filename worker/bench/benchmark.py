@@ -3,7 +3,7 @@
 The stack is started exactly as the Procfile runs it (gunicorn serving the web app, a Celery
 worker on every queue) on a private Redis with an append-only file (docs/deploy.md's
 production advice), against the five vendor simulators answering after ``--latency-ms``
-(default 50); ``worker/benchrig.py`` holds that rig, the load generator and the meters.
+(default 50); ``worker/bench/rig.py`` holds that rig, the load generator and the meters.
 Phases, full size (``--quick`` scales them down):
 
 1. ingest ceiling: a bare Flask endpoint that only LPUSHes the body, under the Procfile's
@@ -37,9 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker import benchprobe as probe
 from worker import deadletters, metrics, state
-from worker.benchrig import (
+from worker.bench import probe
+from worker.bench.rig import (
     LEADWAY_QUOTA,
     NOOP_QUEUE,
     TARGETS,
@@ -49,7 +49,7 @@ from worker.benchrig import (
     say,
     stop,
 )
-from worker.benchtally import Tally
+from worker.bench.tally import Tally
 from worker.sandbox.files import ROOT
 from worker.sandbox.stack import wait_for
 
@@ -87,7 +87,7 @@ class Bench(Rig):
         self.client.flushall()
         count = self.plan.noop_tasks
         publisher = subprocess.Popen(
-            [sys.executable, "-m", "worker.benchceilings", "publish", str(count)],
+            [sys.executable, "-m", "worker.bench.ceilings", "publish", str(count)],
             cwd=ROOT,
             env=self.stack.env,
         )
@@ -95,7 +95,7 @@ class Bench(Rig):
         if publisher.wait() != 0:
             raise RuntimeError("publishing the no-op tasks failed")
         # The no-op task's module, through Celery's variable for ``--include``: no flag added.
-        env = {**self.stack.env, "CELERY_WORKER_INCLUDE": "worker.benchceilings"}
+        env = {**self.stack.env, "CELERY_WORKER_INCLUDE": "worker.bench.ceilings"}
         self.stack.start_procfile_worker(env=env, wait=False)
         # Timed between 90 % and 10 % of the queue left: the worker's start-up (imports,
         # connecting, the first prefetch) and the last stragglers are not its steady rate.
@@ -214,7 +214,7 @@ class Bench(Rig):
     def run(self) -> dict[str, Any]:
         plan, r = self.plan, self.results
         s = f"{plan.connections} connections for {plan.seconds:g} s"
-        bare = "worker.benchceilings:lpush_app()"
+        bare = "worker.bench.ceilings:lpush_app()"
         self.phase(
             "ingest_ceiling",
             f"ingest ceiling: bare LPUSH endpoint, {s}",
@@ -330,7 +330,7 @@ def run_benchmark(
     """Run every phase, print the table on stdout, write the JSON and the performance page
     (``page_path``; by default ``docs/performance.md`` for a full run, none for ``--quick``,
     whose short phases would replace the full figures); the results."""
-    from worker.benchreport import page_section, render, write_page
+    from worker.bench.report import page_section, render, write_page
 
     if page_path is None and not quick:
         page_path = PERFORMANCE_PAGE

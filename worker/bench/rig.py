@@ -1,10 +1,10 @@
 """The benchmark's rig: the stack it measures, the load generator, and what it meters.
 
-``Rig`` starts a private Redis with an append-only file (docs/deploy.md's production advice), the
-vendor simulators (one process each, ``worker/benchsims.py``) and holds the service's environment;
-the web and worker processes are started by each phase from the Procfile's own command lines
-(``worker/sandbox/stack.py``). The load generator (``worker/benchload.py``) runs as a process of its
-own for each batch of events; the simulators count where they landed.
+``Rig`` starts a private Redis with an append-only file (docs/deploy.md's production advice),
+the vendor simulators (one process each, ``worker/bench/sims.py``) and holds the service's
+environment; the web and worker processes are started by each phase from the Procfile's own
+command lines (``worker/sandbox/stack.py``). The load generator (``worker/bench/load.py``) runs
+as a process of its own for each batch of events; the simulators count where they landed.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
-from worker import benchprobe as probe
-from worker.benchsims import RemoteSimulator, start_remote_simulators
-from worker.benchtally import Tally
+from worker.bench import probe
+from worker.bench.sims import RemoteSimulator, start_remote_simulators
+from worker.bench.tally import Tally
 from worker.sandbox.embedded_redis import start_redis
 from worker.sandbox.files import ROOT
 from worker.sandbox.stack import VENDORS, Stack, stack_env
@@ -41,7 +41,7 @@ TEST_TIMINGS = (
 UNLIMITED = "1000000/second"
 #: HighLevel's documented quota, enforced by the quota phase's simulator.
 LEADWAY_QUOTA = (100, 10.0)
-#: Where the no-op ceiling's tasks wait (``worker/benchceilings.py`` publishes there; not
+#: Where the no-op ceiling's tasks wait (``worker/bench/ceilings.py`` publishes there; not
 #: imported, as it builds the Celery app from the service's environment).
 NOOP_QUEUE = "ingest"
 
@@ -162,7 +162,7 @@ class Rig:
             "rate": rate,
         }
         done = subprocess.run(
-            [sys.executable, "-m", "worker.benchload"],
+            [sys.executable, "-m", "worker.bench.load"],
             input=json.dumps(job),
             capture_output=True,
             text=True,

@@ -1,6 +1,6 @@
 """The benchmark's load generator: signed ~2 KB webhook deliveries over keep-alive HTTP/1.1.
 
-Runs as its own process (``python -m worker.benchload``, a JSON job on stdin, a JSON report
+Runs as its own process (``python -m worker.bench.load``, a JSON job on stdin, a JSON report
 on stdout) so its CPU is measured apart from the simulators and the service, and so it never
 shares an interpreter lock with them. The client is a few lines of asyncio over raw sockets
 rather than httpx: at thousands of requests a second on two cores httpx would cost more CPU

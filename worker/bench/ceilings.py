@@ -4,7 +4,7 @@
   served by gunicorn with the Procfile's web settings: no web stack can ingest faster.
 * ``noop``: a Celery task that does nothing, registered on oppsync's own Celery app (the
   worker loads this module with ``--include``) so the same worker configuration (pool,
-  concurrency, prefetch, late acks, broker) consumes it. ``python -m worker.benchceilings
+  concurrency, prefetch, late acks, broker) consumes it. ``python -m worker.bench.ceilings
   publish N`` queues N of them on ``ingest`` before that worker starts.
 """
 
@@ -51,5 +51,5 @@ def publish(count: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "publish":
-        sys.exit("usage: python -m worker.benchceilings publish N")
+        sys.exit("usage: python -m worker.bench.ceilings publish N")
     publish(int(sys.argv[2]))
