@@ -18,16 +18,17 @@ from celery.exceptions import Reject
 from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
-from worker import fanout, metrics, pipeline, polling
+from worker import fanout, metrics, pipeline
 from worker.celery_app import app, queue_for
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import REDIS_UNREACHABLE, InvalidPayload, VendorError
 from worker.logs import log
-from worker.reconcile import Reconciler, exclusive
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
 from worker.state import poll_lock_name
+from worker.upkeep import polling
+from worker.upkeep.reconcile import Reconciler, exclusive
 
 #: How long a job waits before going back to its queue then, so it does not spin.
 REQUEUE_PAUSE_SECONDS = 1.0

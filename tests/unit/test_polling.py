@@ -15,13 +15,13 @@ from marshmallow import ValidationError
 
 from schemas.envelope import Envelope, is_thin
 from schemas.opportunity import Opportunity, Status, fingerprint, load
-from worker import polling
 from worker.errors import InvalidPayload, Transient
-from worker.polling import Change, classify
 from worker.runtime import Runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
 from worker.state import Linked, Store
+from worker.upkeep import polling
+from worker.upkeep.polling import Change, classify
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 FIELDS = frozenset({"name", "amount", "status"})

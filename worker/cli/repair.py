@@ -16,8 +16,8 @@ from worker.cli.output import config_errors, echo, interactive_runtime, progress
 def reconcile(vendor: str | None) -> None:
     """Compare every linked opportunity with what each vendor really holds, and repair drift
     (a missed webhook, a manual edit); prints what it changed. Exit status 1 on errors."""
-    from worker.reconcile import Reconciler, exclusive
     from worker.tasks import ingest_now, push_now
+    from worker.upkeep.reconcile import Reconciler, exclusive
 
     rt = interactive_runtime()
     if vendor and not rt.settings.enabled(vendor):
@@ -51,8 +51,8 @@ def reconcile(vendor: str | None) -> None:
 def backfill(source: str, dry_run: bool) -> None:
     """Link the opportunities that already exist in one vendor to the others: records of the
     same deal (name, and contact where both hold one) are linked before anything is created."""
-    from worker.backfill import Backfill
     from worker.tasks import enqueue_ingest, push_now
+    from worker.upkeep.backfill import Backfill
 
     rt = interactive_runtime()
     if not rt.settings.enabled(source):

@@ -27,9 +27,9 @@ from schemas.opportunity import Contact, Opportunity
 from worker import pipeline
 from worker.errors import InvalidPayload
 from worker.logs import log
-from worker.polling import poll_envelope
 from worker.runtime import Runtime
 from worker.state import new_key
+from worker.upkeep.polling import poll_envelope
 
 #: Makes one vendor hold the current state of one opportunity: (key, vendor, cause) -> outcome.
 Push = Callable[[str, str, dict[str, Any]], str]

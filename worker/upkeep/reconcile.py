@@ -37,9 +37,9 @@ from worker import duplicates
 from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
 from worker.pipeline import GONE, fetch_record, second_record
-from worker.polling import deleted_payload, poll_envelope
 from worker.runtime import Runtime
 from worker.state import RECONCILE_LOCK, Record
+from worker.upkeep.polling import deleted_payload, poll_envelope
 
 #: How long the reconciliation lock lives without being renewed (a crashed run frees it).
 LOCK_SECONDS = 900

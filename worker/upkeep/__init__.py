@@ -1,0 +1,1 @@
+"""Keeping vendors in step beyond webhooks: polling, reconciliation and backfill."""
