@@ -122,7 +122,7 @@ class Settings:
     soft_shutdown_seconds: float = 10.0
     unacked_sweep_seconds: int = 10
     reconcile_seconds: float = 3600.0
-    #: Threads per worker process writing vendors concurrently (``worker/fanout.py``).
+    #: Threads per worker process writing vendors concurrently (``worker/sync/fanout.py``).
     push_threads: int = 64
 
     def enabled(self, vendor: str) -> bool:

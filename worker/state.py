@@ -32,7 +32,7 @@ one entry per event's fan-out (its cause once, then each write; compressed too),
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v
 (members older than ``INTENT_FRESH_SECONDS`` are swept by the workers' heartbeat).
 ``oppsync:duplicate:<v>:<vendor id>`` -> ``k``: a second record of k in v, deleted or marked
-(``worker/duplicates.py``); its later events are dropped.
+(``worker/sync/duplicates.py``); its later events are dropped.
 
 Polling keeps, per polled vendor, ``oppsync:poll:<v>`` (hash: ``mark``, the newest
 ``updatedAt`` seen; ``full_at``, when the last complete full scan ended) and

@@ -18,7 +18,7 @@ from celery.exceptions import Reject
 from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
-from worker import fanout, metrics, pipeline
+from worker import metrics
 from worker.celery_app import app, queue_for
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import REDIS_UNREACHABLE, InvalidPayload, VendorError
@@ -27,6 +27,10 @@ from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
 from worker.state import poll_lock_name
+from worker.sync import fanout
+from worker.sync.echoes import ECHO_PATIENCE
+from worker.sync.ingest import ingest
+from worker.sync.outcomes import Outcome
 from worker.upkeep import polling
 from worker.upkeep.reconcile import Reconciler, exclusive
 
@@ -131,9 +135,7 @@ def ingest_change(
         requeued_while_redis_is_unreachable(),
     ):
         try:
-            outcome = pipeline.ingest(
-                rt, env, patient=attempt <= pipeline.ECHO_PATIENCE, hand_over=True
-            )
+            outcome = ingest(rt, env, patient=attempt <= ECHO_PATIENCE, hand_over=True)
         except Exception as error:  # noqa: BLE001 - classified by the retry policy
             verdict = decide(
                 error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
@@ -163,7 +165,7 @@ def ingest_change(
                     rt.store.unlock(lock)  # a push that never started (circuit open)
 
 
-def _fan_out(rt: Runtime, env: Envelope, outcome: pipeline.Outcome) -> str:
+def _fan_out(rt: Runtime, env: Envelope, outcome: Outcome) -> str:
     """Note what an ingest decided and write its targets."""
     _note(rt, env, outcome.outcome, outcome.key, outcome.detail)
     log.info(

@@ -1,6 +1,6 @@
 """How each vendor is doing, for the status page: last success, recent errors, quota headroom.
 
-Every push records its result here (``worker/fanout.py``), in Redis so the web app sees what
+Every push records its result here (``worker/sync/fanout.py``), in Redis so the web app sees what
 every worker saw. Results are counted per minute in keys that expire, so the error rate is
 over a recent window rather than since the service started. Failures that are not the
 vendor's (our own lock or quota, waiting for a create in flight) are not counted against it.

@@ -35,9 +35,9 @@ from tests.integration.drive import (
     wait_names,
     written_name,
 )
-from worker.pipeline import QUIET, SETTLE_MAX
 from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import ROOT, VENDORS, Stack, start_stack, wait_for
+from worker.sync.push import QUIET, SETTLE_MAX
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,7 @@ def test_push_burst_of_ten_edits_coalesces(live: Stack, source: str) -> None:
 def burst_overruns(stack: Stack, source: str, count: int) -> int:
     """How often the last ``count`` changes from ``source``, as the worker applied them,
     paused for ``QUIET`` or more or went on past another ``SETTLE_MAX``: each lets a
-    waiting write go with what it has, so each may add a write (worker/writer.py)."""
+    waiting write go with what it has, so each may add a write (worker/sync/push.py)."""
     applied = sorted(
         e["at"] for e in events(stack) if e["vendor"] == source and e["outcome"] == "applied"
     )[-count:]

@@ -19,12 +19,15 @@ from schemas.mapping import Mapping, Stage
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status
 from tests.strategies import envelope
 from tests.unit.test_pipeline import MemoryAdapter
-from worker import pipeline, writer
 from worker.errors import Permanent
 from worker.runtime import Runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
 from worker.state import Store
+from worker.sync import ingest, push
+from worker.sync.echoes import CLOCK_SKEW
+from worker.sync.merge import GONE, UNSURE
+from worker.sync.outcomes import Outcome
 from worker.vendors.base import UpsertResult
 from worker.vendors.ivvy import IvvyAdapter
 
@@ -81,22 +84,22 @@ def now(offset: float = 0.0) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=offset)
 
 
-def deliver(rt: Runtime, vendor: str, record: dict[str, Any], at: datetime) -> pipeline.Outcome:
+def deliver(rt: Runtime, vendor: str, record: dict[str, Any], at: datetime) -> Outcome:
     """The vendor's automation posts its record (a snapshot, stamped ``at``)."""
     data = {**record, "updated_at": at.isoformat()}
     rt.adapters[vendor].records[record["id"]] = data  # type: ignore[attr-defined]
-    return pipeline.ingest(rt, envelope(vendor, data), patient=False)
+    return ingest.ingest(rt, envelope(vendor, data), patient=False)
 
 
-def announce(rt: Runtime, vendor: str, vendor_id: str, **extra: Any) -> pipeline.Outcome:
+def announce(rt: Runtime, vendor: str, vendor_id: str, **extra: Any) -> Outcome:
     """The vendor's native event: just the id (the record is fetched), or a delete."""
     payload = {"id": vendor_id, **extra}
-    return pipeline.ingest(rt, envelope(vendor, payload, "leadway"), patient=False)
+    return ingest.ingest(rt, envelope(vendor, payload, "leadway"), patient=False)
 
 
-def sync(rt: Runtime, outcome: pipeline.Outcome) -> dict[str, str]:
+def sync(rt: Runtime, outcome: Outcome) -> dict[str, str]:
     return {
-        v: writer.push(rt, outcome.key, v, cause={"vendor": "test", "delivery": "d"})  # type: ignore[arg-type]
+        v: push.push(rt, outcome.key, v, cause={"vendor": "test", "delivery": "d"})  # type: ignore[arg-type]
         for v in outcome.targets
     }
 
@@ -195,7 +198,7 @@ def test_ingest_a_person_putting_back_an_earlier_value_is_a_change(rt: Runtime) 
     first = held(rt, "salescaling")
     sync(rt, deliver(rt, "leadway", {**held(rt, "leadway"), "name": "Second"}, now(-30)))
     # when a person in Salescaling puts the first name back, well after our last write
-    back = deliver(rt, "salescaling", first, now() + pipeline.CLOCK_SKEW + timedelta(seconds=1))
+    back = deliver(rt, "salescaling", first, now() + CLOCK_SKEW + timedelta(seconds=1))
     # then it is a change like any other
     assert back.outcome == "applied"
     assert rt.store.load(key).state.name == "Deal"
@@ -209,7 +212,7 @@ def test_ingest_a_snapshot_our_write_replaced_leaves_the_vendor_unsure(rt: Runti
     # then the change is merged, but Salescaling may hold our write instead: write it again
     assert rt.store.load(key).state.amount is not None
     assert str(rt.store.load(key).state.amount) == "99.00"
-    assert rt.store.load(key).written["salescaling"] == pipeline.UNSURE
+    assert rt.store.load(key).written["salescaling"] == UNSURE
     assert "salescaling" in older.targets
 
 
@@ -226,7 +229,7 @@ def test_ingest_a_record_fetched_after_our_write_is_what_the_vendor_holds(rt: Ru
     # then Leadway is known to hold it, and is not written again
     assert outcome.outcome == "applied"
     assert "leadway" not in outcome.targets
-    assert rt.store.load(key).written["leadway"] != pipeline.UNSURE
+    assert rt.store.load(key).written["leadway"] != UNSURE
 
 
 # -- deletes ----------------------------------------------------------------------------------
@@ -240,7 +243,7 @@ def test_delete_mark_lost_does_not_undo_a_later_status_change(rt: Runtime) -> No
     assert outcome.outcome == "deleted"
     stored = rt.store.load(key)
     assert stored.state.status == Status.WON
-    assert stored.written["leadway"] == pipeline.GONE
+    assert stored.written["leadway"] == GONE
 
 
 def changed_past_a_second(rt: Runtime, source: str, **change: Any) -> tuple[str, datetime]:
@@ -316,9 +319,9 @@ def test_push_while_another_waits_for_its_turn_is_coalesced(rt: Runtime) -> None
     key = deal(rt, "leadway")
     deliver(rt, "leadway", {**held(rt, "leadway"), "name": "Renamed"}, now())
     assert rt.store.claim_push(key, "siro")  # another push is waiting for its turn
-    assert writer.push(rt, key, "siro", cause={}) == "coalesced"
+    assert push.push(rt, key, "siro", cause={}) == "coalesced"
     rt.store.release_push(key, "siro")
-    assert writer.push(rt, key, "siro", cause={}) == "updated"
+    assert push.push(rt, key, "siro", cause={}) == "updated"
 
 
 def test_push_during_a_burst_waits_and_carries_the_last_change(rt: Runtime) -> None:
@@ -328,9 +331,9 @@ def test_push_during_a_burst_waits_and_carries_the_last_change(rt: Runtime) -> N
     for i, offset in enumerate((-3, -2)):  # two quick changes: a burst has begun
         deliver(rt, "leadway", {**held(rt, "leadway"), "name": f"Burst {i}"}, now(offset))
     results: list[str] = []
-    pusher = threading.Thread(target=lambda: results.append(writer.push(rt, key, "siro", cause={})))
+    pusher = threading.Thread(target=lambda: results.append(push.push(rt, key, "siro", cause={})))
     pusher.start()
-    time.sleep(pipeline.QUIET.total_seconds() / 3)
+    time.sleep(push.QUIET.total_seconds() / 3)
     # when the last change of the burst arrives while the push waits for quiet
     deliver(rt, "leadway", {**held(rt, "leadway"), "name": "Burst last"}, now(-1))
     pusher.join()
@@ -345,7 +348,7 @@ def test_push_provenance_names_the_event_behind_each_write(rt: Runtime) -> None:
     outcome = deliver(rt, "leadway", {"id": "L9", "name": "Deal", "status": "open"}, now(-60))
     cause = {"vendor": "leadway", "vendor_id": "L9", "delivery": "wh-1", "fields": ["name"]}
     for vendor in outcome.targets:
-        writer.push(rt, outcome.key, vendor, cause=cause)  # type: ignore[arg-type]
+        push.push(rt, outcome.key, vendor, cause=cause)  # type: ignore[arg-type]
     writes = rt.store.writes(outcome.key)  # type: ignore[arg-type]
     assert sorted(w["target"] for w in writes) == ["ivvy", "salescaling", "siro"]
     assert {(w["vendor"], w["delivery"], w["action"]) for w in writes} == {

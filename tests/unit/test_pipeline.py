@@ -18,12 +18,13 @@ from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
 from tests.strategies import envelope
-from worker import pipeline, writer
 from worker.errors import CreateSettling, InvalidPayload, OutcomeUnknown
 from worker.runtime import Runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
 from worker.state import Store
+from worker.sync import ingest, push
+from worker.sync.outcomes import Outcome
 from worker.vendors.base import UpsertResult
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -115,17 +116,17 @@ def rt(redis_server: EmbeddedRedis) -> Iterator[Runtime]:
     client.close()
 
 
-def deliver(rt: Runtime, vendor: str, record: dict[str, Any]) -> pipeline.Outcome:
+def deliver(rt: Runtime, vendor: str, record: dict[str, Any]) -> Outcome:
     data = {"updated_at": None, **record}
     if isinstance(data["updated_at"], datetime):
         data["updated_at"] = data["updated_at"].isoformat()
     rt.adapters[vendor].records[record["id"]] = data  # type: ignore[attr-defined]
-    return pipeline.ingest(rt, envelope(vendor, data), patient=False)
+    return ingest.ingest(rt, envelope(vendor, data), patient=False)
 
 
-def sync(rt: Runtime, outcome: pipeline.Outcome) -> None:
+def sync(rt: Runtime, outcome: Outcome) -> None:
     for vendor in outcome.targets:
-        writer.push(rt, outcome.key, vendor, cause={"vendor": "test"})  # type: ignore[arg-type]
+        push.push(rt, outcome.key, vendor, cause={"vendor": "test"})  # type: ignore[arg-type]
 
 
 def test_ingest_new_record_targets_every_other_vendor(rt: Runtime) -> None:
@@ -215,7 +216,7 @@ def test_delete_follows_the_source_vendors_policy(rt: Runtime, policy: str) -> N
         rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
     )
     sync(rt, outcome)
-    deleted = pipeline.ingest(rt, envelope("leadway", {"id": "L1", "deleted": True}, "leadway"))
+    deleted = ingest.ingest(rt, envelope("leadway", {"id": "L1", "deleted": True}, "leadway"))
     sync(rt, deleted)
     siro_records = rt.adapters["siro"].records  # type: ignore[attr-defined]
     if policy == "delete":
@@ -240,7 +241,7 @@ def test_ingest_refuses_a_fetch_answered_with_another_record(rt: Runtime) -> Non
     leadway.records["L1"] = {"id": "L2", "name": "Other", "status": "open"}  # type: ignore[attr-defined]
     # when a thin event names "L1" / then it is invalid, and nothing is linked or written
     with pytest.raises(InvalidPayload) as refused:
-        pipeline.ingest(rt, envelope("leadway", {"id": "L1"}), patient=False)
+        ingest.ingest(rt, envelope("leadway", {"id": "L1"}), patient=False)
     assert refused.value.reason == "bad_answer"
     assert rt.store.key_for("leadway", "L1") is None
     assert rt.store.key_for("leadway", "L2") is None
@@ -262,14 +263,14 @@ def test_push_after_an_unanswered_create_waits_for_it_to_settle(
 
     monkeypatch.setattr(salescaling, "upsert", times_out)
     with pytest.raises(OutcomeUnknown) as lost:
-        writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+        push.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
     # then its retry is asked for no sooner than the settle time after it was sent
     settle = rt.settings.create_settle_seconds
     assert lost.value.retry_after is not None and lost.value.retry_after > settle - 1
     # and a push before then neither creates again nor looks, but waits for that moment
     monkeypatch.setattr(salescaling, "upsert", real_upsert)
     with pytest.raises(CreateSettling) as waiting:
-        writer.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+        push.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
     assert settle - 1 < (waiting.value.retry_after or 0) <= settle
     assert salescaling.creates == 1
 
@@ -293,11 +294,11 @@ def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(
 
     monkeypatch.setattr(salescaling, "upsert", times_out)
     with pytest.raises(OutcomeUnknown):
-        writer.push(rt, key, "salescaling", cause={"vendor": "test"})
+        push.push(rt, key, "salescaling", cause={"vendor": "test"})
     ((late_id, late),) = salescaling.records.items()
     del salescaling.records[late_id]  # not visible yet when we looked again
     monkeypatch.setattr(salescaling, "upsert", real_upsert)
-    writer.push(rt, key, "salescaling", cause={"vendor": "test"})
+    push.push(rt, key, "salescaling", cause={"vendor": "test"})
     ((kept, _),) = salescaling.records.items()
     # when the late record shows up (an event, a poll)
     second = deliver(rt, "salescaling", late)

@@ -15,12 +15,12 @@ import pytest
 from celery.exceptions import Reject
 
 from tests.strategies import envelope
-from worker import fanout, writer
 from worker.deadletters import DeadLetters
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 from worker.sandbox.stack import stack_env, start_simulators
 from worker.settings import from_env, get_settings
+from worker.sync import fanout, push
 
 #: A new Salescaling deal, as its API returns it.
 DEAL = {
@@ -129,16 +129,16 @@ def test_a_push_whose_redis_answers_again_is_requeued_not_dead_lettered(
     # given a retry of one push that finds Redis down, and Redis back a moment later,
     # before the failure is classified and recorded
     restarted: list[EmbeddedRedis] = []
-    push = writer.push
+    real_push = push.push
 
     def redis_blips(*args: Any, **kwargs: Any) -> str:
         own_redis.stop()
         try:
-            return push(*args, **kwargs)
+            return real_push(*args, **kwargs)
         finally:
             restarted.append(start_redis(port=own_redis.port, directory=own_redis.directory))
 
-    monkeypatch.setattr(writer, "push", redis_blips)
+    monkeypatch.setattr(push, "push", redis_blips)
     try:
         result = _push_retry(tasks, "opp_3")
         # then the job goes back to its queue: no verdict on the vendor, no dead letter

@@ -17,7 +17,6 @@ import redis
 
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from tests.strategies import envelope
-from worker import fanout, pipeline
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import InvalidPayload
 from worker.runtime import Runtime, build_runtime
@@ -26,6 +25,7 @@ from worker.sandbox.simulators.leadway import LeadwaySimulator
 from worker.sandbox.simulators.salescaling import SalescalingSimulator
 from worker.sandbox.stack import VENDORS, stack_env, start_simulators, whsec
 from worker.settings import from_env, get_settings
+from worker.sync import fanout, ingest
 
 DB = 7
 TOO_LONG = "x" * 300
@@ -210,7 +210,7 @@ def named(fields: dict[str, Any], name: str) -> Any:
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_validation_accepts_the_valid_records(rt: Runtime, vendor: str) -> None:
     # the baseline every bad case below changes one field of
-    opportunity = pipeline.canonical_of(rt.adapters[vendor], VALID[vendor])
+    opportunity = ingest.canonical_of(rt.adapters[vendor], VALID[vendor])
     assert opportunity.name == "Harbour View Conference"
 
 
@@ -240,7 +240,7 @@ def test_validation_lists_every_bad_field_at_once(rt: Runtime) -> None:
     record = {**VALID["salescaling"], "amount": "a lot", "closeProbability": 250, "name": 7}
     # then one error lists all three (the sender fixes them in one go)
     with pytest.raises(InvalidPayload) as refused:
-        pipeline.canonical_of(rt.adapters["salescaling"], record)
+        ingest.canonical_of(rt.adapters["salescaling"], record)
     assert {"amount", "closeProbability", "name"} <= set(refused.value.fields)
 
 
@@ -257,7 +257,7 @@ def test_validation_canonical_ranges_are_checked_before_any_vendor_call(
     for vendor, change, field in cases:
         # when validated / then refused by field, with nothing sent anywhere
         with pytest.raises(InvalidPayload) as refused:
-            pipeline.ingest(rt, envelope(vendor, {**VALID[vendor], **change}))
+            ingest.ingest(rt, envelope(vendor, {**VALID[vendor], **change}))
         assert named(refused.value.fields, field), refused.value.fields
     assert vendor_requests(sims) == before
 
@@ -279,7 +279,7 @@ def test_validation_vendor_refusal_names_the_field_in_the_dead_letter(
     rt: Runtime, source: str, change: dict[str, Any], target: str, field: str
 ) -> None:
     # given a valid change from the source, merged
-    outcome = pipeline.ingest(rt, envelope(source, {**VALID[source], **change}))
+    outcome = ingest.ingest(rt, envelope(source, {**VALID[source], **change}))
     assert outcome.key is not None and target in outcome.targets
     # when it is pushed to a target that refuses one field of it
     result = fanout.push_once(

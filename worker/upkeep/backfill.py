@@ -24,11 +24,12 @@ from typing import Any
 
 from schemas.envelope import Envelope
 from schemas.opportunity import Contact, Opportunity
-from worker import pipeline
 from worker.errors import InvalidPayload
 from worker.logs import log
 from worker.runtime import Runtime
 from worker.state import new_key
+from worker.sync.ingest import ingest
+from worker.sync.merge import plan
 from worker.upkeep.polling import poll_envelope
 
 #: Makes one vendor hold the current state of one opportunity: (key, vendor, cause) -> outcome.
@@ -261,7 +262,7 @@ class Backfill:
                     continue
                 merged.append((vendor, candidate.vendor_id))
         if self._merge(key, merged, item):
-            for vendor in pipeline.plan(self.rt, store.load(key)):
+            for vendor in plan(self.rt, store.load(key)):
                 item.outcomes[vendor] = self._push(key, vendor)
         log.info("backfill.linked", source=self.source, vendor_id=item.vendor_id, key=key)
 
@@ -274,7 +275,7 @@ class Backfill:
                 vendor, vendor_id, {"id": vendor_id}, self.run_id, via="backfill"
             )
             try:
-                pipeline.ingest(self.rt, envelope, patient=False)
+                ingest(self.rt, envelope, patient=False)
             except Exception as exc:  # noqa: BLE001 - handed to the task, which classifies it
                 for rest_vendor, rest_id in merged[n:]:
                     self.enqueue(

@@ -42,9 +42,9 @@ from schemas.envelope import Envelope
 from schemas.opportunity import Opportunity, fingerprint
 from worker.errors import InvalidPayload
 from worker.logs import log
-from worker.pipeline import GONE
 from worker.runtime import Runtime
 from worker.state import Claim, Linked
+from worker.sync.merge import GONE
 from worker.vendors.base import VendorAdapter
 
 #: Vendors whose list answers newest ``updatedAt`` first, so a poll may stop at the mark.

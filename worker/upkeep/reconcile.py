@@ -9,7 +9,8 @@ and what it should hold (the canonical state, as that vendor would hold it). The
   as for any change, and the pipeline writes the others;
 * the vendor's record is gone, or marked deleted: fed as a delete from that vendor;
 * a record no deal is linked to carries one linked to another record there (a create the
-  vendor committed after we made another): reduced to the linked one (``worker/duplicates.py``);
+  vendor committed after we made another): reduced to the linked one
+  (``worker/sync/duplicates.py``);
 * the vendor should hold something else (an earlier write failed, the vendor was enabled
   later, or the pipeline dropped its change as an echo or a stale one): it gets a push.
 
@@ -33,12 +34,13 @@ from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
 from schemas.opportunity import Opportunity, fingerprint
-from worker import duplicates
 from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
-from worker.pipeline import GONE, fetch_record, second_record
 from worker.runtime import Runtime
 from worker.state import RECONCILE_LOCK, Record
+from worker.sync import duplicates
+from worker.sync.ingest import fetch_record, second_record
+from worker.sync.merge import GONE
 from worker.upkeep.polling import deleted_payload, poll_envelope
 
 #: How long the reconciliation lock lives without being renewed (a crashed run frees it).

@@ -1,7 +1,7 @@
 """Second records: one deal held twice in one vendor, noticed and reduced to the linked one.
 
 An unanswered create is not repeated before it settles (``OPPSYNC_CREATE_SETTLE_SECONDS``,
-``worker/writer.py``), but a vendor slower than any bound can still commit it after our
+``worker/sync/push.py``), but a vendor slower than any bound can still commit it after our
 second create made the record we linked. Such a record carries the deal (our key stored on
 it, or exactly what we wrote there) under an id other than the linked one; an event about
 it, a poll or a reconciliation that meets it hands it here. The linked record is kept; the

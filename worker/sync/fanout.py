@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from worker import breaker, metrics, vendorhealth, writer
+from worker import breaker, metrics, vendorhealth
 from worker.deadletters import DeadLetters
 from worker.errors import REDIS_UNREACHABLE, Transient
 from worker.logs import log
@@ -27,6 +27,7 @@ from worker.retry import decide
 from worker.runtime import Runtime
 from worker.settings import EnvReader
 from worker.state import HandedOver, HeldLock, Record
+from worker.sync import push as pushing
 
 #: Threads writing vendors for the fast path, shared by every task in the process: about
 #: four per concurrent ingest, since each event writes four vendors at once.
@@ -96,7 +97,7 @@ def _attempt(
         # Straight from ingest, a push never waits for its vendor's quota: it goes to that
         # vendor's queue, so a vendor at its quota delays none of the event's other writes.
         with no_waiting() if attempt == 1 else nullcontext():
-            outcome = writer.push(rt, key, vendor, cause=cause, journal=journal, taken=taken)
+            outcome = pushing.push(rt, key, vendor, cause=cause, journal=journal, taken=taken)
     except REDIS_UNREACHABLE:
         # Our own Redis, not the vendor: no verdict (it would be "unexpected", a dead
         # letter, should Redis answer again by the time it is recorded); the task goes back
@@ -184,5 +185,5 @@ def push_all(
     ]
     results = [f.result() for f in futures]
     if journal:
-        rt.store.add_history(key, writer.history_entry(cause, journal))
+        rt.store.add_history(key, pushing.history_entry(cause, journal))
     return results

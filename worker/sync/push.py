@@ -1,6 +1,6 @@
 """Writing one vendor: make it hold the current state of one opportunity.
 
-The push side of the pipeline (``worker/pipeline.py`` decides what must be written). A push
+The push side of the pipeline (``worker/sync/ingest.py`` decides what must be written). A push
 holds the (record, vendor) lock and reads the state when its turn comes (taking the lock and
 reading are one step when the lock is free); while one push
 waits for its turn, later ones for that vendor are dropped ("coalesced"), and during a burst
@@ -21,12 +21,17 @@ from typing import Any
 
 from schemas.opportunity import fingerprint
 from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
-from worker.pipeline import BURST_GAP, GONE, QUIET, SETTLE_MAX, as_lost
 from worker.runtime import Runtime
 from worker.state import LOCK_TIMEOUT_SECONDS, HeldLock, Record
+from worker.sync.merge import GONE, as_lost
 
 #: What a history entry keeps of the event behind a write.
 HISTORY_CAUSE = frozenset({"vendor", "vendor_id", "delivery", "correlation_id", "fields"})
+#: Two changes to one deal closer than this are a burst; its pushes wait until the deal has
+#: been quiet for ``QUIET``, but no longer than ``SETTLE_MAX``.
+BURST_GAP = timedelta(seconds=1)
+QUIET = timedelta(milliseconds=300)
+SETTLE_MAX = timedelta(seconds=2)
 
 
 def push(

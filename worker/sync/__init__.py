@@ -1,0 +1,1 @@
+"""How a change flows: ingest and merge, echoes and deletes, push, fan-out, duplicates."""
