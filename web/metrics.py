@@ -26,9 +26,9 @@ from redis.exceptions import RedisError
 
 from schemas.mapping import VENDORS
 from worker import metrics
-from worker.deadletters import DeadLetters
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.store.deadletters import DeadLetters
 
 bp = Blueprint("metrics", __name__)
 

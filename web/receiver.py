@@ -47,7 +47,7 @@ from worker import metrics
 from worker.errors import DeliveryPending, Rejected
 from worker.runtime import Runtime
 from worker.settings import Settings
-from worker.state import Claim
+from worker.store.deliveries import Claim
 
 log = structlog.get_logger("oppsync.web")
 bp = Blueprint("receiver", __name__)

@@ -30,8 +30,8 @@ from redis.exceptions import RedisError
 
 from web.metrics import QUEUES, admin_authorized, admin_configured, ask_for_credentials
 from worker import metrics
-from worker.deadletters import DeadLetters
 from worker.runtime import Runtime
+from worker.store.deadletters import DeadLetters
 from worker.vendorhealth import WINDOW_MINUTES, QuotaReader, read_health
 
 log = structlog.get_logger("oppsync.web")

@@ -17,7 +17,9 @@ import redis
 from worker.errors import Transient
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings, get_settings
-from worker.state import LOCK_TIMEOUT_SECONDS, HeldLock, Record, Store
+from worker.store.locks import LOCK_TIMEOUT_SECONDS
+from worker.store.records import HeldLock, Record
+from worker.store.state import Store
 from worker.vendors import build_adapters
 from worker.vendors.base import VendorAdapter
 

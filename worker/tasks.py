@@ -20,13 +20,13 @@ from redis.exceptions import LockError
 from schemas.envelope import Envelope
 from worker import metrics
 from worker.celery_app import app, queue_for
-from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import REDIS_UNREACHABLE, InvalidPayload, VendorError
 from worker.logs import log
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
-from worker.state import poll_lock_name
+from worker.store.deadletters import DeadLetter, DeadLetters
+from worker.store.keys import poll_lock_name
 from worker.sync import fanout
 from worker.sync.echoes import ECHO_PATIENCE
 from worker.sync.ingest import ingest

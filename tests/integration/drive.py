@@ -20,7 +20,8 @@ from tests.integration.conftest import wait_idle
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from worker.sandbox.simulators.base import LoggedRequest
 from worker.sandbox.stack import ROOT, VENDORS, Stack, wait_for
-from worker.state import RECENT_EVENTS, TRIM_SLACK, Store
+from worker.store.history import RECENT_EVENTS, TRIM_SLACK
+from worker.store.state import Store
 
 DEAL = Opportunity(
     name="Harbour View Conference",

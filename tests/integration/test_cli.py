@@ -28,11 +28,11 @@ from tests.integration.drive import (
     wait_converged,
 )
 from worker.cli import main
-from worker.deadletters import DeadLetters
 from worker.errors import InvalidPayload
 from worker.sandbox.demo import SAMPLES
 from worker.sandbox.embedded_redis import free_port
 from worker.sandbox.stack import ROOT, VENDORS, Stack, wait_for
+from worker.store.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 

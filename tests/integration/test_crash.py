@@ -25,7 +25,7 @@ import redis
 from tests.integration.drive import DEAL, held, held_by_id, person_creates
 from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import Stack, start_stack, wait_for
-from worker.state import link_key
+from worker.store.keys import link_key
 
 pytestmark = pytest.mark.integration
 

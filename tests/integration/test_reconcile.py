@@ -25,8 +25,8 @@ from tests.integration.drive import (
     run_cli,
     wait_converged,
 )
-from worker.deadletters import DeadLetters
 from worker.sandbox.stack import Stack, wait_for
+from worker.store.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 

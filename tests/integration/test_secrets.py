@@ -28,10 +28,10 @@ from tests.integration.drive import (
     person_creates,
     wait_converged,
 )
-from worker.deadletters import DeadLetters
 from worker.sandbox.embedded_redis import free_port
 from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import BIN, ROOT, VENDORS, Stack, wait_for
+from worker.store.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 

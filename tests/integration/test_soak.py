@@ -24,9 +24,9 @@ from tests.integration.drive import DEAL, announce, person_creates, person_edits
 from tests.integration.test_deletes import ivvy_deletes, leadway_deletes
 from tests.integration.test_echoes import quiet
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
-from worker.deadletters import DeadLetters
 from worker.sandbox.stack import VENDORS, Stack, wait_for
-from worker.state import Store
+from worker.store.deadletters import DeadLetters
+from worker.store.state import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.soak]
 

@@ -19,8 +19,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.integration.drive import DEAL, announce, as_held_by, held, person_creates
-from worker.deadletters import DeadLetters
 from worker.sandbox.stack import ADMIN_PASSWORD, ADMIN_USER, Stack, wait_for
+from worker.store.deadletters import DeadLetters
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

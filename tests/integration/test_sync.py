@@ -26,9 +26,9 @@ from tests.integration.drive import (
     wait_converged,
     writes,
 )
-from worker.deadletters import DeadLetters
 from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import VENDORS, Stack, wait_for
+from worker.store.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 

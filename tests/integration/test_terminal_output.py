@@ -15,10 +15,11 @@ from tests.integration.drive import (
     wait_converged,
 )
 from tests.integration.test_cli import oppsync
-from worker.deadletters import DeadLetters
 from worker.errors import Permanent
 from worker.sandbox.stack import Stack
-from worker.state import Store, opp_key
+from worker.store.deadletters import DeadLetters
+from worker.store.keys import opp_key
+from worker.store.state import Store
 
 pytestmark = pytest.mark.integration
 

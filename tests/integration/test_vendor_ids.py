@@ -17,8 +17,8 @@ from celery import Celery
 
 from tests.integration.conftest import wait_idle
 from tests.integration.drive import DEAL, MAPPING, schema
-from worker.deadletters import DeadLetters
 from worker.sandbox.stack import VENDORS, Stack, wait_for
+from worker.store.deadletters import DeadLetters
 
 pytestmark = pytest.mark.integration
 

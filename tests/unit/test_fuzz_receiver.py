@@ -54,7 +54,7 @@ from worker.sandbox.simulators.ivvy import IvvySimulator
 from worker.sandbox.simulators.leadway import iso, signing_keys
 from worker.sandbox.stack import wait_for, whsec
 from worker.settings import Settings, from_env, get_settings
-from worker.state import delivery_key
+from worker.store.keys import delivery_key
 
 VENDORS = ("siro", "leadway", "ivvy", "salescaling", "icloudready")
 #: The receiver's own database in the session Redis, apart from other unit tests'.
@@ -926,7 +926,7 @@ def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
     env: dict[str, str], sns: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a receiver on a Redis of its own, with unconfirmed claims that expire in 1 s
-    monkeypatch.setattr("worker.state.PENDING_CLAIM_SECONDS", 1)
+    monkeypatch.setattr("worker.store.deliveries.PENDING_CLAIM_SECONDS", 1)
     own = start_redis(directory=tmp_path, appendonly=True)
     own_env = {**env, "REDIS_URL": own.url}
     try:

@@ -23,7 +23,7 @@ from worker.errors import Permanent
 from worker.runtime import Runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
-from worker.state import Store
+from worker.store.state import Store
 from worker.sync import ingest, push
 from worker.sync.echoes import CLOCK_SKEW
 from worker.sync.merge import GONE, UNSURE

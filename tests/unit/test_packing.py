@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.packing import MARK_V1, pack, unpack
+from worker.store.packing import MARK_V1, pack, unpack
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.text() | st.integers(),

@@ -22,7 +22,7 @@ from worker.errors import CreateSettling, InvalidPayload, OutcomeUnknown
 from worker.runtime import Runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
-from worker.state import Store
+from worker.store.state import Store
 from worker.sync import ingest, push
 from worker.sync.outcomes import Outcome
 from worker.vendors.base import UpsertResult

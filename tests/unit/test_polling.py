@@ -19,7 +19,8 @@ from worker.errors import InvalidPayload, Transient
 from worker.runtime import Runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import from_env
-from worker.state import Linked, Store
+from worker.store.records import Linked
+from worker.store.state import Store
 from worker.upkeep import polling
 from worker.upkeep.polling import Change, classify
 

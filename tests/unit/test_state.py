@@ -13,21 +13,10 @@ import redis
 
 from schemas.opportunity import Opportunity, Status, dump
 from worker.sandbox.embedded_redis import EmbeddedRedis
-from worker.state import (
-    PENDING_CLAIM_SECONDS,
-    QUEUED_MARK,
-    Claim,
-    HandedOver,
-    HeldLock,
-    Record,
-    Store,
-    delivery_key,
-    doc_key,
-    intents_key,
-    lock_name,
-    opp_key,
-    writes_key,
-)
+from worker.store.deliveries import PENDING_CLAIM_SECONDS, QUEUED_MARK, Claim
+from worker.store.keys import delivery_key, doc_key, intents_key, lock_name, opp_key, writes_key
+from worker.store.records import HandedOver, HeldLock, Record
+from worker.store.state import Store
 
 
 @pytest.fixture
@@ -73,37 +62,6 @@ def test_a_saved_record_reads_back_and_its_hash_stays_compact(store: Store) -> N
     assert record.ids == {"leadway": "L1"} and "leadway" in record.wrote_at
     # the per-vendor hash holds only short values: Redis keeps it in its compact encoding
     assert store.redis.object("encoding", opp_key("opp_1")) in ("listpack", "ziplist")
-
-
-def test_a_record_stored_before_the_document_is_read_and_moved_on_save(store: Store) -> None:
-    # given a record as earlier versions stored it: everything in the hash
-    store.redis.hset(
-        opp_key("opp_old"),
-        mapping={
-            "state": json.dumps(dump(DEAL)),
-            "times": json.dumps({"name": "2023-11-14T22:13:20.500000+00:00"}),
-            "rules": json.dumps({"name": "last writer wins: from siro"}),
-            "sources": json.dumps({"name": "siro"}),
-            "last_change": json.dumps(EVENT),
-            "last_event": json.dumps(EVENT),
-            "id:siro": "S1",
-            "extra:siro": json.dumps({"external_id": "opp_old"}),
-            "prov:leadway": json.dumps({"at": "2023-11-14T22:13:20+00:00", "action": "created"}),
-        },
-    )
-    record = store.load("opp_old")
-    # then it reads as it did
-    assert record.exists and record.legacy and record.state == DEAL
-    assert record.times == {"name": 1700000000.5}
-    assert record.extra == {"siro": {"external_id": "opp_old"}}
-    assert record.wrote_at == {"leadway": 1700000000.0}
-    assert store.last_change("opp_old") == EVENT
-    # and its next save moves it into the document
-    store.save_state(record, source="siro", source_seen=None, source_holds="fp", event=EVENT)
-    assert store.redis.exists(doc_key("opp_old"))
-    assert not store.redis.hexists(opp_key("opp_old"), "state")
-    again = store.load("opp_old")
-    assert not again.legacy and again.state == DEAL and again.times == record.times
 
 
 def test_a_document_and_history_stored_as_plain_json_still_read(store: Store) -> None:

@@ -15,11 +15,11 @@ import pytest
 from celery.exceptions import Reject
 
 from tests.strategies import envelope
-from worker.deadletters import DeadLetters
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 from worker.sandbox.stack import stack_env, start_simulators
 from worker.settings import from_env, get_settings
+from worker.store.deadletters import DeadLetters
 from worker.sync import fanout, push
 
 #: A new Salescaling deal, as its API returns it.

@@ -17,7 +17,6 @@ import redis
 
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from tests.strategies import envelope
-from worker.deadletters import DeadLetter, DeadLetters
 from worker.errors import InvalidPayload
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
@@ -25,6 +24,7 @@ from worker.sandbox.simulators.leadway import LeadwaySimulator
 from worker.sandbox.simulators.salescaling import SalescalingSimulator
 from worker.sandbox.stack import VENDORS, stack_env, start_simulators, whsec
 from worker.settings import from_env, get_settings
+from worker.store.deadletters import DeadLetter, DeadLetters
 from worker.sync import fanout, ingest
 
 DB = 7

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker import deadletters, metrics, state
+from worker import metrics
 from worker.bench import probe
 from worker.bench.rig import (
     LEADWAY_QUOTA,
@@ -52,6 +52,7 @@ from worker.bench.rig import (
 from worker.bench.tally import Tally
 from worker.sandbox.files import ROOT
 from worker.sandbox.stack import wait_for
+from worker.store import deadletters, keys
 
 
 class Bench(Rig):
@@ -118,7 +119,7 @@ class Bench(Rig):
         else:
             raise RuntimeError("the worker did not drain the no-op tasks in 120 s")
         (t_high, n_high), (t_low, n_low) = marks["high"], marks["low"]
-        wait_for(lambda: self.client.get(state.HEARTBEAT), 30, "worker not ready")
+        wait_for(lambda: self.client.get(keys.HEARTBEAT), 30, "worker not ready")
         return {
             "rate": (n_high - n_low) / (t_low - t_high),
             "tasks": n_high - n_low,
@@ -259,7 +260,7 @@ class Bench(Rig):
         r["rss_end"] = self.rss()
         r["redis_end"] = {
             "used_memory": probe.used_memory(self.client),
-            "opportunities": probe.number(self.client.scard(state.OPPS_INDEX)),
+            "opportunities": probe.number(self.client.scard(keys.OPPS_INDEX)),
             "bytes_per_opportunity": probe.bytes_per_opportunity(self.client),
             "grown_keys": probe.grown_keys(
                 self.client, thr["key_families"], len(self.e2e_events) - at_first_sample

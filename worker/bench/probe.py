@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from worker import state
+from worker.store.keys import OPPS_INDEX, doc_key, link_key, opp_key, writes_key
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -232,22 +232,22 @@ def _text(value: Any) -> str:
 def bytes_per_opportunity(client: redis.Redis, sample: int = 200) -> dict[str, float]:
     """Redis memory one linked opportunity keeps for good (``MEMORY USAGE`` of its hash and
     document, provenance list, link-map entries and index member), averaged over a sample."""
-    members: list[Any] = client.srandmember(state.OPPS_INDEX, sample) or []  # type: ignore[assignment]
+    members: list[Any] = client.srandmember(OPPS_INDEX, sample) or []  # type: ignore[assignment]
     keys = [_text(k) for k in members]
     if not keys:
         return {"opportunities_sampled": 0}
     parts: Counter[str] = Counter()
     for key in keys:
-        parts["state"] += _usage(client, state.opp_key(key)) + _usage(client, state.doc_key(key))
-        parts["provenance list"] += _usage(client, state.writes_key(key))
-        fields: dict[Any, Any] = client.hgetall(state.opp_key(key))  # type: ignore[assignment]
+        parts["state"] += _usage(client, opp_key(key)) + _usage(client, doc_key(key))
+        parts["provenance list"] += _usage(client, writes_key(key))
+        fields: dict[Any, Any] = client.hgetall(opp_key(key))  # type: ignore[assignment]
         for name, value in fields.items():
             if _text(name).startswith("id:"):
-                link = state.link_key(_text(name)[3:], _text(value))
+                link = link_key(_text(name)[3:], _text(value))
                 parts["link map"] += _usage(client, link)
-    indexed = number(client.scard(state.OPPS_INDEX))
+    indexed = number(client.scard(OPPS_INDEX))
     result: dict[str, float] = {n: round(total / len(keys)) for n, total in parts.items()}
-    result["index member"] = round(_usage(client, state.OPPS_INDEX) / max(1, indexed))
+    result["index member"] = round(_usage(client, OPPS_INDEX) / max(1, indexed))
     result["total"] = sum(result.values())
     result["opportunities_sampled"] = len(keys)
     return result

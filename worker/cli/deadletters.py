@@ -21,7 +21,7 @@ def deadletters() -> None:
 @click.option("--limit", default=50, show_default=True)
 def deadletters_list(vendor: str | None, limit: int) -> None:
     """The newest dead letters first."""
-    from worker.deadletters import DeadLetters
+    from worker.store.deadletters import DeadLetters
 
     letters = DeadLetters(runtime().redis).list(vendor=vendor, limit=limit)
     if not letters:
@@ -40,7 +40,7 @@ def deadletters_show(letter_id: str) -> None:
     """Everything a dead letter holds."""
     from dataclasses import asdict
 
-    from worker.deadletters import DeadLetters
+    from worker.store.deadletters import DeadLetters
 
     letter = DeadLetters(runtime().redis).get(letter_id)
     if letter is None:
@@ -53,7 +53,7 @@ def deadletters_show(letter_id: str) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 def deadletters_replay(letter_ids: tuple[str, ...], replay_all: bool) -> None:
     """Put dead letters back on their queues (idempotent: replaying twice runs once)."""
-    from worker.deadletters import DeadLetters
+    from worker.store.deadletters import DeadLetters
     from worker.tasks import replay_dead_letter
 
     ids = list(letter_ids)
@@ -73,7 +73,7 @@ def deadletters_replay(letter_ids: tuple[str, ...], replay_all: bool) -> None:
 @click.confirmation_option(prompt="Delete these dead letters for good?")
 def deadletters_purge(letter_ids: tuple[str, ...], vendor: str | None, purge_all: bool) -> None:
     """Delete dead letters without replaying them: the ones named, a vendor's, or --all."""
-    from worker.deadletters import DeadLetters
+    from worker.store.deadletters import DeadLetters
 
     letters = DeadLetters(runtime().redis)
     if letter_ids:

@@ -38,7 +38,7 @@ from rich.table import Table
 from schemas.mapping import VENDORS, Mapping
 from schemas.opportunity import SYNCED_FIELDS, Contact, Opportunity, Status
 from worker.settings import load_mapping
-from worker.state import Store
+from worker.store.state import Store
 from worker.terminal import printable
 
 CONVERGE_SECONDS = 120

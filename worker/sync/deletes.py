@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from schemas.envelope import Envelope, InboundEvent
 from schemas.opportunity import Status
 from worker.runtime import Runtime
-from worker.state import Record
+from worker.store.records import Record
 from worker.sync.echoes import Sighting
 from worker.sync.merge import (
     GONE,

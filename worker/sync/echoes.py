@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from worker.state import Record
+from worker.store.records import Record
 
 #: Retries an unknown record waits for a create in flight in its vendor (our own echo).
 ECHO_PATIENCE = 5

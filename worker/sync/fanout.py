@@ -19,14 +19,14 @@ from typing import Any
 import structlog
 
 from worker import breaker, metrics, vendorhealth
-from worker.deadletters import DeadLetters
 from worker.errors import REDIS_UNREACHABLE, Transient
 from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
 from worker.settings import EnvReader
-from worker.state import HandedOver, HeldLock, Record
+from worker.store.deadletters import DeadLetters
+from worker.store.records import HandedOver, HeldLock, Record
 from worker.sync import push as pushing
 
 #: Threads writing vendors for the fast path, shared by every task in the process: about

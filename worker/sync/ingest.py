@@ -25,7 +25,7 @@ from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.opportunity import Opportunity, fingerprint, validation_errors
 from worker.errors import InvalidPayload, Transient
 from worker.runtime import Runtime
-from worker.state import HeldLock, Record, new_key
+from worker.store.records import HeldLock, Record, new_key
 from worker.sync import duplicates
 from worker.sync.deletes import apply_delete
 from worker.sync.echoes import Sighting

@@ -17,7 +17,7 @@ from schemas.envelope import Envelope, InboundEvent
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint
 from worker.runtime import Runtime
-from worker.state import Record
+from worker.store.records import Record
 
 #: ``written:<v>`` value for a vendor whose record was deleted there: never written again.
 GONE = "gone"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.state import HandedOver
+from worker.store.records import HandedOver
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from typing import Any
 from schemas.opportunity import fingerprint
 from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
 from worker.runtime import Runtime
-from worker.state import LOCK_TIMEOUT_SECONDS, HeldLock, Record
+from worker.store.locks import LOCK_TIMEOUT_SECONDS
+from worker.store.records import HeldLock, Record
 from worker.sync.merge import GONE, as_lost
 
 #: What a history entry keeps of the event behind a write.

@@ -27,7 +27,7 @@ from schemas.opportunity import Contact, Opportunity
 from worker.errors import InvalidPayload
 from worker.logs import log
 from worker.runtime import Runtime
-from worker.state import new_key
+from worker.store.records import new_key
 from worker.sync.ingest import ingest
 from worker.sync.merge import plan
 from worker.upkeep.polling import poll_envelope

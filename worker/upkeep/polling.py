@@ -43,7 +43,8 @@ from schemas.opportunity import Opportunity, fingerprint
 from worker.errors import InvalidPayload
 from worker.logs import log
 from worker.runtime import Runtime
-from worker.state import Claim, Linked
+from worker.store.deliveries import Claim
+from worker.store.records import Linked
 from worker.sync.merge import GONE
 from worker.vendors.base import VendorAdapter
 

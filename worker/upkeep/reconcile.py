@@ -37,7 +37,8 @@ from schemas.opportunity import Opportunity, fingerprint
 from worker.errors import InvalidPayload, VendorError
 from worker.logs import log
 from worker.runtime import Runtime
-from worker.state import RECONCILE_LOCK, Record
+from worker.store.keys import RECONCILE_LOCK
+from worker.store.records import Record
 from worker.sync import duplicates
 from worker.sync.ingest import fetch_record, second_record
 from worker.sync.merge import GONE

@@ -1,0 +1,1 @@
+"""Everything oppsync keeps in Redis: key names, records, locks, history, dead letters."""

@@ -1,0 +1,128 @@
+"""An opportunity as stored: ``Record`` read from its hash and document, and its companions."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl
+
+from schemas.opportunity import Opportunity, load
+from worker.store.packing import unpack
+
+#: ``last_event`` when the last event is also the last change (stored once, not twice).
+SAME_AS_CHANGE = "="
+
+
+def new_key() -> str:
+    return f"opp_{uuid.uuid4().hex[:20]}"
+
+
+@dataclass
+class Record:
+    """One opportunity's stored state, as read from its hash."""
+
+    key: str
+    state: Opportunity = field(default_factory=Opportunity)
+    times: dict[str, float] = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+    ids: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, dict[str, str]] = field(default_factory=dict)
+    written: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, str] = field(default_factory=dict)
+    intents: dict[str, float] = field(default_factory=dict)
+    wrote_at: dict[str, float] = field(default_factory=dict)
+    last_event: dict[str, Any] | None = None
+    exists: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+    last_change: dict[str, Any] | None = None
+    writing: dict[str, float] = field(default_factory=dict)
+    rechecks: set[str] = field(default_factory=set)
+
+    def rule(self, name: str) -> str:
+        """The rule that decided field ``name``: a stored one, else the default."""
+        if name in self.rules:
+            return self.rules[name]
+        source = self.sources.get(name)
+        return f"last writer wins: from {source}" if source else ""
+
+
+@dataclass(frozen=True)
+class PollMark:
+    """How far polling of one vendor got: the newest ``updatedAt`` seen, and when the last
+    complete full scan ended (epoch seconds)."""
+
+    mark: datetime | None = None
+    full_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Linked:
+    """What the store says about one linked vendor record: its opportunity, the fingerprint
+    of what the vendor holds (``written:<v>``) and the newest source time seen from it."""
+
+    key: str
+    written: str | None = None
+    seen: str | None = None
+
+
+@dataclass
+class HeldLock:
+    """A per-record (or per record and vendor) lock held by its token; freed once."""
+
+    name: str
+    token: str
+    held: bool = True
+
+
+@dataclass
+class HandedOver:
+    """What an ingest hands its fan-out: the (record, vendor) locks it could take for the
+    vendors to write, and the record as read under them."""
+
+    record: Record
+    locks: dict[str, HeldLock]
+
+
+def _per_vendor(raw: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+
+
+def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record:
+    """A ``Record`` from its hash's fields and its document (neither: not stored yet)."""
+    if not raw and doc is None:
+        return Record(key=key)
+    parts: dict[str, Any] = unpack(doc) if doc is not None else {}
+    last_change = parts.get("last_change")
+    last_event = parts.get("last_event")
+    if last_event == SAME_AS_CHANGE:
+        last_event = last_change
+    return Record(
+        key=key,
+        state=_state(doc) if doc is not None else Opportunity(),
+        times=parts.get("times", {}),
+        rules=parts.get("rules", {}),
+        deleted=raw.get("deleted") == "1",
+        ids=_per_vendor(raw, "id:"),
+        extra={v: dict(parse_qsl(x)) for v, x in _per_vendor(raw, "extra:").items()},
+        written=_per_vendor(raw, "written:"),
+        seen=_per_vendor(raw, "seen:"),
+        intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
+        wrote_at={v: float(t) for v, t in _per_vendor(raw, "wrote_at:").items()},
+        last_event=last_event,
+        exists=doc is not None,
+        sources=parts.get("sources", {}),
+        last_change=last_change,
+        writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
+        rechecks=set(_per_vendor(raw, "recheck:")),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _state(doc: str) -> Opportunity:
+    """The canonical value in document ``doc``. Cached (values are frozen): each push of an
+    event reads the same document, and a marshmallow load is most of reading a record."""
+    return load(unpack(doc)["state"])

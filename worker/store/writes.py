@@ -1,0 +1,138 @@
+"""One write to one vendor as Redis tracks it: in flight, acknowledged, create intents."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from schemas.mapping import VENDORS
+from worker.store.history import WRITES_KEPT, History
+from worker.store.keys import HEARTBEAT, intents_key, link_key, opp_key, writes_key, wrote_key
+from worker.store.records import HeldLock
+
+WROTE_TTL_SECONDS = 3600
+
+
+INTENT_FRESH_SECONDS = 120
+
+
+class Writes(History):
+    """Marks before and after each vendor write, creates in flight, the worker heartbeat."""
+
+    def before_write(self, key: str, vendor: str, fingerprint: str, *, create: bool) -> None:
+        """Before a write is sent: it is in flight, what it writes is known as ours (the
+        vendor's echo can beat the answer), and a create leaves an intent."""
+        now = time.time()
+        values = {f"writing:{vendor}": str(now)}
+        pipe = self.redis.pipeline(transaction=False)
+        if create:
+            values[f"intent:{vendor}"] = str(now)
+            pipe.zadd(intents_key(vendor), {key: now})
+        pipe.hset(opp_key(key), mapping=values)
+        pipe.set(wrote_key(vendor, fingerprint), key, ex=WROTE_TTL_SECONDS)
+        pipe.execute()
+
+    def record_write(
+        self,
+        key: str,
+        vendor: str,
+        *,
+        vendor_id: str,
+        fingerprint: str,
+        extra: dict[str, str],
+        history: dict[str, Any] | None,
+        new_link: bool,
+        lock: HeldLock | None = None,
+    ) -> None:
+        """After a vendor acknowledged a write, in one round trip: link, fingerprint, when,
+        the history entry (unless the fan-out keeps one for the event); intent and in-flight
+        mark done; ``lock`` freed."""
+        pipe = self.redis.pipeline(transaction=False)
+        values = {
+            f"id:{vendor}": vendor_id,
+            f"written:{vendor}": fingerprint,
+            f"wrote_at:{vendor}": str(time.time()),
+        }
+        if extra:
+            values[f"extra:{vendor}"] = urlencode(extra)
+        pipe.hset(opp_key(key), mapping=values)
+        pipe.hdel(opp_key(key), f"intent:{vendor}", f"writing:{vendor}")
+        if new_link:
+            pipe.set(link_key(vendor, vendor_id), key)
+            pipe.zrem(intents_key(vendor), key)
+        at = self._add_history(pipe, key, history) if history is not None else None
+        if lock is not None:
+            self.unlock(lock, pipe)
+        results = self.run(pipe, self._unlock_again(lock))
+        if at is not None:
+            self._trim(writes_key(key), results[at], WRITES_KEPT)
+
+    def end_write(
+        self,
+        key: str,
+        vendor: str,
+        lock: HeldLock | None = None,
+        *,
+        not_created: bool = False,
+    ) -> None:
+        """A write that failed is no longer in flight (``record_write`` ends the others).
+        A create that surely made nothing (``not_created``: refused, never sent) leaves no
+        intent: the next attempt creates at once instead of waiting for it to settle."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(opp_key(key), f"writing:{vendor}", *([f"intent:{vendor}"] if not_created else []))
+        if not_created:
+            pipe.zrem(intents_key(vendor), key)
+
+        if lock is not None:
+            self.unlock(lock, pipe)
+        self.run(pipe, self._unlock_again(lock))
+
+    def mark_written(self, key: str, vendor: str, fingerprint: str) -> None:
+        self.redis.hset(opp_key(key), f"written:{vendor}", fingerprint)
+
+    def mark_recheck(self, key: str, vendor: str) -> None:
+        """The deal was deleted in ``vendor`` while we wrote there: look once more."""
+        self.redis.hset(opp_key(key), f"recheck:{vendor}", "1")
+
+    def clear_recheck(self, key: str, vendor: str) -> None:
+        self.redis.hdel(opp_key(key), f"recheck:{vendor}")
+
+    def forget_vendor_record(self, key: str, vendor: str, vendor_id: str) -> None:
+        """The vendor's record is gone (deleted there): unlink it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(opp_key(key), f"id:{vendor}", f"written:{vendor}", f"extra:{vendor}")
+        pipe.delete(link_key(vendor, vendor_id))
+        pipe.execute()
+
+    def note_unanswered(self, key: str, vendor: str) -> None:
+        """A create of ``key`` in ``vendor`` got no answer (timed out, or its worker died):
+        remembered for good, since only then can a second record appear there."""
+        self.redis.hset(opp_key(key), f"unanswered:{vendor}", str(time.time()))
+
+    def linked_after_unanswered(self, key: str, vendor: str) -> str | None:
+        """The id of the record ``key`` is linked to in ``vendor``, when a create of it
+        there once went unanswered (else ``None``: no second record can be ours)."""
+        linked, unanswered = self.redis.hmget(
+            opp_key(key), [f"id:{vendor}", f"unanswered:{vendor}"]
+        )  # type: ignore[misc]
+        return linked if unanswered else None  # type: ignore[no-any-return]
+
+    def creates_in_flight(self, vendor: str) -> bool:
+        """Whether a create in ``vendor`` started recently and has no answer yet."""
+        fresh = time.time() - INTENT_FRESH_SECONDS
+        return bool(self.redis.zcount(intents_key(vendor), fresh, "+inf"))
+
+    def beat(self) -> None:
+        """A worker's heartbeat; it also sweeps creates' intents too old to matter (a create
+        that never got an answer leaves its member behind, and they would only pile up)."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(HEARTBEAT, str(now))
+        for vendor in VENDORS:
+            pipe.zremrangebyscore(intents_key(vendor), "-inf", now - INTENT_FRESH_SECONDS)
+        pipe.execute()
+
+    def last_heartbeat(self) -> float | None:
+        raw = self.redis.get(HEARTBEAT)
+        return float(raw) if raw else None  # type: ignore[arg-type]
