@@ -30,9 +30,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from schemas.mapping import VENDORS
 from web import metrics, receiver, status
 from worker.settings import Settings
+from worker.store.keys import INGRESS_LIMITER_PREFIX
 
-#: Prefix of the limiter's own Redis keys (``LIMITS:LIMITER/oppsync-ingress/…``).
-KEY_PREFIX = "oppsync-ingress"
 #: Strategy of the ``limits`` library: one Lua call per hit, no burst at window edges.
 # Fixed one-second windows: one Lua call per limit and request (the sliding counter took
 # eight Redis commands per limit per webhook in the benchmark); burst protection per second
@@ -78,7 +77,7 @@ def install(app: Flask, settings: Settings) -> Limiter:
         storage_uri=settings.redis_url,
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
         strategy=STRATEGY,
-        key_prefix=KEY_PREFIX,
+        key_prefix=INGRESS_LIMITER_PREFIX,
         swallow_errors=True,  # fail open: a Redis outage is the receiver's to answer
         headers_enabled=False,  # Retry-After is set on a breach only (one Redis call less)
     )

@@ -32,12 +32,12 @@ from web.metrics import QUEUES, admin_authorized, admin_configured, ask_for_cred
 from worker import metrics
 from worker.runtime import Runtime
 from worker.store.deadletters import DeadLetters
+from worker.store.keys import STATUS_CSRF_SECRET
 from worker.vendorhealth import WINDOW_MINUTES, QuotaReader, read_health
 
 log = structlog.get_logger("oppsync.web")
 bp = Blueprint("status", __name__, template_folder="templates")
 
-CSRF_SECRET = "oppsync:status:csrf-secret"
 #: How long a rendered Replay button works: reload the page after that.
 TOKEN_TTL_SECONDS = 15 * 60
 EVENTS_SHOWN = 50
@@ -63,8 +63,8 @@ class CsrfTokens:
     def _key(self) -> bytes:
         if self._cached is None:
             client = self.rt.redis
-            client.set(CSRF_SECRET, secrets.token_hex(32), nx=True)
-            secret = str(client.get(CSRF_SECRET))
+            client.set(STATUS_CSRF_SECRET, secrets.token_hex(32), nx=True)
+            secret = str(client.get(STATUS_CSRF_SECRET))
             settings = self.rt.settings
             who = f"{settings.admin_user}:{settings.admin_password}".encode()
             self._cached = hmac.new(secret.encode(), who, hashlib.sha256).digest()

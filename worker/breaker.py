@@ -14,17 +14,11 @@ import time
 
 import redis
 
+from worker.store.keys import breaker_failures_key, breaker_open_key
+
 THRESHOLD = 5
 FAILURE_WINDOW = 60
 OPEN_SECONDS = 30
-
-
-def _failures(vendor: str) -> str:
-    return f"oppsync:breaker:{vendor}:failures"
-
-
-def _open(vendor: str) -> str:
-    return f"oppsync:breaker:{vendor}:open"
 
 
 #: How long a process trusts what it last read of a breaker (saves a Redis call per push).
@@ -40,7 +34,7 @@ def open_for(client: redis.Redis, vendor: str) -> float:
     with _lock:
         read_at, until = _read.get(vendor, (float("-inf"), 0.0))
     if now - read_at > CHECK_EVERY:
-        ttl = client.pttl(_open(vendor))
+        ttl = client.pttl(breaker_open_key(vendor))
         until = now + (float(ttl) / 1000.0 if isinstance(ttl, int) and ttl > 0 else 0.0)
         with _lock:
             _read[vendor] = (now, until)
@@ -52,11 +46,11 @@ def record_failure(client: redis.Redis, vendor: str) -> bool:
     with _lock:
         _failing.add(vendor)
     pipe = client.pipeline(transaction=False)
-    pipe.incr(_failures(vendor))
-    pipe.expire(_failures(vendor), FAILURE_WINDOW)
+    pipe.incr(breaker_failures_key(vendor))
+    pipe.expire(breaker_failures_key(vendor), FAILURE_WINDOW)
     count, _ = pipe.execute()
     if int(count) >= THRESHOLD:
-        return bool(client.set(_open(vendor), "1", ex=OPEN_SECONDS, nx=True))
+        return bool(client.set(breaker_open_key(vendor), "1", ex=OPEN_SECONDS, nx=True))
     return False
 
 
@@ -67,4 +61,4 @@ def record_success(client: redis.Redis, vendor: str) -> None:
             return
         _failing.discard(vendor)
         _read.pop(vendor, None)
-    client.delete(_failures(vendor), _open(vendor))
+    client.delete(breaker_failures_key(vendor), breaker_open_key(vendor))

@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import redis
 
-COUNTERS = "oppsync:metrics:counters"  # hash "<name>|<labels json>" -> count
-LATENCY = "oppsync:metrics:latency"  # hash "<bucket>" / "sum" / "count"
+from worker.store.keys import METRIC_COUNTERS, METRIC_LATENCY
+
 LATENCY_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -109,27 +109,27 @@ def flush() -> None:
 
 def count(client: redis.Redis, name: str, amount: int = 1, **labels: str) -> None:
     field = f"{name}|{json.dumps(labels, sort_keys=True)}"
-    batch.incr(client, COUNTERS, field, amount)
+    batch.incr(client, METRIC_COUNTERS, field, amount)
 
 
 def observe_latency(client: redis.Redis, seconds: float) -> None:
     for bucket in LATENCY_BUCKETS:
         if seconds <= bucket:
-            batch.incr(client, LATENCY, str(bucket))
-    batch.incr(client, LATENCY, "sum", seconds)
-    batch.incr(client, LATENCY, "count")
+            batch.incr(client, METRIC_LATENCY, str(bucket))
+    batch.incr(client, METRIC_LATENCY, "sum", seconds)
+    batch.incr(client, METRIC_LATENCY, "count")
 
 
 def read_counters(client: redis.Redis) -> list[tuple[str, dict[str, str], int]]:
     rows = []
-    for field, value in client.hgetall(COUNTERS).items():  # type: ignore[union-attr]
+    for field, value in client.hgetall(METRIC_COUNTERS).items():  # type: ignore[union-attr]
         name, labels = field.split("|", 1)
         rows.append((name, json.loads(labels), int(value)))
     return rows
 
 
 def read_latency(client: redis.Redis) -> tuple[dict[float, int], float, int]:
-    raw: dict[str, str] = client.hgetall(LATENCY)  # type: ignore[assignment]
+    raw: dict[str, str] = client.hgetall(METRIC_LATENCY)  # type: ignore[assignment]
     buckets = {b: int(raw.get(str(b), 0)) for b in LATENCY_BUCKETS}
     return buckets, float(raw.get("sum", 0)), int(raw.get("count", 0))
 

@@ -7,11 +7,12 @@ from typing import Any
 
 from schemas.opportunity import dump
 from worker.runtime import Runtime
+from worker.store.keys import opp_key
 
 
 def resolve(rt: Runtime, ref: str) -> str | None:
     """A canonical key, or ``vendor:id`` looked up in the link map."""
-    if rt.redis.exists(f"oppsync:opp:{ref}"):
+    if rt.redis.exists(opp_key(ref)):
         return ref
     vendor, _, vendor_id = ref.partition(":")
     if vendor_id:

@@ -34,6 +34,7 @@ import redis
 from limits import parse_many
 
 from worker.errors import RateLimited
+from worker.store.keys import quota_key
 
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
 # holds more than the limit allows; a PEXPIRE per call would cost a command per request).
@@ -118,8 +119,7 @@ class VendorQuota:
         self.max_wait = max_wait
         self.margin_ms = int(margin * 1000)
         items = parse_many(spec) if spec else []
-        self.keys = [f"oppsync:quota:{vendor}:{scope or 'default'}:{i.amount}/{i.get_expiry()}"
-                     for i in items]  # fmt: skip
+        self.keys = [quota_key(vendor, scope, i.amount, i.get_expiry()) for i in items]
         self.limits = [(i.get_expiry() * 1000, i.amount) for i in items]
         self.spec = spec
         self.script = client.register_script(ACQUIRE) if items else None

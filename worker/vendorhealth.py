@@ -17,9 +17,8 @@ from worker import metrics
 from worker.errors import OppsyncError, VendorError
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings
+from worker.store.keys import health_calls_key, health_key
 
-HEALTH = "oppsync:health:{vendor}"  # hash last_success, last_error, last_error_reason
-CALLS = "oppsync:health:{vendor}:calls:{minute}"  # hash ok / error / error:<reason>
 WINDOW_MINUTES = 15
 #: Outcomes of a push in which the vendor accepted a write.
 WRITES = frozenset({"created", "updated", "deleted"})
@@ -55,18 +54,18 @@ def record_push(
 ) -> None:
     """Count one push's result: a write the vendor accepted, or a failure that was its own."""
     now = time.time() if now is None else now
-    calls = CALLS.format(vendor=vendor, minute=int(now // 60))
+    calls = health_calls_key(vendor, int(now // 60))
     keep = (WINDOW_MINUTES + 1) * 60
     if error is None:
         if outcome not in WRITES:
             return  # nothing was written: says nothing about the vendor
-        metrics.batch.newest(client, HEALTH.format(vendor=vendor), "last_success", now)
+        metrics.batch.newest(client, health_key(vendor), "last_success", now)
         metrics.batch.incr(client, calls, "ok", expire=keep)
         return
     reason = error.reason if isinstance(error, OppsyncError) else type(error).__name__
     if not isinstance(error, VendorError) or reason in OURS:
         return
-    metrics.batch.newest(client, HEALTH.format(vendor=vendor), "last_error", now,
+    metrics.batch.newest(client, health_key(vendor), "last_error", now,
                          "last_error_reason", reason)  # fmt: skip
     metrics.batch.incr(client, calls, "error", expire=keep)
     metrics.batch.incr(client, calls, f"error:{reason}", expire=keep)
@@ -84,9 +83,9 @@ def read_health(
     minute = int(now // 60)
     pipe = client.pipeline(transaction=False)
     for vendor in vendors:
-        pipe.hgetall(HEALTH.format(vendor=vendor))
+        pipe.hgetall(health_key(vendor))
         for m in range(minute - window_minutes + 1, minute + 1):
-            pipe.hgetall(CALLS.format(vendor=vendor, minute=m))
+            pipe.hgetall(health_calls_key(vendor, m))
     answers = iter(pipe.execute())
     result = {}
     for vendor in vendors:

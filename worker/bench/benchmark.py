@@ -52,7 +52,7 @@ from worker.bench.rig import (
 from worker.bench.tally import Tally
 from worker.sandbox.files import ROOT
 from worker.sandbox.stack import wait_for
-from worker.store import deadletters, keys
+from worker.store import keys
 
 
 class Bench(Rig):
@@ -269,7 +269,7 @@ class Bench(Rig):
         assert self.tally is not None
         self.tally.close()
         r["correctness"] = self.tally.correctness(self.e2e_events)
-        r["dead_letters"] = probe.number(self.client.hlen(deadletters.ITEMS))
+        r["dead_letters"] = probe.number(self.client.hlen(keys.DEADLETTER_ITEMS))
         self.phase(
             "quota",
             f"quota: {plan.quota_events}-event backlog, Leadway 100/10 s, two workers",

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from worker.store.keys import OPPS_INDEX, doc_key, link_key, opp_key, writes_key
+from worker.store.keys import KEPT_FOR_GOOD, OPPS_INDEX, doc_key, link_key, opp_key, writes_key
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -145,15 +145,8 @@ def family(key: str) -> str:
     return "".join("*" if i % 2 == 0 and _ID_LIKE.fullmatch(p) else p for i, p in enumerate(parts))
 
 
-#: Families meant to live as long as their opportunity (the state, the link map, provenance);
-#: everything else that grows with events must expire.
-PERMANENT = (
-    "oppsync:opp:*",
-    "oppsync:doc:*",
-    "oppsync:link:*",
-    "oppsync:writes:*",
-    "oppsync:opps",
-)
+#: Families meant to live as long as their opportunity; everything else must expire.
+PERMANENT = KEPT_FOR_GOOD
 
 
 def key_families(client: redis.Redis, events: int) -> dict[str, dict[str, Any]]:

@@ -18,9 +18,7 @@ from typing import Any
 import redis
 
 from worker.errors import OppsyncError, Permanent, VendorError
-
-INDEX = "oppsync:deadletters"  # zset id -> time
-ITEMS = "oppsync:deadletter"  # hash id -> JSON
+from worker.store.keys import DEADLETTER_INDEX, DEADLETTER_ITEMS
 
 
 @dataclass(frozen=True)
@@ -79,27 +77,27 @@ class DeadLetters:
             **describe(error),
         )
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(ITEMS, letter.id, self._scrub(json.dumps(asdict(letter), default=str)))
-        pipe.zadd(INDEX, {letter.id: letter.at})
+        pipe.hset(DEADLETTER_ITEMS, letter.id, self._scrub(json.dumps(asdict(letter), default=str)))
+        pipe.zadd(DEADLETTER_INDEX, {letter.id: letter.at})
         pipe.execute()
         return letter
 
     def list(self, *, vendor: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        ids = self.redis.zrevrange(INDEX, 0, -1)
+        ids = self.redis.zrevrange(DEADLETTER_INDEX, 0, -1)
         letters = [self.get(i) for i in ids]  # type: ignore[union-attr]
         chosen = [x for x in letters if x is not None and (vendor is None or x.vendor == vendor)]
         return chosen[:limit]
 
     def get(self, letter_id: str) -> DeadLetter | None:
-        raw = self.redis.hget(ITEMS, letter_id)
+        raw = self.redis.hget(DEADLETTER_ITEMS, letter_id)
         return DeadLetter(**json.loads(raw)) if raw else None  # type: ignore[arg-type]
 
     def take(self, letter_id: str) -> DeadLetter | None:
         """Remove and return a letter (atomically: only one caller gets it)."""
         pipe = self.redis.pipeline()
-        pipe.hget(ITEMS, letter_id)
-        pipe.hdel(ITEMS, letter_id)
-        pipe.zrem(INDEX, letter_id)
+        pipe.hget(DEADLETTER_ITEMS, letter_id)
+        pipe.hdel(DEADLETTER_ITEMS, letter_id)
+        pipe.zrem(DEADLETTER_INDEX, letter_id)
         raw, removed, _ = pipe.execute()
         if not removed:
             return None

@@ -105,3 +105,47 @@ def poll_ids_key(vendor: str) -> str:
 
 def poll_lock_name(vendor: str) -> str:
     return f"{PREFIX}:lock:poll:{vendor}"
+
+
+#: Families meant to live as long as their opportunity (the state, the link map, provenance);
+#: everything else that grows with events must expire (the benchmark checks).
+KEPT_FOR_GOOD = (
+    opp_key("*"),
+    doc_key("*"),
+    f"{PREFIX}:link:*",
+    writes_key("*"),
+    OPPS_INDEX,
+)
+
+# -- outside the opportunity store ----------------------------------------------------------
+DEADLETTER_INDEX = f"{PREFIX}:deadletters"  # zset id -> time
+DEADLETTER_ITEMS = f"{PREFIX}:deadletter"  # hash id -> JSON
+METRIC_COUNTERS = f"{PREFIX}:metrics:counters"  # hash "<name>|<labels json>" -> count
+METRIC_LATENCY = f"{PREFIX}:metrics:latency"  # hash "<bucket>" / "sum" / "count"
+#: The status page's CSRF secret, shared by every web process.
+STATUS_CSRF_SECRET = f"{PREFIX}:status:csrf-secret"
+#: Prefix of the ingress limiter's own keys (``LIMITS:LIMITER/oppsync-ingress/…``).
+INGRESS_LIMITER_PREFIX = f"{PREFIX}-ingress"
+
+
+def health_key(vendor: str) -> str:
+    """Hash: last_success, last_error, last_error_reason."""
+    return f"{PREFIX}:health:{vendor}"
+
+
+def health_calls_key(vendor: str, minute: int) -> str:
+    """Hash of one minute's calls: ok / error / error:<reason>."""
+    return f"{PREFIX}:health:{vendor}:calls:{minute}"
+
+
+def breaker_failures_key(vendor: str) -> str:
+    return f"{PREFIX}:breaker:{vendor}:failures"
+
+
+def breaker_open_key(vendor: str) -> str:
+    return f"{PREFIX}:breaker:{vendor}:open"
+
+
+def quota_key(vendor: str, scope: str, amount: int, seconds: int) -> str:
+    """One window of a vendor's (or one of its scopes') quota."""
+    return f"{PREFIX}:quota:{vendor}:{scope or 'default'}:{amount}/{seconds}"
