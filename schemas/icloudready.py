@@ -21,6 +21,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity, json_number, to_decimal
+from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "icloudready"
 
@@ -56,7 +57,8 @@ class VendorDate(fields.Field):
         try:
             if len(value) == 10:
                 return date.fromisoformat(value)
-            return datetime.fromisoformat(value).date()
+            parse_timestamp(value)  # the time must read too, though only the day is kept
+            return date.fromisoformat(value.strip()[:10])
         except ValueError:
             raise self.make_error("invalid") from None
 
@@ -102,12 +104,8 @@ class OpportunityRecordSchema(Schema):
     status = fields.String(allow_none=True, load_default=None)
     stage = Reference(allow_none=True, load_default=None)
     owner = Reference(data_key="opportunityOwner", allow_none=True, load_default=None)
-    created_at = fields.AwareDateTime(
-        data_key="createdAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
-    updated_at = fields.AwareDateTime(
-        data_key="updatedAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
     # Soft-delete flags, should the API (or an automation) hand back a deleted record.
     is_deleted = fields.Boolean(data_key="isDeleted", allow_none=True, load_default=False)
     deleted = fields.Boolean(allow_none=True, load_default=False)

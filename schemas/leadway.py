@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
@@ -29,6 +28,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping, Stage
 from schemas.opportunity import Contact, Opportunity, json_number, to_decimal
+from schemas.timestamps import Timestamp
 
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "stage", "owner", "contact", "company"}
@@ -82,12 +82,8 @@ class OpportunityRecordSchema(Schema):
     status = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(STATUSES))
     contact_id = fields.String(data_key="contactId", allow_none=True, load_default=None)
     contact = fields.Nested(_ContactSchema, allow_none=True, load_default=None)
-    created_at = fields.AwareDateTime(
-        data_key="createdAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
-    updated_at = fields.AwareDateTime(
-        data_key="updatedAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
 
 
 class WebhookSchema(Schema):
@@ -101,7 +97,7 @@ class WebhookSchema(Schema):
     location_id = fields.String(data_key="locationId", allow_none=True, load_default=None)
     pipeline_id = fields.String(data_key="pipelineId", allow_none=True, load_default=None)
     status = fields.String(allow_none=True, load_default=None)
-    timestamp = fields.AwareDateTime(default_timezone=UTC, allow_none=True, load_default=None)
+    timestamp = Timestamp(allow_none=True, load_default=None)
     webhook_id = fields.String(data_key="webhookId", allow_none=True, load_default=None)
 
 
@@ -114,17 +110,6 @@ def record_id(record: dict[str, Any]) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError({"id": ["Missing data for required field."]})
     return value
-
-
-def parse_time(value: object) -> datetime | None:
-    """A HighLevel timestamp (``2021-11-26T12:41:02.193Z``) as an aware UTC datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _stage(stage: Stage | None, status: object) -> str | None:

@@ -23,6 +23,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity, json_number, to_decimal
+from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "salescaling"
 
@@ -63,12 +64,9 @@ class _CloseDate(fields.Field):
         try:
             if len(value) == 10:
                 return date.fromisoformat(value)
-            moment = datetime.fromisoformat(value)
+            return parse_timestamp(value).date()
         except ValueError:
             raise self.make_error("invalid") from None
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC)
-        return moment.date()
 
 
 class SalescalingOpportunitySchema(Schema):
@@ -89,8 +87,8 @@ class SalescalingOpportunitySchema(Schema):
         validate=validate.Range(min=0, max=100),
     )
     status = fields.String(allow_none=True, load_default=None)
-    created_at = fields.AwareDateTime(data_key="createdAt", allow_none=True, load_default=None)
-    updated_at = fields.AwareDateTime(data_key="updatedAt", allow_none=True, load_default=None)
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
 
 
 _RECORD = SalescalingOpportunitySchema()

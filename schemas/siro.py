@@ -23,6 +23,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
 from schemas.opportunity import Contact, Opportunity, json_number, to_decimal
+from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "siro"
 
@@ -36,15 +37,6 @@ BODY_FIELDS: tuple[str, ...] = (
     "opportunityContacts", "opportunityUsers", "account", "closedAt", "remoteCreatedAt",
     "lastActivityAt", "deletedAt", "disposition", "amount", "name", "externalId",
 )  # fmt: skip
-
-
-def parse_timestamp(value: str) -> datetime:
-    """An ISO 8601 timestamp as SIRO writes it ("…Z", "+00:00", a space for the "T", or
-    none at all); naive values are taken as UTC. Raises ``ValueError``."""
-    parsed = datetime.fromisoformat(value.strip())
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -70,18 +62,13 @@ class _ParsedString(fields.Field):
             raise self.make_error("invalid") from None
 
 
-class _Timestamp(_ParsedString):
-    """A date-time string, read tolerantly into an aware UTC ``datetime``."""
-
-    def _parse(self, value: str) -> datetime:
-        return parse_timestamp(value)
-
-
 class _DatePart(_ParsedString):
     """``closedAt``: a date-time string of which only the date is kept, as written (the
     docs' example is "2024-02-28 20:09:58.692"; converting the zone could move the day)."""
 
     def _parse(self, value: str) -> date:
+        if len(value.strip()) > 10:
+            parse_timestamp(value)  # the time must read too, though only the day is kept
         return date.fromisoformat(value.strip()[:10])
 
 
@@ -131,7 +118,7 @@ class OpportunityUserSchema(_Tolerant):
     external_id = _text(data_key="externalId")
     email = _text()
     name = _text()
-    deleted_at = _Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
+    deleted_at = Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
 
 
 class SiroOpportunitySchema(_Tolerant):
@@ -141,9 +128,9 @@ class SiroOpportunitySchema(_Tolerant):
         required=True, validate=validate.Regexp(r"\s*\S", error="Must not be blank.")
     )
     external_id = _text(data_key="externalId")
-    created_at = _Timestamp(data_key="createdAt", allow_none=True, load_default=None)
-    updated_at = _Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
-    deleted_at = _Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
+    deleted_at = Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
     name = _text()
     amount = _Number(allow_none=True, load_default=None)
     closed_at = _DatePart(data_key="closedAt", allow_none=True, load_default=None)

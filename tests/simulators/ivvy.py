@@ -29,7 +29,8 @@ from typing import Any
 
 from flask import Response, request
 
-from schemas.ivvy import format_timestamp, parse_timestamp
+from schemas.ivvy import format_timestamp
+from schemas.timestamps import parse_timestamp
 from tests.simulators.base import Simulator
 from tests.simulators.sns import FakeSnsTopic
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign

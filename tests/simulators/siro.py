@@ -30,7 +30,8 @@ from typing import Any
 
 from flask import Response, request
 
-from schemas.siro import format_timestamp, parse_timestamp
+from schemas.siro import format_timestamp
+from schemas.timestamps import parse_timestamp
 from tests.simulators.base import Simulator
 
 SYNC_PATH = "/v1/integrations/sync/opportunities"

@@ -125,7 +125,7 @@ def test_to_canonical_missing_id_raises_naming_id() -> None:
         ("closeDate", 20240310),
         ("status", 3),
         ("createdAt", "yesterday"),
-        ("updatedAt", "2024-01-15T10:00:00"),  # not aware
+        ("updatedAt", "2024-01-15T25:00:00Z"),  # no such hour
         ("id", 42),
     ],
 )
