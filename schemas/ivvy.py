@@ -25,7 +25,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
 
 from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
-from schemas.opportunity import Contact, Opportunity, Status
+from schemas.opportunity import Contact, Opportunity, Status, not_carried
 from schemas.timestamps import Timestamp, read_timestamp
 
 VENDOR = "ivvy"
@@ -39,6 +39,14 @@ BODY_FIELDS: tuple[str, ...] = (
     "venueId", "typeId", "sourceId", "stageId", "ownerUserId", "closedDate", "externalUrls",
     "contact", "company", "name", "description", "id",
 )  # fmt: skip
+
+#: The record key(s) each synced field is read from: a record without them says nothing
+#: about that field (status and stage both come from the stage).
+RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "name": ("name",), "description": ("description",), "stage": ("stageId", "stageName"),
+    "status": ("stageId", "stageName"), "close_date": ("closedDate",),
+    "owner": ("ownerUser",), "contact": ("contact",), "company": ("company",),
+}  # fmt: skip
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 EXTERNAL_URL_LABEL = "oppsync"
@@ -89,7 +97,7 @@ class OpportunityRecordSchema(_Tolerant):
 
     id = fields.Integer(required=True)
     venue_id = fields.Integer(data_key="venueId", **_NULLABLE)
-    name = fields.String(required=True)
+    name = fields.String(**_NULLABLE)
     description = fields.String(**_NULLABLE)
     owner_user = fields.Nested(_PersonSchema, data_key="ownerUser", **_NULLABLE)
     contact = fields.Nested(_PersonSchema, **_NULLABLE)
@@ -255,7 +263,16 @@ def _owner(user: dict[str, Any] | None, mapping: Mapping) -> str | None:
 
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     data = load_record(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    unmapped: tuple[tuple[str, str], ...] = ()
     stage, status = _stage_and_status(data["stage_id"], data["stage_name"], mapping)
+    if stage is None and data["stage_id"] is not None and _maps_stages(mapping):
+        # A stage the mapping does not list: no canonical stage to give, and unless its name
+        # says won or lost, no status either (it could be any): both unknown, reported.
+        unmapped = (("stageId", f"{data['stage_id']} ({data['stage_name'] or 'unnamed'})"),)
+        unknown |= {"stage"}
+        if status_from_stage_name(data["stage_name"]) is Status.OPEN:
+            unknown |= {"status"}
     person = data["contact"] or {}
     company = data["company"] or {}
     return Opportunity(
@@ -274,7 +291,14 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         company=company.get("business_name"),
         created_at=data["created_date"],
         updated_at=data["modified_date"],
+        unknown=unknown,
+        unmapped=unmapped,
     )
+
+
+def _maps_stages(mapping: Mapping) -> bool:
+    """Whether the mapping names iVvy stages (else every stage is read by its name)."""
+    return any(VENDOR in stage.ids for stage in mapping.stages)
 
 
 def _body_json(raw: Any) -> dict[str, Any]:

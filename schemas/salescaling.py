@@ -22,7 +22,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
-from schemas.opportunity import Opportunity, json_number, to_decimal
+from schemas.opportunity import Opportunity, json_number, not_carried, to_decimal
 from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "salescaling"
@@ -30,6 +30,13 @@ VENDOR = "salescaling"
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "close_date", "description", "probability"}
 )
+
+#: The record key each synced field is read from: a record without it says nothing about
+#: that field.
+RECORD_KEYS: dict[str, str] = {
+    "name": "name", "amount": "amount", "status": "status", "close_date": "closeDate",
+    "description": "description", "probability": "closeProbability",
+}  # fmt: skip
 
 #: Keys of Salescaling's own (non-opportunity) webhooks: meeting and note status events
 #: (VENDORS.md §4.7, https://docs.salescaling.com/en/api/webhooks).
@@ -116,13 +123,13 @@ def record_id(record: dict[str, Any]) -> str:
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of one API record; raises ``ValidationError`` naming bad fields."""
     data = _RECORD.load(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    unmapped: tuple[tuple[str, str], ...] = ()
     status = mapping.status_in(VENDOR, data["status"])
     if data["status"] is not None and status is None:
-        # A tenant-specific status we cannot place: refuse rather than guess (the mapping
-        # file's [statuses.salescaling] table is where the operator teaches us).
-        raise ValidationError(
-            {"status": [f"Unknown status {data['status']!r}; map it in [statuses.salescaling]."]}
-        )
+        # A tenant-specific status we cannot place: unknown, not guessed, and reported (the
+        # mapping file's [statuses.salescaling] table is where the operator teaches us).
+        unknown, unmapped = unknown | {"status"}, (("status", data["status"]),)
     return Opportunity(
         name=data["name"],
         amount=data["amount"],
@@ -132,6 +139,8 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         probability=data["probability"],
         created_at=_utc(data["created_at"]),
         updated_at=_utc(data["updated_at"]),
+        unknown=unknown,
+        unmapped=unmapped,
     )
 
 

@@ -22,7 +22,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
-from schemas.opportunity import Contact, Opportunity, json_number, to_decimal
+from schemas.opportunity import Contact, Opportunity, json_number, not_carried, to_decimal
 from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "siro"
@@ -30,6 +30,13 @@ VENDOR = "siro"
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "close_date", "owner", "contact", "company"}
 )
+
+#: The record key each synced field is read from: a record without it says nothing about
+#: that field (the sync answer's documented ``data`` has no ``opportunityContacts``).
+RECORD_KEYS: dict[str, str] = {
+    "name": "name", "amount": "amount", "status": "disposition", "close_date": "closedAt",
+    "owner": "opportunityUsers", "contact": "opportunityContacts", "company": "account",
+}  # fmt: skip
 
 #: Top-level fields of the sync body, containers first so an error about
 #: ``account.externalId`` is attributed to ``account`` (see ``VendorHTTP.body_fields``).
@@ -203,9 +210,11 @@ def _contact(entries: list[dict[str, Any]]) -> Contact | None:
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of a SIRO record; raises ``ValidationError`` naming bad fields."""
     data = _load(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    unmapped: tuple[tuple[str, str], ...] = ()
     status = mapping.status_in(VENDOR, data["disposition"])
     if data["disposition"] is not None and status is None:
-        raise ValidationError({"disposition": [f"Unknown disposition {data['disposition']!r}."]})
+        unknown, unmapped = unknown | {"status"}, (("disposition", data["disposition"]),)
     account = data["account"]
     return Opportunity(
         name=data["name"],
@@ -218,6 +227,8 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         created_at=data["created_at"],
         updated_at=data["updated_at"],
         deleted=data["deleted_at"] is not None,
+        unknown=unknown,
+        unmapped=unmapped,
     )
 
 

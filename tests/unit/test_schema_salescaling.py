@@ -138,14 +138,6 @@ def test_to_canonical_wrong_types_raise_naming_the_field(field: str, value: Any)
     assert field in caught.value.messages
 
 
-def test_to_canonical_unknown_status_raises_naming_status() -> None:
-    # given a status the mapping does not know
-    # when / then
-    with pytest.raises(ValidationError) as caught:
-        salescaling.to_canonical({**DOC_RECORD, "status": "on-hold"}, M)
-    assert "status" in caught.value.messages
-
-
 def test_to_canonical_status_follows_the_mapping_file() -> None:
     # given a tenant whose "won" is "closed_won"
     # when its record is translated
