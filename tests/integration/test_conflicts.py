@@ -37,7 +37,7 @@ from tests.integration.drive import (
 from tests.simulators.base import sign_standard_webhook
 from tests.stack import ROOT, VENDORS, Stack, start_stack, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.variants]
 
 
 def test_ingest_waits_for_the_records_lock(live: Stack) -> None:
