@@ -92,15 +92,16 @@ def test_person_changed_keys_are_never_dropped_or_garbled(
 ) -> None:
     # given a record a person changed after oppsync wrote it (every synced key replaced)
     vendor, sim, vendor_id = written
-    changed = {
+    changes: dict[str, dict[str, Any]] = {
         "siro": {"name": "Renamed", "disposition": "WON", "opportunityContacts": []},
         "leadway": {"name": "Renamed", "status": "won"},
         "ivvy": {"name": "Renamed", "stageId": 71},
         "salescaling": {"name": "Renamed", "status": "won"},
         "icloudready": {"name": "Renamed", "status": "won", "stage": "closed-won",
                         "revenue": 5, "opportunityDescription": "x"},
-    }[vendor]  # fmt: skip
-    sim.edit(vendor_id, **changed)  # type: ignore[attr-defined]
+    }  # fmt: skip
+    changed = changes[vendor]
+    cast(Any, sim).edit(vendor_id, **changed)
     held = read(vendor, sim.records[vendor_id])
     for seed in range(100):
         sim.variants = Variants(seed)
