@@ -112,10 +112,11 @@ class Variants:
     """
 
     #: timestamp forms; optional keys omitted or null; unknown extra keys; ids as numbers or
-    #: strings; lists bare or wrapped; synced keys we wrote left out; enum values unknown.
+    #: strings; lists bare or wrapped; synced keys we wrote left out; enum values unknown;
+    #: where a token is answered (iCloudReady).
     KINDS: tuple[str, ...] = (
         "timestamps", "optional_keys", "extra_keys", "id_types", "wrapping",
-        "omit_written", "unknown_enums",
+        "omit_written", "unknown_enums", "token_key",
     )  # fmt: skip
 
     def __init__(self, seed: int, kinds: Iterable[str] = KINDS) -> None:

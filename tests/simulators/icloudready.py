@@ -266,7 +266,10 @@ class IcloudreadySimulator(Simulator):
             token = secrets.token_urlsafe(24)
             with self.state_lock:
                 self.tokens.add(token)
-            return self.json_response({self.token_key: token, "user": {"email": self.email}})
+            key = self.token_key  # the token's key is undocumented (DESIGN.md): any of three
+            if self.variants is not None:
+                key = self.variants.pick("token_key", (key, "token", "accessToken", "access_token"))
+            return self.json_response({key: token, "user": {"email": self.email}})
 
         @app.post(f"{API}/opportunities")
         def create() -> Response:
