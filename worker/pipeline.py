@@ -17,6 +17,11 @@ push holds the (record, vendor) lock and reads the state when its turn comes; wh
 waits for its turn, the next ones for that vendor are dropped ("coalesced"): the waiting one
 will carry their changes too, so a burst of edits ends in a few writes.
 
+Absent is not empty: a field the record did not carry (``Opportunity.unknown``: its key
+absent, or a value the mapping cannot read) keeps what we hold. It is filled in from what the
+source would hold for the current state before anything is judged, so the merge takes
+nothing from it and an echo is judged on the fields the record carries.
+
 Echoes: an event is ours when the vendor holds what we last wrote there, or something we
 wrote there earlier (fingerprints are kept before each write is sent) and the record is not
 surely newer than our last write: fetched after it, or stamped by the vendor later than it
@@ -37,8 +42,9 @@ from marshmallow import ValidationError
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.mapping import VENDORS
 from schemas.opportunity import Opportunity, Status, fingerprint, validation_errors
-from worker import duplicates
+from worker import duplicates, metrics
 from worker.errors import InvalidPayload, Transient
+from worker.logs import log
 from worker.runtime import Runtime
 from worker.state import HandedOver, HeldLock, Record, new_key
 from worker.vendors.base import VendorAdapter
@@ -214,7 +220,7 @@ def merge(
     changes: dict[str, Any] = {}
     for name in sorted(adapter.synced_fields):
         value = getattr(incoming, name)
-        if record.exists and value == getattr(seen_by_source, name):
+        if name in incoming.unknown or (record.exists and value == getattr(seen_by_source, name)):
             continue
         rule = _refusal(rt, record, name, source, event_time)
         if rule is not None:
@@ -366,6 +372,9 @@ def _apply(
     adapter = rt.adapters[vendor]
     if record.deleted or record.written.get(vendor) == GONE:
         return Outcome(key, "late", detail="the opportunity was deleted; late event dropped")
+    _report_unmapped(rt, record, vendor, incoming)
+    if record.exists:  # what the record did not carry, it holds as far as we know
+        incoming = incoming.completed(adapter.project(record.state))
     holds = fingerprint(incoming, adapter.synced_fields)
     after = sighting.after_our_write(record, vendor)
     if record.written.get(vendor) == holds or (
@@ -406,6 +415,20 @@ def _apply(
         fields=tuple(taken),
         handed=handed,
     )
+
+
+def _report_unmapped(rt: Runtime, record: Record, vendor: str, incoming: Opportunity) -> None:
+    """Values the mapping does not know: a warning and ``oppsync_unmapped_values_total``
+    each time one is read, and kept with the record (``oppsync show``) until the vendor
+    sends a value the mapping knows."""
+    for field, value in incoming.unmapped:
+        log.warning("ingest.unmapped_value", key=record.key, vendor=vendor, field=field,
+                    value=value, hint=f"add it to the mapping file for {vendor}")  # fmt: skip
+        metrics.count(rt.redis, "oppsync_unmapped_values_total", vendor=vendor, field=field)
+    if incoming.unmapped:
+        record.unmapped[vendor] = dict(incoming.unmapped)
+    else:
+        record.unmapped.pop(vendor, None)
 
 
 @dataclass(frozen=True)

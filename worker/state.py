@@ -171,6 +171,8 @@ class Record:
     last_change: dict[str, Any] | None = None
     writing: dict[str, float] = field(default_factory=dict)
     rechecks: set[str] = field(default_factory=set)
+    #: Values the mapping could not read, by vendor: {vendor field: value} (``oppsync show``).
+    unmapped: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Read from the hash alone (stored before the document): the next save moves it.
     legacy: bool = False
 
@@ -275,6 +277,7 @@ def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record
         last_change=last_change,
         writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
         rechecks=set(_per_vendor(raw, "recheck:")),
+        unmapped=parts.get("unmapped", {}),
         legacy=legacy,
     )
 
@@ -374,6 +377,8 @@ class Store:
             "last_change": event if changed else record.last_change,
             "last_event": SAME_AS_CHANGE if changed else event,
         }
+        if record.unmapped:
+            doc["unmapped"] = record.unmapped
         values: dict[str, str] = {f"written:{source}": source_holds}
         if record.deleted:
             values["deleted"] = "1"

@@ -28,7 +28,7 @@ from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from worker.deadletters import DeadLetters
 from worker.state import Store
 
-pytestmark = [pytest.mark.integration, pytest.mark.soak]
+pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.variants]
 
 
 @pytest.fixture

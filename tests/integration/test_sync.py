@@ -30,7 +30,7 @@ from tests.simulators.base import sign_standard_webhook
 from tests.stack import VENDORS, Stack, wait_for
 from worker.deadletters import DeadLetters
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.variants]
 
 
 @pytest.mark.parametrize("source", VENDORS)
