@@ -20,13 +20,21 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.mapping import Mapping
-from schemas.opportunity import Opportunity, json_number, to_decimal
+from schemas.opportunity import Opportunity, json_number, not_carried, to_decimal
+from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "icloudready"
 
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "stage", "close_date", "description", "probability", "owner"}
 )
+
+#: The record key each synced field is read from: a record without it says nothing about
+#: that field (the name is ``opportunityInformation.name``, checked on its own).
+RECORD_KEYS: dict[str, str] = {
+    "description": "opportunityDescription", "amount": "revenue", "probability": "probability",
+    "close_date": "closeDate", "status": "status", "stage": "stage", "owner": "opportunityOwner",
+}  # fmt: skip
 
 #: The keys ``to_body`` writes (``VendorHTTP`` looks for them in a 400 answer).
 BODY_KEYS: tuple[str, ...] = (
@@ -56,7 +64,8 @@ class VendorDate(fields.Field):
         try:
             if len(value) == 10:
                 return date.fromisoformat(value)
-            return datetime.fromisoformat(value).date()
+            parse_timestamp(value)  # the time must read too, though only the day is kept
+            return date.fromisoformat(value.strip()[:10])
         except ValueError:
             raise self.make_error("invalid") from None
 
@@ -102,12 +111,8 @@ class OpportunityRecordSchema(Schema):
     status = fields.String(allow_none=True, load_default=None)
     stage = Reference(allow_none=True, load_default=None)
     owner = Reference(data_key="opportunityOwner", allow_none=True, load_default=None)
-    created_at = fields.AwareDateTime(
-        data_key="createdAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
-    updated_at = fields.AwareDateTime(
-        data_key="updatedAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
     # Soft-delete flags, should the API (or an automation) hand back a deleted record.
     is_deleted = fields.Boolean(data_key="isDeleted", allow_none=True, load_default=False)
     deleted = fields.Boolean(allow_none=True, load_default=False)
@@ -147,14 +152,23 @@ def record_id(record: dict[str, Any]) -> str:
 
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of a record (bare or under ``data``); raises ``ValidationError``."""
-    data = _RECORD.load(unwrap_record(record))
+    inner = unwrap_record(record)
+    data = _RECORD.load(inner)
+    unknown = not_carried(inner, RECORD_KEYS)
+    information = inner.get("opportunityInformation")
+    if not isinstance(information, dict) or "name" not in information:
+        unknown |= {"name"}
+    unmapped: list[tuple[str, str]] = []
     status = mapping.status_in(VENDOR, data["status"])
     if data["status"] is not None and status is None:
-        # An unmapped status must not read as "no status" (that would clear it elsewhere).
-        raise ValidationError(
-            {"status": [f"unknown status {data['status']!r}; map it in [statuses.icloudready]"]}
-        )
+        # An unmapped status must not read as "no status" (that would clear it elsewhere):
+        # it is unknown, and reported so the operator can map it in [statuses.icloudready].
+        unknown |= {"status"}
+        unmapped.append(("status", data["status"]))
     stage = mapping.stage_by_vendor_id(VENDOR, data["stage"])
+    if stage is None and data["stage"] is not None and _maps_stages(mapping):
+        unknown |= {"stage"}
+        unmapped.append(("stage", data["stage"]))
     probability = data["probability"]
     return Opportunity(
         name=(data["information"] or {}).get("name"),
@@ -168,7 +182,14 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         created_at=_utc(data["created_at"]),
         updated_at=_utc(data["updated_at"]),
         deleted=bool(data["is_deleted"] or data["deleted"]),
+        unknown=unknown,
+        unmapped=tuple(unmapped),
     )
+
+
+def _maps_stages(mapping: Mapping) -> bool:
+    """Whether the mapping names iCloudReady sales stages (else none reads as a stage)."""
+    return any(VENDOR in stage.ids for stage in mapping.stages)
 
 
 def project(opp: Opportunity, mapping: Mapping) -> Opportunity:

@@ -6,8 +6,9 @@ through the mapping file; a stage the mapping does not know reads as won/lost wh
 says so ("Won", "Closed - Lost") and as open otherwise (DESIGN.md, contract details).
 
 Records are read with ``crm?action=getOpportunityList`` (§3.5); ``createdDate`` and
-``modifiedDate`` are ``yyyy-mm-dd HH:MM:SS`` in UTC. Changes arrive as AWS SNS notifications
-whose inner iVvy message carries ``Subject`` and a JSON ``Body`` (§3.7): fat
+``modifiedDate`` are ``yyyy-mm-dd HH:mm:ss[ UTC]`` in UTC (read by ``schemas.timestamps``).
+Changes arrive as AWS SNS notifications whose inner iVvy message carries ``Subject`` and a
+JSON ``Body`` (§3.7): fat
 ``{"data": record, "previousData": record}`` for adds and updates, ids only for deletes.
 We write with ``venue?action=addOrUpdateOpportunity`` and stamp our key in ``externalUrls``
 (iVvy has no external id on opportunities, §3.3) so a lost create can be found again.
@@ -24,7 +25,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
 
 from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
-from schemas.opportunity import Contact, Opportunity, Status
+from schemas.opportunity import Contact, Opportunity, Status, not_carried
+from schemas.timestamps import Timestamp, read_timestamp
 
 VENDOR = "ivvy"
 
@@ -37,6 +39,14 @@ BODY_FIELDS: tuple[str, ...] = (
     "venueId", "typeId", "sourceId", "stageId", "ownerUserId", "closedDate", "externalUrls",
     "contact", "company", "name", "description", "id",
 )  # fmt: skip
+
+#: The record key(s) each synced field is read from: a record without them says nothing
+#: about that field (status and stage both come from the stage).
+RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "name": ("name",), "description": ("description",), "stage": ("stageId", "stageName"),
+    "status": ("stageId", "stageName"), "close_date": ("closedDate",),
+    "owner": ("ownerUser",), "contact": ("contact",), "company": ("company",),
+}  # fmt: skip
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 EXTERNAL_URL_LABEL = "oppsync"
@@ -87,7 +97,7 @@ class OpportunityRecordSchema(_Tolerant):
 
     id = fields.Integer(required=True)
     venue_id = fields.Integer(data_key="venueId", **_NULLABLE)
-    name = fields.String(required=True)
+    name = fields.String(**_NULLABLE)
     description = fields.String(**_NULLABLE)
     owner_user = fields.Nested(_PersonSchema, data_key="ownerUser", **_NULLABLE)
     contact = fields.Nested(_PersonSchema, **_NULLABLE)
@@ -97,12 +107,8 @@ class OpportunityRecordSchema(_Tolerant):
     type_id = fields.Integer(data_key="typeId", **_NULLABLE)
     source_id = fields.Integer(data_key="sourceId", **_NULLABLE)
     closed_date = fields.Date(data_key="closedDate", format="%Y-%m-%d", **_NULLABLE)
-    created_date = fields.NaiveDateTime(
-        data_key="createdDate", format=TIMESTAMP_FORMAT, **_NULLABLE
-    )
-    modified_date = fields.NaiveDateTime(
-        data_key="modifiedDate", format=TIMESTAMP_FORMAT, **_NULLABLE
-    )
+    created_date = Timestamp(data_key="createdDate", **_NULLABLE)
+    modified_date = Timestamp(data_key="modifiedDate", **_NULLABLE)
     external_urls = fields.List(
         fields.Nested(_ExternalUrlSchema), data_key="externalUrls", **_NULLABLE
     )
@@ -157,16 +163,6 @@ def has_ref(record: dict[str, Any], key: str) -> bool:
         isinstance(link, dict) and link.get("ref") == key
         for link in record.get("externalUrls") or []
     )
-
-
-def parse_timestamp(value: str) -> datetime:
-    """iVvy's ``yyyy-mm-dd HH:MM:SS`` (optionally `` UTC``) or ISO 8601, as aware UTC."""
-    text = value.strip().removesuffix(" UTC").removesuffix("Z")
-    try:
-        parsed = datetime.strptime(text, TIMESTAMP_FORMAT)
-    except ValueError:
-        parsed = datetime.fromisoformat(text)
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -265,13 +261,18 @@ def _owner(user: dict[str, Any] | None, mapping: Mapping) -> str | None:
     return email.lower() if email else None
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None else None
-
-
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     data = load_record(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    unmapped: tuple[tuple[str, str], ...] = ()
     stage, status = _stage_and_status(data["stage_id"], data["stage_name"], mapping)
+    if stage is None and data["stage_id"] is not None and _maps_stages(mapping):
+        # A stage the mapping does not list: no canonical stage to give, and unless its name
+        # says won or lost, no status either (it could be any): both unknown, reported.
+        unmapped = (("stageId", f"{data['stage_id']} ({data['stage_name'] or 'unnamed'})"),)
+        unknown |= {"stage"}
+        if status_from_stage_name(data["stage_name"]) is Status.OPEN:
+            unknown |= {"status"}
     person = data["contact"] or {}
     company = data["company"] or {}
     return Opportunity(
@@ -288,9 +289,16 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
             person.get("phone"),
         ),
         company=company.get("business_name"),
-        created_at=_aware(data["created_date"]),
-        updated_at=_aware(data["modified_date"]),
+        created_at=data["created_date"],
+        updated_at=data["modified_date"],
+        unknown=unknown,
+        unmapped=unmapped,
     )
+
+
+def _maps_stages(mapping: Mapping) -> bool:
+    """Whether the mapping names iVvy stages (else every stage is read by its name)."""
+    return any(VENDOR in stage.ids for stage in mapping.stages)
 
 
 def _body_json(raw: Any) -> dict[str, Any]:
@@ -305,15 +313,6 @@ def _body_json(raw: Any) -> dict[str, Any]:
     return body
 
 
-def _event_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        return None
-
-
 def parse_native(message: dict[str, Any]) -> InboundEvent | None:
     """The inner iVvy message of an SNS notification; ``None`` for non-opportunity subjects.
 
@@ -325,7 +324,7 @@ def parse_native(message: dict[str, Any]) -> InboundEvent | None:
         return None
     body = _body_json(meta["body"])
     author = meta["source_info"] if meta["source_type"] == SOURCE_TYPE_API else None
-    sent_at = _event_time(meta["timestamp"])
+    sent_at = read_timestamp(meta["timestamp"])
     if subject == SUBJECT_DELETED:
         try:
             ids = _DeletedBodySchema().load(body)
@@ -347,7 +346,7 @@ def parse_native(message: dict[str, Any]) -> InboundEvent | None:
     return InboundEvent(
         vendor_id=str(data["id"]),
         record=record,
-        event_time=_aware(data["modified_date"]) or sent_at,
+        event_time=data["modified_date"] or sent_at,
         api_author=author,
     )
 

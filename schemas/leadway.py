@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping, Stage
-from schemas.opportunity import Contact, Opportunity, json_number, to_decimal
+from schemas.opportunity import Contact, Opportunity, json_number, not_carried, to_decimal
+from schemas.timestamps import Timestamp
 
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "stage", "owner", "contact", "company"}
 )
-#: HighLevel's opportunity states; ``all`` is a search filter only (VENDORS.md §2.4).
-STATUSES: tuple[str, ...] = ("open", "won", "lost", "abandoned")
 #: The native webhook types about opportunities (VENDORS.md §2.7); every other type is ignored.
 OPPORTUNITY_EVENTS: frozenset[str] = frozenset(
     {
@@ -47,6 +45,12 @@ OPPORTUNITY_EVENTS: frozenset[str] = frozenset(
         "OpportunityDelete",
     }
 )
+#: The record key each synced field is read from: a record without it says nothing about
+#: that field. The company lives on the contact (``contact.companyName``).
+RECORD_KEYS: dict[str, str] = {
+    "name": "name", "amount": "monetaryValue", "status": "status", "stage": "pipelineStageId",
+    "owner": "assignedTo", "contact": "contact",
+}  # fmt: skip
 #: Body fields an error answer may name (for ``Permanent.field``).
 BODY_FIELDS: tuple[str, ...] = (
     "pipelineId", "locationId", "contactId", "pipelineStageId", "status", "monetaryValue",
@@ -79,15 +83,11 @@ class OpportunityRecordSchema(Schema):
         data_key="pipelineStageId", allow_none=True, load_default=None
     )
     assigned_to = fields.String(data_key="assignedTo", allow_none=True, load_default=None)
-    status = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(STATUSES))
+    status = fields.String(allow_none=True, load_default=None)
     contact_id = fields.String(data_key="contactId", allow_none=True, load_default=None)
     contact = fields.Nested(_ContactSchema, allow_none=True, load_default=None)
-    created_at = fields.AwareDateTime(
-        data_key="createdAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
-    updated_at = fields.AwareDateTime(
-        data_key="updatedAt", default_timezone=UTC, allow_none=True, load_default=None
-    )
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
 
 
 class WebhookSchema(Schema):
@@ -101,7 +101,7 @@ class WebhookSchema(Schema):
     location_id = fields.String(data_key="locationId", allow_none=True, load_default=None)
     pipeline_id = fields.String(data_key="pipelineId", allow_none=True, load_default=None)
     status = fields.String(allow_none=True, load_default=None)
-    timestamp = fields.AwareDateTime(default_timezone=UTC, allow_none=True, load_default=None)
+    timestamp = Timestamp(allow_none=True, load_default=None)
     webhook_id = fields.String(data_key="webhookId", allow_none=True, load_default=None)
 
 
@@ -116,17 +116,6 @@ def record_id(record: dict[str, Any]) -> str:
     return value
 
 
-def parse_time(value: object) -> datetime | None:
-    """A HighLevel timestamp (``2021-11-26T12:41:02.193Z``) as an aware UTC datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
-
-
 def _stage(stage: Stage | None, status: object) -> str | None:
     return stage.name if stage is not None and stage.status == status else None
 
@@ -134,7 +123,17 @@ def _stage(stage: Stage | None, status: object) -> str | None:
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The record as canonical values; raises ``ValidationError`` naming bad fields."""
     data = _RECORD.load(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    person = record.get("contact")
+    if "contact" not in record or (isinstance(person, dict) and "companyName" not in person):
+        unknown |= {"company"}
+    if isinstance(person, dict) and not {"email", "phone"} & person.keys():
+        unknown |= {"contact"}  # a contact shown by id and name only
+    unmapped: tuple[tuple[str, str], ...] = ()
     status = mapping.status_in("leadway", data["status"])
+    if data["status"] is not None and status is None:
+        # "all" is a search filter, anything else a value HighLevel added: unknown, reported.
+        unknown, unmapped = unknown | {"status", "stage"}, (("status", data["status"]),)
     contact = data["contact"] or {}
     person = None
     if contact.get("email") or contact.get("phone"):
@@ -150,6 +149,8 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         company=contact.get("company_name") or None,
         created_at=data["created_at"],
         updated_at=data["updated_at"],
+        unknown=unknown,
+        unmapped=unmapped,
     )
 
 

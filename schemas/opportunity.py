@@ -2,8 +2,12 @@
 
 Values are frozen. A vendor's inbound schema builds an ``Opportunity`` holding only the
 fields that vendor can represent (the others stay ``None``); the worker merges it into the
-stored canonical state field by field. ``CanonicalOpportunitySchema`` is the strict
-(de)serialiser used to store state in Redis and to validate values before any vendor call.
+stored canonical state field by field. A field the record did not carry (its key absent, or
+a value the mapping cannot read) is named in ``unknown``: the worker keeps what it has for
+it, where ``None`` in a carried field means the vendor cleared it (DESIGN.md, "Absent is
+not empty"). Values the mapping could not read are kept in ``unmapped`` to be reported.
+``CanonicalOpportunitySchema`` is the strict (de)serialiser used to store state in Redis and
+to validate values before any vendor call.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -59,9 +64,34 @@ class Opportunity:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     deleted: bool = False
+    #: Synced fields the vendor's record did not carry: unknown, not cleared. Not part of
+    #: the value (equality, hashing and fingerprints ignore it).
+    unknown: frozenset[str] = field(default=frozenset(), compare=False)
+    #: ``(vendor field, value)`` the mapping could not read (their fields are ``unknown``).
+    unmapped: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def replace(self, **changes: Any) -> Opportunity:
         return dataclasses.replace(self, **changes)
+
+    def completed(self, known: Opportunity) -> Opportunity:
+        """This value with each field it did not carry taken from ``known`` (what we hold
+        for it): the fields stay named in ``unknown``, so a merge still skips them."""
+        if not self.unknown:
+            return self
+        return self.replace(**{name: getattr(known, name) for name in self.unknown})
+
+
+def not_carried(record: Any, keys: Mapping[str, str | Iterable[str]]) -> frozenset[str]:
+    """The canonical fields none of whose record keys ``record`` has (``keys`` maps each
+    synced field to the vendor key, or keys, it is read from)."""
+    if not isinstance(record, dict):
+        return frozenset()
+    absent = set()
+    for name, wanted in keys.items():
+        names = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+        if not any(key in record for key in names):
+            absent.add(name)
+    return frozenset(absent)
 
 
 #: Fields that are synced between vendors (timestamps and ``deleted`` are metadata).

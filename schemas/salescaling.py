@@ -22,13 +22,21 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
-from schemas.opportunity import Opportunity, json_number, to_decimal
+from schemas.opportunity import Opportunity, json_number, not_carried, to_decimal
+from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "salescaling"
 
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "close_date", "description", "probability"}
 )
+
+#: The record key each synced field is read from: a record without it says nothing about
+#: that field.
+RECORD_KEYS: dict[str, str] = {
+    "name": "name", "amount": "amount", "status": "status", "close_date": "closeDate",
+    "description": "description", "probability": "closeProbability",
+}  # fmt: skip
 
 #: Keys of Salescaling's own (non-opportunity) webhooks: meeting and note status events
 #: (VENDORS.md §4.7, https://docs.salescaling.com/en/api/webhooks).
@@ -63,12 +71,9 @@ class _CloseDate(fields.Field):
         try:
             if len(value) == 10:
                 return date.fromisoformat(value)
-            moment = datetime.fromisoformat(value)
+            return parse_timestamp(value).date()
         except ValueError:
             raise self.make_error("invalid") from None
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC)
-        return moment.date()
 
 
 class SalescalingOpportunitySchema(Schema):
@@ -89,8 +94,8 @@ class SalescalingOpportunitySchema(Schema):
         validate=validate.Range(min=0, max=100),
     )
     status = fields.String(allow_none=True, load_default=None)
-    created_at = fields.AwareDateTime(data_key="createdAt", allow_none=True, load_default=None)
-    updated_at = fields.AwareDateTime(data_key="updatedAt", allow_none=True, load_default=None)
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
 
 
 _RECORD = SalescalingOpportunitySchema()
@@ -118,13 +123,13 @@ def record_id(record: dict[str, Any]) -> str:
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of one API record; raises ``ValidationError`` naming bad fields."""
     data = _RECORD.load(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    unmapped: tuple[tuple[str, str], ...] = ()
     status = mapping.status_in(VENDOR, data["status"])
     if data["status"] is not None and status is None:
-        # A tenant-specific status we cannot place: refuse rather than guess (the mapping
-        # file's [statuses.salescaling] table is where the operator teaches us).
-        raise ValidationError(
-            {"status": [f"Unknown status {data['status']!r}; map it in [statuses.salescaling]."]}
-        )
+        # A tenant-specific status we cannot place: unknown, not guessed, and reported (the
+        # mapping file's [statuses.salescaling] table is where the operator teaches us).
+        unknown, unmapped = unknown | {"status"}, (("status", data["status"]),)
     return Opportunity(
         name=data["name"],
         amount=data["amount"],
@@ -134,6 +139,8 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         probability=data["probability"],
         created_at=_utc(data["created_at"]),
         updated_at=_utc(data["updated_at"]),
+        unknown=unknown,
+        unmapped=unmapped,
     )
 
 

@@ -22,7 +22,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
-from schemas.opportunity import Contact, Opportunity, json_number, to_decimal
+from schemas.opportunity import Contact, Opportunity, json_number, not_carried, to_decimal
+from schemas.timestamps import Timestamp, parse_timestamp
 
 VENDOR = "siro"
 
@@ -30,21 +31,19 @@ SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "amount", "status", "close_date", "owner", "contact", "company"}
 )
 
+#: The record key each synced field is read from: a record without it says nothing about
+#: that field (the sync answer's documented ``data`` has no ``opportunityContacts``).
+RECORD_KEYS: dict[str, str] = {
+    "name": "name", "amount": "amount", "status": "disposition", "close_date": "closedAt",
+    "owner": "opportunityUsers", "contact": "opportunityContacts", "company": "account",
+}  # fmt: skip
+
 #: Top-level fields of the sync body, containers first so an error about
 #: ``account.externalId`` is attributed to ``account`` (see ``VendorHTTP.body_fields``).
 BODY_FIELDS: tuple[str, ...] = (
     "opportunityContacts", "opportunityUsers", "account", "closedAt", "remoteCreatedAt",
     "lastActivityAt", "deletedAt", "disposition", "amount", "name", "externalId",
 )  # fmt: skip
-
-
-def parse_timestamp(value: str) -> datetime:
-    """An ISO 8601 timestamp as SIRO writes it ("…Z", "+00:00", a space for the "T", or
-    none at all); naive values are taken as UTC. Raises ``ValueError``."""
-    parsed = datetime.fromisoformat(value.strip())
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -70,18 +69,13 @@ class _ParsedString(fields.Field):
             raise self.make_error("invalid") from None
 
 
-class _Timestamp(_ParsedString):
-    """A date-time string, read tolerantly into an aware UTC ``datetime``."""
-
-    def _parse(self, value: str) -> datetime:
-        return parse_timestamp(value)
-
-
 class _DatePart(_ParsedString):
     """``closedAt``: a date-time string of which only the date is kept, as written (the
     docs' example is "2024-02-28 20:09:58.692"; converting the zone could move the day)."""
 
     def _parse(self, value: str) -> date:
+        if len(value.strip()) > 10:
+            parse_timestamp(value)  # the time must read too, though only the day is kept
         return date.fromisoformat(value.strip()[:10])
 
 
@@ -131,7 +125,7 @@ class OpportunityUserSchema(_Tolerant):
     external_id = _text(data_key="externalId")
     email = _text()
     name = _text()
-    deleted_at = _Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
+    deleted_at = Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
 
 
 class SiroOpportunitySchema(_Tolerant):
@@ -141,9 +135,9 @@ class SiroOpportunitySchema(_Tolerant):
         required=True, validate=validate.Regexp(r"\s*\S", error="Must not be blank.")
     )
     external_id = _text(data_key="externalId")
-    created_at = _Timestamp(data_key="createdAt", allow_none=True, load_default=None)
-    updated_at = _Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
-    deleted_at = _Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
+    created_at = Timestamp(data_key="createdAt", allow_none=True, load_default=None)
+    updated_at = Timestamp(data_key="updatedAt", allow_none=True, load_default=None)
+    deleted_at = Timestamp(data_key="deletedAt", allow_none=True, load_default=None)
     name = _text()
     amount = _Number(allow_none=True, load_default=None)
     closed_at = _DatePart(data_key="closedAt", allow_none=True, load_default=None)
@@ -216,9 +210,11 @@ def _contact(entries: list[dict[str, Any]]) -> Contact | None:
 def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     """The canonical value of a SIRO record; raises ``ValidationError`` naming bad fields."""
     data = _load(record)
+    unknown = not_carried(record, RECORD_KEYS)
+    unmapped: tuple[tuple[str, str], ...] = ()
     status = mapping.status_in(VENDOR, data["disposition"])
     if data["disposition"] is not None and status is None:
-        raise ValidationError({"disposition": [f"Unknown disposition {data['disposition']!r}."]})
+        unknown, unmapped = unknown | {"status"}, (("disposition", data["disposition"]),)
     account = data["account"]
     return Opportunity(
         name=data["name"],
@@ -231,6 +227,8 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         created_at=data["created_at"],
         updated_at=data["updated_at"],
         deleted=data["deleted_at"] is not None,
+        unknown=unknown,
+        unmapped=unmapped,
     )
 
 

@@ -47,6 +47,10 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
         ("vendor",),
         "Second records of a deal found in a vendor and deleted or marked, by vendor.",
     ),
+    "oppsync_unmapped_values_total": (
+        ("vendor", "field"),
+        "Enumerated values read that the mapping does not know (the field is left unchanged).",
+    ),
 }
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*_total$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -42,6 +42,7 @@ def snapshot(rt: Runtime, key: str) -> dict[str, Any]:
             for vendor in rt.settings.vendors
         },
         "last_event": record.last_event,
+        "unmapped": record.unmapped,
         "writes": writes,
     }
 
@@ -74,6 +75,12 @@ def describe(rt: Runtime, key: str) -> str:
             else ""
         )
         lines.append(f"  {vendor:12} {info['id'] or '-'!s:28} {status:15} {cause}")
+    for vendor, values in snap["unmapped"].items():
+        for name, value in values.items():
+            lines.append(
+                f"unmapped: {vendor} {name} {value!r} is not in the mapping: that field is "
+                "left as it was (add the value to the mapping file)"
+            )
     if snap["last_event"]:
         event = snap["last_event"]
         lines.append(

@@ -4,12 +4,15 @@ and the five vendor simulators, all on loopback."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.conftest import VARIANTS_SEED
+from worker.sandbox.simulators.base import Variants
 from worker.sandbox.stack import Stack, start_stack
 
 QUEUE_KEYS = (
@@ -50,8 +53,9 @@ def wait_idle(client: redis.Redis, timeout: float = 30.0) -> None:
     raise TimeoutError("the worker did not go idle")
 
 
-def emptied(stack: Stack) -> Iterator[Stack]:
-    """The running stack with empty simulators and no oppsync state; idle again after."""
+def emptied(stack: Stack, variants_seed: int | None = None) -> Iterator[Stack]:
+    """The running stack with empty simulators and no oppsync state; idle again after.
+    With ``variants_seed``, each simulator answers in seeded variant forms."""
     client = redis.Redis.from_url(stack.redis.url)
     wait_idle(client)
     for key in client.scan_iter("oppsync:*"):
@@ -62,11 +66,30 @@ def emptied(stack: Stack) -> Iterator[Stack]:
         sim.webhook_url = f"{stack.web_url}/webhooks/{name}"
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = False
+        seed = None if variants_seed is None else variants_seed + zlib.crc32(name.encode())
+        sim.variants = None if seed is None else Variants(seed)
     yield stack
     wait_idle(client)
+    for sim in stack.sims.values():
+        sim.variants = None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``variants`` run twice: plain answers, then seeded variant answers."""
+    if metafunc.definition.get_closest_marker("variants") and "live" in metafunc.fixturenames:
+        metafunc.parametrize("answers", ["plain", "variants"], indirect=True)
 
 
 @pytest.fixture
-def live(stack: Stack) -> Iterator[Stack]:
+def answers(request: pytest.FixtureRequest) -> str:
+    """How the simulators answer: "plain", or "variants" (seeded per run and per test)."""
+    return str(getattr(request, "param", "plain"))
+
+
+@pytest.fixture
+def live(stack: Stack, answers: str, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The session's stack with empty simulators and no oppsync state."""
-    yield from emptied(stack)
+    seed = None
+    if answers == "variants":
+        seed = VARIANTS_SEED + zlib.crc32(request.node.nodeid.encode())
+    yield from emptied(stack, seed)

@@ -39,7 +39,7 @@ from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import ROOT, VENDORS, Stack, start_stack, wait_for
 from worker.sync.push import QUIET, SETTLE_MAX
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.variants]
 
 
 def test_ingest_waits_for_the_records_lock(live: Stack) -> None:

@@ -26,7 +26,7 @@ from tests.integration.drive import (
 )
 from worker.sandbox.stack import VENDORS, Stack, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.variants]
 
 
 @pytest.fixture

@@ -94,6 +94,22 @@ def test_poll_of_records_oppsync_already_holds_feeds_nothing(live: Stack, beat: 
     assert writes(live) == before_writes
 
 
+def test_poll_of_records_that_leave_a_field_out_feeds_nothing(live: Stack, beat: Celery) -> None:
+    # given a deal found by polling SIRO and synced everywhere, its contact included
+    poll(live, beat, "siro")
+    person_creates(live, "siro")
+    poll(live, beat, "siro")
+    wait_converged(live, others("siro"), as_held_by("siro", DEAL))
+    before_events, before_writes = len(events(live)), writes(live)
+    # when SIRO's answers leave opportunityContacts out (its documented answer has none),
+    # and beat polls again with nothing changed anywhere
+    live.sims["siro"].omit = {"opportunityContacts"}
+    poll(live, beat, "siro", full=True)
+    # then no event was fed to the pipeline and no vendor was written
+    assert len(events(live)) == before_events
+    assert writes(live) == before_writes
+
+
 def test_poll_reads_a_record_gone_from_the_vendor_as_a_delete(live: Stack, beat: Celery) -> None:
     # given a deal found by polling salescaling and synced everywhere
     poll(live, beat, "salescaling")

@@ -234,7 +234,7 @@ def test_run_says_it_runs_the_sandbox_and_cleans_up_a_failed_start() -> None:
     assert "No vendor is configured" in notice and "--no-sandbox" in notice
     assert "WEB_CONCURRENCY='many' is not a whole number" in said
     # and the Redis it started is stopped
-    redis_port = int(re.search(r"started Redis at redis://127.0.0.1:(\d+)/", said).group(1))  # type: ignore[union-attr]
+    redis_port = int(re.search(r"started Redis at redis://127.0.0.1:(\d+)", said).group(1))  # type: ignore[union-attr]
     assert not answers(redis_port)
 
 
@@ -285,7 +285,7 @@ def test_run_stops_everything_it_started_when_terminated() -> None:
         assert f"web listening on 0.0.0.0:{web_port}" in said, said[-3000:]
         assert f"Flower on 0.0.0.0:{flower_port}" in said
         assert answers(web_port)
-        redis_port = int(re.search(r"started Redis at redis://127.0.0.1:(\d+)/", said).group(1))  # type: ignore[union-attr]
+        redis_port = int(re.search(r"started Redis at redis://127.0.0.1:(\d+)", said).group(1))  # type: ignore[union-attr]
         # when a supervisor stops it (SIGTERM to this process only, not its group)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

@@ -19,11 +19,13 @@ from tests.integration.drive import (
     MAPPING,
     announce,
     as_held_by,
+    expected,
     held,
     others,
     person_creates,
     run_cli,
     wait_converged,
+    writes,
 )
 from worker.sandbox.stack import Stack, wait_for
 from worker.store.deadletters import DeadLetters
@@ -64,6 +66,24 @@ def test_reconcile_repairs_a_dropped_webhook(live: Stack) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "5 vendor records compared, 5 as expected" in again.stdout
     assert "Pushed: 0" in again.stdout
+
+
+def test_reconcile_of_a_record_that_leaves_a_field_out_writes_nothing(live: Stack) -> None:
+    # given a deal with its contact, synced from leadway to all five
+    synced_from(live, "leadway")
+    before = writes(live)
+    # when SIRO's answers leave opportunityContacts out (its documented answer has none)
+    live.sims["siro"].omit = {"opportunityContacts"}
+    result = oppsync(live, "reconcile")
+    wait_idle(redis.Redis.from_url(live.redis.url))
+    # then nothing is pushed: the contact SIRO did not show is the one it holds
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Pushed: 0" in result.stdout, result.stdout
+    assert writes(live) == before
+    # and every vendor with contacts still holds it
+    for vendor in ("siro", "leadway", "ivvy"):
+        (opp,) = held(live, vendor)
+        assert opp.contact == expected(vendor)["contact"], vendor
 
 
 def test_reconcile_creates_what_a_failed_write_left_out(live: Stack) -> None:

@@ -81,7 +81,7 @@ def test_receiver_publishes_every_route_and_answer(stack: Stack) -> None:
     assert spec["openapi"].startswith("3.")
     assert set(spec["paths"]) == {"/webhooks/{vendor}", "/healthz", "/readyz", "/openapi.yaml"}
     answers = spec["paths"]["/webhooks/{vendor}"]["post"]["responses"]
-    assert set(answers) == {"200", "202", "400", "401", "404", "413", "429", "503"}
+    assert set(answers) == {"200", "202", "400", "401", "404", "408", "413", "429", "503"}
     vendors = spec["paths"]["/webhooks/{vendor}"]["post"]["parameters"][0]["schema"]["enum"]
     assert vendors == ["siro", "leadway", "ivvy", "salescaling", "icloudready"]
 

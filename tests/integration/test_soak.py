@@ -28,7 +28,7 @@ from worker.sandbox.stack import VENDORS, Stack, wait_for
 from worker.store.deadletters import DeadLetters
 from worker.store.state import Store
 
-pytestmark = [pytest.mark.integration, pytest.mark.soak]
+pytestmark = [pytest.mark.integration, pytest.mark.soak, pytest.mark.variants]
 
 
 @pytest.fixture

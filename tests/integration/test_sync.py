@@ -30,7 +30,7 @@ from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import VENDORS, Stack, wait_for
 from worker.store.deadletters import DeadLetters
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.variants]
 
 
 @pytest.mark.parametrize("source", VENDORS)

@@ -144,7 +144,6 @@ def test_to_canonical_marks_soft_deleted_records(flag: str) -> None:
         ("closeDate", "30/06/2023"),
         ("closeDate", 20230630),
         ("status", 3),
-        ("status", "pending"),
         ("opportunityDescription", ["a"]),
         ("opportunityOwner", ["x"]),
         ("createdAt", "yesterday"),

@@ -180,11 +180,13 @@ def test_to_canonical_names_the_bad_field(change: dict[str, Any], field: str) ->
     assert field in caught.value.messages
 
 
-def test_to_canonical_requires_id_and_name() -> None:
-    # given a record missing both / when translated / then both are named
+def test_to_canonical_requires_an_id_and_leaves_an_absent_name_unknown() -> None:
+    # given a record missing both / when translated / then the id is named
     with pytest.raises(ValidationError) as caught:
         ivvy.to_canonical({"venueId": 107}, M)
-    assert set(caught.value.messages) == {"id", "name"}
+    assert set(caught.value.messages) == {"id"}
+    # and with an id, the name it does not carry is unknown (not cleared)
+    assert "name" in ivvy.to_canonical({"id": 7}, M).unknown
 
 
 def test_record_id_refuses_a_non_integer_id() -> None:

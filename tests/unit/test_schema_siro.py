@@ -178,7 +178,6 @@ def test_to_canonical_marks_soft_deleted_records() -> None:
         ("createdAt", 1700000000),
         ("updatedAt", "yesterday"),
         ("closedAt", "soon"),
-        ("disposition", "MAYBE"),
         ("account", "Harbour Pty"),
         ("opportunityUsers", "alice"),
         ("opportunityContacts", [{"emailAddresses": "bob@example.com"}]),

@@ -48,6 +48,8 @@ class Documents(Locks):
             "last_change": event if changed else record.last_change,
             "last_event": SAME_AS_CHANGE if changed else event,
         }
+        if record.unmapped:
+            doc["unmapped"] = record.unmapped
         values: dict[str, str] = {f"written:{source}": source_holds}
         if record.deleted:
             values["deleted"] = "1"

@@ -41,6 +41,8 @@ class Record:
     last_change: dict[str, Any] | None = None
     writing: dict[str, float] = field(default_factory=dict)
     rechecks: set[str] = field(default_factory=set)
+    #: Values the mapping could not read, by vendor: {vendor field: value} (``oppsync show``).
+    unmapped: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def rule(self, name: str) -> str:
         """The rule that decided field ``name``: a stored one, else the default."""
@@ -118,6 +120,7 @@ def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record
         last_change=last_change,
         writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
         rechecks=set(_per_vendor(raw, "recheck:")),
+        unmapped=parts.get("unmapped", {}),
     )
 
 

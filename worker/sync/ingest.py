@@ -10,6 +10,11 @@ applied at once; a change older than the newest seen from its vendor is dropped 
 push holds the (record, vendor) lock and reads the state when its turn comes; while one push
 waits for its turn, the next ones for that vendor are dropped ("coalesced"): the waiting one
 will carry their changes too, so a burst of edits ends in a few writes.
+
+Absent is not empty: a field the record did not carry (``Opportunity.unknown``: its key
+absent, or a value the mapping cannot read) keeps what we hold. It is filled in from what the
+source would hold for the current state before anything is judged, so the merge takes
+nothing from it and an echo is judged on the fields the record carries.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from marshmallow import ValidationError
 
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.opportunity import Opportunity, fingerprint, validation_errors
+from worker import metrics
 from worker.errors import InvalidPayload, Transient
+from worker.logs import log
 from worker.runtime import Runtime
 from worker.store.records import HeldLock, Record, new_key
 from worker.sync import duplicates
@@ -203,6 +210,9 @@ def _apply(
     adapter = rt.adapters[vendor]
     if record.deleted or record.written.get(vendor) == GONE:
         return Outcome(key, "late", detail="the opportunity was deleted; late event dropped")
+    _report_unmapped(rt, record, vendor, incoming)
+    if record.exists:  # what the record did not carry, it holds as far as we know
+        incoming = incoming.completed(adapter.project(record.state))
     holds = fingerprint(incoming, adapter.synced_fields)
     after = sighting.after_our_write(record, vendor)
     if record.written.get(vendor) == holds or (
@@ -243,3 +253,17 @@ def _apply(
         fields=tuple(taken),
         handed=handed,
     )
+
+
+def _report_unmapped(rt: Runtime, record: Record, vendor: str, incoming: Opportunity) -> None:
+    """Values the mapping does not know: a warning and ``oppsync_unmapped_values_total``
+    each time one is read, and kept with the record (``oppsync show``) until the vendor
+    sends a value the mapping knows."""
+    for field, value in incoming.unmapped:
+        log.warning("ingest.unmapped_value", key=record.key, vendor=vendor, field=field,
+                    value=value, hint=f"add it to the mapping file for {vendor}")  # fmt: skip
+        metrics.count(rt.redis, "oppsync_unmapped_values_total", vendor=vendor, field=field)
+    if incoming.unmapped:
+        record.unmapped[vendor] = dict(incoming.unmapped)
+    else:
+        record.unmapped.pop(vendor, None)

@@ -43,7 +43,7 @@ def merge(
     changes: dict[str, Any] = {}
     for name in sorted(adapter.synced_fields):
         value = getattr(incoming, name)
-        if record.exists and value == getattr(seen_by_source, name):
+        if name in incoming.unknown or (record.exists and value == getattr(seen_by_source, name)):
             continue
         rule = _refusal(rt, record, name, source, event_time)
         if rule is not None:

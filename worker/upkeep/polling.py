@@ -244,7 +244,14 @@ def _feed(
             if queued is Claim.NEW:
                 report.queued += 1
             continue
-        change = classify(item.opp, item.holds, linked, listed_before=listed_before)
+        holds = item.holds
+        if item.opp.unknown and linked is not None and linked.written not in (None, GONE):
+            # Fields the record did not carry hold what we hold, as far as we know: compare
+            # with that, or a vendor that never sends some key would be fed at every poll.
+            adapter = rt.adapters[vendor]
+            held = adapter.project(rt.store.load(linked.key).state)
+            holds = fingerprint(item.opp.completed(held), adapter.synced_fields)
+        change = classify(item.opp, holds, linked, listed_before=listed_before)
         report.decided[change.value] += 1
         if change in FED:
             enqueue(poll_envelope(vendor, item.vendor_id, item.record, item.holds))

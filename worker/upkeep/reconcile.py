@@ -304,11 +304,17 @@ class Reconciler:
         wanted = fingerprint(adapter.project(record.state), adapter.synced_fields)
         if record.written.get(vendor) != wanted:
             return True
-        if kept is not None and kept.opp is not None and kept.holds != wanted:
+        if kept is None or kept.opp is None:
+            return False
+        # What the record did not carry, the vendor holds as far as we know.
+        holds = fingerprint(
+            kept.opp.completed(adapter.project(record.state)), adapter.synced_fields
+        )
+        if holds != wanted:
             # The pipeline kept the deal as it was (the change was an echo, or older than one
             # seen), yet the vendor holds something else: correct the store's belief so that
             # the push really writes.
-            self.rt.store.mark_written(record.key, vendor, kept.holds)
+            self.rt.store.mark_written(record.key, vendor, holds)
             return True
         return False
 

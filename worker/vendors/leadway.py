@@ -19,6 +19,7 @@ from typing import Any
 from schemas import leadway as schema
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
+from schemas.timestamps import read_timestamp
 from worker.errors import OutcomeUnknown, Permanent
 from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult
@@ -114,7 +115,7 @@ class LeadwayAdapter(SchemaTranslation):
             params["q"] = opp.name
         matches = []
         for record in self._search(params):
-            created = schema.parse_time(record.get("createdAt"))
+            created = read_timestamp(record.get("createdAt"))
             if record.get("id") and record.get("name") == opp.name and created and created >= since:
                 matches.append((created, str(record["id"])))
         return min(matches)[1] if matches else None

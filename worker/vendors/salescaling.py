@@ -20,6 +20,7 @@ from typing import Any
 from schemas import salescaling as schema
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
+from schemas.timestamps import read_timestamp
 from worker.errors import OutcomeUnknown, Permanent
 from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult
@@ -31,14 +32,7 @@ BODY_FIELDS = ("closeProbability", "closeDate", "amount", "status", "description
 
 
 def _created_at(record: dict[str, Any]) -> datetime | None:
-    raw = record.get("createdAt")
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return read_timestamp(record.get("createdAt"))
 
 
 class SalescalingAdapter(SchemaTranslation):

@@ -10,6 +10,11 @@ Tests reach its state directly (``sim.records``) and switch faults on with
 ``sim.faults.add(...)``; every request is logged in ``sim.log`` so tests can count creates,
 and ``sim.held`` counts the requests it is still handling (a held one may yet commit).
 
+How a vendor answers is switchable too (issue 16): ``sim.omit`` names record keys left out
+of every record it answers or announces, and ``sim.variants`` (a seeded ``Variants``)
+makes each answer pick among the forms the vendor's page allows or leaves open. Both shape
+answers only: ``sim.records`` stays the vendor's own state, so tests read what it holds.
+
 Fault kinds (``Fault.kind``):
 
 * ``"error"``          answer ``status`` (e.g. 500, 503, 429 with ``retry_after``) without
@@ -26,21 +31,28 @@ Fault kinds (``Fault.kind``):
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import logging
+import random
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from datetime import timedelta, timezone
+from typing import Any, Self, TypeVar
 
 import httpx
 from flask import Flask, Response, request
 from standardwebhooks import Webhook
 from werkzeug.serving import BaseWSGIServer, make_server
+
+from schemas.timestamps import parse_timestamp
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,6 +100,88 @@ class FaultPlan:
                     self.fired.append((fault.kind, method, path))
                     return fault
         return None
+
+
+class Variants:
+    """A seeded choice, per answer, among the forms a vendor's page allows or leaves open.
+
+    Each kind is one way the pages leave room ([?] in VENDORS.md); ``kinds`` chooses which
+    may be picked (all by default), and every pick is drawn from one ``random.Random(seed)``
+    so a failing run replays with its seed. Forms that leave information out (a synced key
+    omitted, an enum value the mapping does not know) are applied only to keys whose value
+    is still what oppsync wrote (``Simulator.as_written``): a vendor may always answer that
+    way, and a test expecting a person's change to arrive is not made impossible by it.
+    A write that commits after the client's timeout is a fault (``FaultPlan``), not a form
+    of answer; it joins the rest as another kind when it exists.
+    """
+
+    #: timestamp forms; optional keys omitted or null; unknown extra keys; ids as numbers or
+    #: strings; lists bare or wrapped; synced keys we wrote left out; enum values unknown;
+    #: where a token is answered (iCloudReady).
+    KINDS: tuple[str, ...] = (
+        "timestamps", "optional_keys", "extra_keys", "id_types", "wrapping",
+        "omit_written", "unknown_enums", "token_key",
+    )  # fmt: skip
+
+    def __init__(self, seed: int, kinds: Iterable[str] = KINDS) -> None:
+        self.seed = seed
+        self.kinds = frozenset(kinds)
+        unknown = self.kinds - set(self.KINDS)
+        assert not unknown, f"no such variant kind: {sorted(unknown)}"
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def chance(self, kind: str, probability: float = 0.5) -> bool:
+        """Whether to use a form of ``kind`` in this answer (never when it is switched off)."""
+        if kind not in self.kinds:
+            return False
+        with self._lock:
+            return self._random.random() < probability
+
+    def pick(self, kind: str, options: Sequence[T]) -> T:
+        """One of ``options`` (the first, the simulator's plain form, when ``kind`` is off)."""
+        if kind not in self.kinds:
+            return options[0]
+        with self._lock:
+            return self._random.choice(options)
+
+    def timestamp(self, value: Any, forms: Sequence[str]) -> Any:
+        """``value`` (a timestamp string) in one of ``forms``, the same instant to the
+        microsecond. Forms: ``iso-z`` (``…T…Z``), ``iso-offset`` (``+00:00``), ``iso-east``
+        (the same instant at +02:00), ``space`` (``yyyy-mm-dd HH:MM:SS``, no zone), ``utc``
+        (iVvy's form with `` UTC``), ``iso-naive`` (a ``T``, no zone)."""
+        if not isinstance(value, str) or not value or not self.chance("timestamps", 0.7):
+            return value
+        moment = parse_timestamp(value)
+        form = self.pick("timestamps", forms)
+        if form == "iso-east":
+            moment = moment.astimezone(timezone(timedelta(hours=2)))
+        fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+        base = moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction
+        return {
+            "iso-z": base + "Z",
+            "iso-offset": base + "+00:00",
+            "iso-east": base + moment.strftime("%z")[:3] + ":" + moment.strftime("%z")[3:],
+            "space": base.replace("T", " "),
+            "utc": base.replace("T", " ") + " UTC",
+            "iso-naive": base,
+        }[form]
+
+    def optional(self, record: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+        """Optional keys no synced field is read from: each sometimes left out, or null."""
+        for key in keys:
+            if key in record and self.chance("optional_keys", 0.3):
+                if self.pick("optional_keys", ("omit", "null")) == "omit":
+                    del record[key]
+                else:
+                    record[key] = None
+        return record
+
+    def extra_keys(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with keys no page lists (vendors add fields; readers must ignore them)."""
+        if not self.chance("extra_keys", 0.3):
+            return record
+        return {**record, "_simVersion": 3, "customFields": [{"id": "cf1", "value": "x"}]}
 
 
 @dataclass(frozen=True)
@@ -210,6 +304,12 @@ class Simulator:
         #: "fat" sends the record, "thin" only {"id": …} (Standard Webhooks deliveries).
         self.webhook_mode = "fat"
         self.webhook_answers: list[int] = []
+        #: Record keys left out of every record answered or announced (absent, not null).
+        self.omit: set[str] = set()
+        #: Seeded answer forms (None: the plain form every time).
+        self.variants: Variants | None = None
+        #: Each record as our last API write left it (``as_written``).
+        self._written: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self._server: BaseWSGIServer | KeepAliveServer | None = None
         self._emitter = httpx.Client(timeout=10.0)
@@ -279,12 +379,67 @@ class Simulator:
             json.dumps(data), status=status, headers=headers or {}, mimetype="application/json"
         )
 
+    # -- how records are answered ----------------------------------------------------------
+    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
+        """The record in forms this vendor's page allows (each simulator says which)."""
+        return record
+
+    def shown(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A stored record as this vendor answers it: a copy, ``omit`` keys left out, then
+        in the forms ``variants`` picks for this answer."""
+        answer = copy.deepcopy(record)
+        for key in self.omit:
+            answer.pop(key, None)
+        if self.variants is not None:
+            answer = self.vary(answer, self.variants)
+        return answer
+
+    def wrote(self, vendor_id: object) -> None:
+        """Remember the record as an API write (oppsync's) just left it."""
+        with self.state_lock:
+            record = self.records.get(str(vendor_id))
+            if record is not None:
+                self._written[str(vendor_id)] = copy.deepcopy(record)
+
+    def as_written(self, record: dict[str, Any], key: str, id_key: str = "id") -> bool:
+        """Whether ``record[key]`` is still what our last API write left there (no person
+        has changed it since): leaving it out or garbling it tells oppsync nothing new."""
+        with self.state_lock:
+            written = self._written.get(str(record.get(id_key)))
+            return written is not None and key in written and written[key] == record.get(key)
+
+    def omit_written(
+        self, record: dict[str, Any], variants: Variants, keys: Iterable[str], id_key: str = "id"
+    ) -> dict[str, Any]:
+        """Leave out (sometimes) synced keys whose value is still what we wrote."""
+        for key in keys:
+            written = key in record and self.as_written(record, key, id_key)
+            if written and variants.chance("omit_written", 0.3):
+                del record[key]
+        return record
+
+    def unknown_enum(
+        self,
+        record: dict[str, Any],
+        variants: Variants,
+        changes: dict[str, Any],
+        id_key: str = "id",
+    ) -> dict[str, Any]:
+        """Sometimes a value the mapping does not know (``changes``: key -> that value; the
+        first key decides), only while the key still holds what we wrote."""
+        first = next(iter(changes))
+        if self.as_written(record, first, id_key) and variants.chance("unknown_enums", 0.2):
+            record.update(changes)
+        return record
+
     def requests_to(self, method: str, path_contains: str) -> list[LoggedRequest]:
         return [r for r in self.log if r.method == method and path_contains in r.path]
 
     def reset(self) -> None:
         with self.state_lock:
             self.records.clear()
+            self._written.clear()
+            self.omit.clear()
             self.log.clear()
             self.faults.clear()
             self.webhook_answers.clear()

@@ -36,7 +36,7 @@ from typing import Any
 
 from flask import Response, request
 
-from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.base import Simulator, Variants
 
 API = "/api/v2"
 MAX_LIMIT = 100
@@ -91,6 +91,11 @@ def _check_field(key: str, value: Any) -> None:
             date.fromisoformat(value)
         except ValueError:
             raise BodyError(key, "must be a date YYYY-MM-DD") from None
+
+
+#: The record keys synced fields are read from, but the name (``schemas/icloudready.py``).
+SYNCED_KEYS = ("opportunityDescription", "revenue", "probability", "closeDate", "status",
+               "stage", "opportunityOwner")  # fmt: skip
 
 
 class IcloudreadySimulator(Simulator):
@@ -191,8 +196,28 @@ class IcloudreadySimulator(Simulator):
             record = self.records.get(vendor_id)
             if record is None and vendor_id in self.deleted:
                 record = {**self.deleted[vendor_id], "isDeleted": True}
-            payload = {"id": vendor_id} if thin or record is None else copy.deepcopy(record)
+            payload = {"id": vendor_id} if thin or record is None else self.shown(record)
         return self.send_standard_webhook(payload)
+
+    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
+        """iCloudReady documents no answer at all (VENDORS.md §5, DESIGN.md "iCloudReady
+        fields"): any timestamp form, ``closeDate`` as a date or a MongoDB date-time, the id
+        as ``_id`` or ``id``, synced keys we wrote left out, unknown status and stage values,
+        optional keys left out or null, keys it adds."""
+        any_form = ("iso-z", "iso-offset", "iso-east", "space", "iso-naive")
+        for key in ("createdAt", "updatedAt"):
+            record[key] = variants.timestamp(record.get(key), any_form)
+        close = record.get("closeDate")
+        if isinstance(close, str) and len(close) == 10 and variants.chance("timestamps", 0.3):
+            record["closeDate"] = f"{close}T00:00:00.000Z"
+        # The name stays: a look-up after a lost create matches on it (worker/vendors).
+        self.omit_written(record, variants, SYNCED_KEYS, id_key="_id")
+        self.unknown_enum(record, variants, {"status": "pending-review"}, id_key="_id")
+        self.unknown_enum(record, variants, {"stage": "stage-unlisted"}, id_key="_id")
+        variants.optional(record, ("customer", "leadId", "__v", "notes", "units"))
+        if variants.chance("id_types", 0.3):
+            record["id"] = record.pop("_id")
+        return variants.extra_keys(record)
 
     def _validated(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
@@ -215,7 +240,10 @@ class IcloudreadySimulator(Simulator):
 
     # -- routes --------------------------------------------------------------------------
     def _wrapped(self, data: Any, status: int = 200, **extra: Any) -> Response:
-        return self.json_response({"data": data, **extra} if self.wrap_data else data, status)
+        wrap = self.wrap_data
+        if self.variants is not None and self.variants.chance("wrapping"):
+            wrap = not wrap  # a list bare or under "data", a record bare or under "data"
+        return self.json_response({"data": data, **extra} if wrap else data, status)
 
     def _bad(self, exc: BodyError) -> Response:
         return self.json_response(
@@ -238,7 +266,10 @@ class IcloudreadySimulator(Simulator):
             token = secrets.token_urlsafe(24)
             with self.state_lock:
                 self.tokens.add(token)
-            return self.json_response({self.token_key: token, "user": {"email": self.email}})
+            key = self.token_key  # the token's key is undocumented (DESIGN.md): any of three
+            if self.variants is not None:
+                key = self.variants.pick("token_key", (key, "token", "accessToken", "access_token"))
+            return self.json_response({key: token, "user": {"email": self.email}})
 
         @app.post(f"{API}/opportunities")
         def create() -> Response:
@@ -246,7 +277,8 @@ class IcloudreadySimulator(Simulator):
                 record = self.store_new(request.get_json(silent=True))
             except BodyError as exc:
                 return self._bad(exc)
-            return self._wrapped(record, 201)
+            self.wrote(record["_id"])
+            return self._wrapped(self.shown(record), 201)
 
         @app.get(f"{API}/opportunities")
         def list_opportunities() -> Response:
@@ -261,7 +293,7 @@ class IcloudreadySimulator(Simulator):
             query = (request.args.get("q") or "").lower()
             with self.state_lock:
                 matches = [
-                    copy.deepcopy(r)
+                    r
                     for r in self.records.values()
                     if query
                     in str((r.get("opportunityInformation") or {}).get("name") or "").lower()
@@ -270,14 +302,19 @@ class IcloudreadySimulator(Simulator):
                 key=lambda r: (str(r.get(sort_by) or ""), r["_id"]),
                 reverse=request.args.get("order", "desc").lower() != "asc",
             )
-            chunk = matches[(page - 1) * limit : page * limit]
+            chunk = [self.shown(r) for r in matches[(page - 1) * limit : page * limit]]
             return self._wrapped(chunk, total=len(matches))
 
         @app.get(f"{API}/opportunities/<vendor_id>")
         def read(vendor_id: str) -> Response:
             with self.state_lock:
-                record = copy.deepcopy(self.records.get(vendor_id))
-            return self.json_response(record) if record else self._not_found(vendor_id)
+                record = self.records.get(vendor_id)
+                answer = self.shown(record) if record else None
+            if answer is None:
+                return self._not_found(vendor_id)
+            if self.variants is not None and self.variants.chance("wrapping"):
+                return self.json_response({"data": answer})
+            return self.json_response(answer)
 
         @app.patch(f"{API}/opportunities/<vendor_id>")
         def patch(vendor_id: str) -> Response:
@@ -285,7 +322,10 @@ class IcloudreadySimulator(Simulator):
                 record = self.store_changes(vendor_id, request.get_json(silent=True))
             except BodyError as exc:
                 return self._bad(exc)
-            return self._wrapped(record) if record else self._not_found(vendor_id)
+            if record is None:
+                return self._not_found(vendor_id)
+            self.wrote(vendor_id)
+            return self._wrapped(self.shown(record))
 
         @app.delete(f"{API}/opportunities/deleted/<vendor_id>")
         def delete(vendor_id: str) -> Response:

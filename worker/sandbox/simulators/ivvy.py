@@ -33,9 +33,10 @@ from typing import Any, Self
 from flask import Response, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from schemas.ivvy import format_timestamp, parse_timestamp
+from schemas.ivvy import format_timestamp
+from schemas.timestamps import parse_timestamp
 from worker.sandbox.simulators import tls
-from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.base import Simulator, Variants
 from worker.sandbox.simulators.sns import FakeSnsTopic
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
 
@@ -264,7 +265,11 @@ class IvvySimulator(Simulator):
 
     # -- the API ---------------------------------------------------------------------------
     def _api_write(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.add_or_update(body, source=(1, self.api_key))
+        answer = self.add_or_update(body, source=(1, self.api_key))
+        self.wrote(answer["id"])
+        if self.variants is not None and self.variants.chance("id_types", 0.3):
+            answer["id"] = str(answer["id"])
+        return answer
 
     def add_or_update(self, body: dict[str, Any], *, source: SourceOf) -> dict[str, Any]:
         """``venue?action=addOrUpdateOpportunity``; ``source`` says who made the change."""
@@ -409,7 +414,7 @@ class IvvySimulator(Simulator):
         with self.state_lock:
             ordered = sorted(self.records.values(), key=lambda r: r["id"])
             found = [
-                copy.deepcopy(r)
+                self.shown(r)
                 for r in ordered
                 if (wanted_venues is None or str(r["venueId"]) in wanted_venues)
                 and all(_matches(r, k, v) for k, v in filter_.items())
@@ -464,9 +469,10 @@ class IvvySimulator(Simulator):
         if subject == "OpportunityDeleted":
             body = {"venueId": self.venue_id, "opportunityId": int(vendor_id)}
         elif subject == "OpportunityAdded":
-            body = {"data": record}
+            body = {"data": record and self.shown(record)}
         else:
-            body = {"data": record, "previousData": previous or record}
+            shown = record and self.shown(record)
+            body = {"data": shown, "previousData": (previous and self.shown(previous)) or shown}
         return {
             "TxnId": uuid.uuid4().hex, "Region": "ap-southeast-2",
             "Timestamp": format_timestamp(_now()), "AccountId": 1001, "Subject": subject,
@@ -514,7 +520,23 @@ class IvvySimulator(Simulator):
     def emit_standard(self, vendor_id: str, thin: bool = False) -> int:
         """The venue's own automation posting a Standard Webhooks delivery."""
         record = self.records[str(vendor_id)]
-        return self.send_standard_webhook({"id": record["id"]} if thin else record)
+        return self.send_standard_webhook({"id": record["id"]} if thin else self.shown(record))
+
+    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
+        """iVvy's answers as its pages leave them open (VENDORS.md §3): timestamps
+        ``yyyy-mm-dd HH:mm:ss[ UTC]``, ids as numbers or their text, ``""`` for no value,
+        keys it adds, and a stage the mapping does not list (stages are tenant-defined)."""
+        for key in STAMPS:
+            record[key] = variants.timestamp(record.get(key), ("space", "utc"))
+        self.unknown_enum(record, variants, {"stageId": 9999, "stageName": "Pending Review"})
+        for key in ("id", "venueId", "stageId", "typeId", "sourceId", "qualityId"):
+            if isinstance(record.get(key), int) and variants.chance("id_types", 0.3):
+                record[key] = str(record[key])
+        for key, value in list(record.items()):
+            if value is None and variants.chance("optional_keys", 0.3):
+                record[key] = ""
+        variants.optional(record, ("currentBookingId", "qualityId", "subtypeId", "channelId"))
+        return variants.extra_keys(record)
 
     def _notify(
         self,

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from flask import Response, g, request
 
 from worker.sandbox.files import EXAMPLE_MAPPING
-from worker.sandbox.simulators.base import Simulator, SlidingWindow
+from worker.sandbox.simulators.base import Simulator, SlidingWindow, Variants
 
 API_VERSION = "2021-07-28"
 STATUSES = ("open", "won", "lost", "abandoned")
@@ -210,13 +210,15 @@ class LeadwaySimulator(Simulator):
                 return refused
             changes = {k: body[k] for k in (*WRITABLE, "contactId") if k in body}
             record = self.apply(vendor_id, changes) if vendor_id else self.create(changes)
-            return self.json_response({"opportunity": record, "new": vendor_id is None})
+            self.wrote(record["id"])
+            answer = {"opportunity": self.shown(record), "new": vendor_id is None}
+            return self.json_response(answer)
 
     def _get(self, opp_id: str) -> Response:
         with self.state_lock:
             if opp_id not in self.records:
                 return self.fail(404, "Opportunity not found", "Not Found")
-            return self.json_response({"opportunity": self.records[opp_id]})
+            return self.json_response({"opportunity": self.shown(self.records[opp_id])})
 
     def _delete(self, opp_id: str) -> Response:
         with self.state_lock:
@@ -238,7 +240,7 @@ class LeadwaySimulator(Simulator):
         with self.state_lock:
             found = [r for r in self.records.values() if self._matches(r, args)]
         found.sort(key=lambda r: (r["createdAt"], r["id"]), reverse=True)
-        chunk = found[(page - 1) * limit : page * limit]
+        chunk = [self.shown(r) for r in found[(page - 1) * limit : page * limit]]
         meta = {
             "total": len(found),
             "currentPage": page,
@@ -283,6 +285,25 @@ class LeadwaySimulator(Simulator):
         with self.state_lock:
             contact, new = self.upsert_contact(body)
             return self.json_response({"contact": contact, "new": new})
+
+    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
+        """HighLevel's answers as its page leaves them open (VENDORS.md §2): timestamps with
+        ``Z`` or an offset, ``monetaryValue`` "declared object" (a number or its text),
+        optional keys left out or null, keys it adds (v3 forecast fields), a ``status`` such
+        as the search value ``all``."""
+        for key in ("createdAt", "updatedAt", "lastStatusChangeAt", "lastStageChangeAt"):
+            if key in record:
+                record[key] = variants.timestamp(record[key], ("iso-z", "iso-offset"))
+        self.unknown_enum(record, variants, {"status": "all"})
+        value = record.get("monetaryValue")
+        if isinstance(value, int | float) and variants.chance("id_types", 0.3):
+            record["monetaryValue"] = str(value)
+        optional = ("source", "lastStatusChangeAt", "lastStageChangeAt", "customFields",
+                    "followers", "lostReasonId", "locationId")  # fmt: skip
+        variants.optional(record, optional)
+        if variants.chance("extra_keys", 0.3):
+            record["forecastProbability"] = None
+        return variants.extra_keys(record)
 
     # -- state ---------------------------------------------------------------------------
     def stamp(self, previous: str | None = None) -> str:
@@ -410,7 +431,7 @@ class LeadwaySimulator(Simulator):
         """The record (or ``{"id": …}``) as a Standard Webhooks delivery, as a Leadway
         workflow's webhook action would post it."""
         with self.state_lock:
-            payload = {"id": vendor_id} if thin else dict(self.records[vendor_id])
+            payload = {"id": vendor_id} if thin else self.shown(self.records[vendor_id])
         return self.send_standard_webhook(payload)
 
     def _echo(self, vendor_id: str, event_type: str) -> None:

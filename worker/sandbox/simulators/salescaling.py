@@ -30,7 +30,7 @@ from typing import Any
 
 from flask import Response, request
 
-from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.base import Simulator, Variants
 
 PREFIX = "/api/v1/opportunities"
 UNAUTHORIZED = "Unauthorized - missing or invalid API key"
@@ -194,8 +194,21 @@ class SalescalingSimulator(Simulator):
         thin = self.webhook_mode == "thin" if thin is None else thin
         with self.state_lock:
             record = self.records.get(vendor_id)
-            payload = {"id": vendor_id} if thin or record is None else copy.deepcopy(record)
+            payload = {"id": vendor_id} if thin or record is None else self.shown(record)
         return self.send_standard_webhook(payload)
+
+    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
+        """Salescaling's answers as its page leaves them open (VENDORS.md §4): ISO
+        timestamps, optional keys left out or null, keys it adds, and a ``status`` outside
+        the values we map (the page's enum list could not be read)."""
+        for key in ("createdAt", "updatedAt"):
+            record[key] = variants.timestamp(record.get(key), ("iso-z", "iso-offset"))
+        record["closeDate"] = variants.timestamp(
+            record.get("closeDate"), ("iso-z", "iso-offset", "iso-east")
+        )
+        self.unknown_enum(record, variants, {"status": "on-hold"})
+        variants.optional(record, ("finalAmount", "risk", "priority", "featuredNotes", "nextStep"))
+        return variants.extra_keys(record)
 
     def _automate(self, vendor_id: str) -> None:
         if self.automation and self.webhook_secret:
@@ -238,7 +251,7 @@ class SalescalingSimulator(Simulator):
                 and (contact is None or contact in self.contacts.get(r["id"], []))
             ]
             found.sort(key=lambda r: r["createdAt"])
-            window = copy.deepcopy(found[(page - 1) * limit : page * limit])
+            window = [self.shown(r) for r in found[(page - 1) * limit : page * limit]]
         return self.envelope(window, count=len(found))
 
     def create(self) -> Response:
@@ -247,15 +260,16 @@ class SalescalingSimulator(Simulator):
         if problem or not isinstance(body, dict):
             return self.fail(400, problem or "Request body must be a JSON object")
         record = self.write(body)
+        self.wrote(record["id"])
         self._automate(record["id"])
-        return self.envelope(record)
+        return self.envelope(self.shown(record))
 
     def get_one(self, vendor_id: str) -> Response:
         with self.state_lock:
             record = copy.deepcopy(self.records.get(vendor_id))
         if record is None:
             return self.fail(404, "Opportunity not found")
-        return self.envelope(record)
+        return self.envelope(self.shown(record))
 
     def update(self, vendor_id: str) -> Response:
         if vendor_id not in self.records:
@@ -265,8 +279,9 @@ class SalescalingSimulator(Simulator):
         if problem or not isinstance(body, dict):
             return self.fail(400, problem or "Request body must be a JSON object")
         record = self.write(body, vendor_id)
+        self.wrote(vendor_id)
         self._automate(vendor_id)
-        return self.envelope(record)
+        return self.envelope(self.shown(record))
 
     def delete(self, vendor_id: str) -> Response:
         with self.state_lock:

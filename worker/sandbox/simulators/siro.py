@@ -30,8 +30,9 @@ from typing import Any
 
 from flask import Response, request
 
-from schemas.siro import format_timestamp, parse_timestamp
-from worker.sandbox.simulators.base import Simulator
+from schemas.siro import format_timestamp
+from schemas.timestamps import parse_timestamp
+from worker.sandbox.simulators.base import Simulator, Variants
 
 SYNC_PATH = "/v1/integrations/sync/opportunities"
 OPPORTUNITIES_PATH = "/v1/integrations/opportunities"
@@ -159,14 +160,15 @@ class SiroSimulator(Simulator):
         if errors or not isinstance(body, dict):
             return self._message("; ".join(errors), 422)
         record, _created = self.apply_sync(body)
-        return self.json_response({"data": {k: record[k] for k in RESPONSE_FIELDS}})
+        self.wrote(record["id"])
+        return self.json_response({"data": self.shown({k: record[k] for k in RESPONSE_FIELDS})})
 
     def _get(self, opp_id: str) -> Response:
         with self.state_lock:
             record = self.records.get(opp_id)
         if record is None:
             return self._message("Opportunity not found", 404)
-        return self.json_response(record)
+        return self.json_response(self.shown(record))
 
     def _list(self) -> Response:
         external_id = request.args.get("externalId")
@@ -187,7 +189,7 @@ class SiroSimulator(Simulator):
         cursor = base64.urlsafe_b64encode(f"o:{start + self.page_size}".encode()).decode()
         return self.json_response(
             {
-                "data": page,
+                "data": [self.shown(r) for r in page],
                 "cursor": cursor if more else None,
                 "pageSize": self.page_size,
                 "limit": self.page_size,
@@ -215,6 +217,24 @@ class SiroSimulator(Simulator):
         if record is None:
             return self._message("Opportunity not found", 404)
         return self.json_response({"data": record})
+
+    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
+        """SIRO's answers as its page leaves them open (VENDORS.md §1): timestamps as
+        ``…Z`` or ``2024-02-28 20:09:58.692`` (and so any ISO form), optional keys left out or
+        null, ``opportunityContacts``/``deletedAt`` not promised at all, unknown keys."""
+        any_form = ("iso-z", "iso-offset", "iso-east", "space", "iso-naive")
+        for key in ("createdAt", "updatedAt", "deletedAt"):
+            if key in record:
+                record[key] = variants.timestamp(record[key], any_form)
+        if "closedAt" in record:  # only its day is read, as written: no other zone
+            record["closedAt"] = variants.timestamp(record["closedAt"], ("space", "iso-z"))
+        # The documented answer has no opportunityContacts: it may come or not.
+        self.omit_written(record, variants, ("opportunityContacts",))
+        self.unknown_enum(record, variants, {"disposition": "PENDING"})
+        variants.optional(record, ("organizationId", "recordingId", "accountId", "createdAt"))
+        if record.get("deletedAt") is None:
+            variants.optional(record, ("deletedAt",))
+        return variants.extra_keys(record)
 
     # -- state ---------------------------------------------------------------------------
     def _stamp(self, previous: dict[str, Any] | None = None) -> str:
@@ -308,7 +328,7 @@ class SiroSimulator(Simulator):
         """The customer's automation posts the record (or ``{"id": …}``) as a Standard
         Webhooks delivery to ``webhook_url``; returns the receiver's status code."""
         with self.state_lock:
-            payload = {"id": vendor_id} if thin else dict(self.records[vendor_id])
+            payload = {"id": vendor_id} if thin else self.shown(self.records[vendor_id])
         return self.send_standard_webhook(payload)
 
     def emit(self, vendor_id: str) -> int:
