@@ -24,8 +24,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from schemas.mapping import VENDORS
 from worker import metrics
+from worker.queues import QUEUES
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.store.deadletters import DeadLetters
@@ -54,9 +54,6 @@ COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*_total$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-#: ``worker.celery_app.QUEUES``, spelled out because importing the Celery app reads the
-#: process environment, and the web app may be built from other settings (tests).
-QUEUES: tuple[str, ...] = ("ingest", *(f"push.{v}" for v in VENDORS), "poll")
 
 
 class RedisCollector(Collector):

@@ -1,122 +1,21 @@
-"""The Celery application: broker, queues, crash-safety settings and the beat schedule.
+"""The Celery app the Procfile names (``celery -A worker.celery_app``): settings, then the factory.
 
-Queues: ``ingest`` (one task per event: validate, merge, fan out concurrently) and one
-``push.<vendor>`` per vendor for retries, so a vendor that is down never delays the others.
-Late acks and reject-on-worker-lost mean a worker that dies mid-job loses nothing; the
-broker's visibility timeout is kept longer than any retry countdown (celery#5935).
+A worker, beat or Flower started without the Procfile's pre-flight still stops with every
+problem listed (exit 2), not with Celery's "module 'worker' has no attribute 'celery_app'".
 """
 
 from __future__ import annotations
 
-import threading
-
-from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
-
-from schemas.mapping import VENDORS
 from worker import broker
+from worker.celery_factory import make_celery
 from worker.logs import configure as configure_logs
 from worker.preflight import settings_or_exit
-from worker.settings import POLLED_VENDORS, get_settings
+from worker.queues import QUEUES, queue_for
+from worker.settings import get_settings
 
-QUEUES: tuple[str, ...] = ("ingest", *(f"push.{v}" for v in VENDORS), "poll")
-HEARTBEAT_SECONDS = 5.0
-
-# A worker, beat or Flower started without the Procfile's pre-flight still stops with every
-# problem listed (exit 2), not with Celery's "module 'worker' has no attribute 'celery_app'".
 settings = settings_or_exit(get_settings)
-visibility_timeout = settings.visibility_timeout_seconds
 configure_logs(settings.secret_values(), settings.log_level)
-
 broker.install()  # kombu's Redis transport, one Redis client per channel
-app = Celery("oppsync", broker=settings.redis_url, include=["worker.tasks"])
-app.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_acks_on_failure_or_timeout=True,
-    task_ignore_result=True,
-    task_default_queue="ingest",
-    task_create_missing_queues=True,
-    task_serializer="json",
-    accept_content=["json"],
-    worker_prefetch_multiplier=settings.prefetch,
-    # Flower shows tasks from the worker's events; the extra "sent" event from every
-    # publisher cost the receiver a quarter of its time per webhook (bench), so it is off.
-    worker_send_task_events=True,
-    task_send_sent_event=False,
-    worker_hijack_root_logger=False,
-    worker_redirect_stdouts=False,
-    worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
-    broker_connection_retry_on_startup=True,
-    # A killed worker's unacked jobs come back once older than the visibility timeout; the
-    # sweep that looks for them runs every OPPSYNC_UNACKED_SWEEP_SECONDS (kombu's default
-    # is about 100 s).
-    broker_transport_options={
-        "visibility_timeout": visibility_timeout,
-        "unacked_restore_interval": settings.unacked_sweep_seconds,
-        "unacked_restore_throttle": 1,
-    },
-    task_publish_retry_policy={
-        "max_retries": 2,
-        "interval_start": 0,
-        "interval_step": 0.2,
-        "interval_max": 0.5,
-    },
-    timezone="UTC",
-)
-
-
-def beat_schedule() -> dict[str, dict[str, object]]:
-    schedule: dict[str, dict[str, object]] = {}
-    for vendor in POLLED_VENDORS:
-        seconds = settings.vendor[vendor].poll_seconds
-        if settings.enabled(vendor) and seconds > 0:
-            schedule[f"poll-{vendor}"] = {
-                "task": "oppsync.poll_vendor",
-                "schedule": seconds,
-                "args": (vendor,),
-                "options": {"queue": "poll"},
-            }
-    reconcile_seconds = settings.reconcile_seconds
-    if reconcile_seconds > 0:
-        schedule["reconcile"] = {
-            "task": "oppsync.reconcile",
-            "schedule": reconcile_seconds,
-            "options": {"queue": "poll"},
-        }
-    return schedule
-
-
-app.conf.beat_schedule = beat_schedule()
-
-_stop_beating = threading.Event()
-
-
-def _beat_forever() -> None:
-    from worker.runtime import get_runtime
-
-    while not _stop_beating.is_set():
-        try:
-            get_runtime().store.beat()
-        except Exception:  # noqa: BLE001 - Redis down: readiness will say so
-            pass
-        _stop_beating.wait(HEARTBEAT_SECONDS)
-
-
-@worker_ready.connect
-def _start_heartbeat(**_: object) -> None:
-    """Readiness (``/readyz``) needs a worker seen within 30 s."""
-    _stop_beating.clear()
-    threading.Thread(target=_beat_forever, name="oppsync-heartbeat", daemon=True).start()
-
-
-@worker_shutting_down.connect
-def _stop_heartbeat(**_: object) -> None:
-    _stop_beating.set()
-
-
-def queue_for(vendor: str) -> str:
-    return f"push.{vendor}"
-
+app = make_celery(settings)
 
 __all__ = ["QUEUES", "app", "queue_for"]

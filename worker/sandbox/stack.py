@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from worker import queues
 from worker.sandbox.embedded_redis import EmbeddedRedis, free_port, start_redis
 from worker.sandbox.files import MAPPING_EXAMPLE, PROCFILE, ROOT
 from worker.sandbox.simulators import tls
@@ -35,7 +36,7 @@ from worker.sandbox.simulators.siro import SiroSimulator
 
 BIN = Path(sys.executable).parent
 VENDORS = ("siro", "leadway", "ivvy", "salescaling", "icloudready")
-QUEUES = "ingest,push.siro,push.leadway,push.ivvy,push.salescaling,push.icloudready,poll"
+QUEUES = ",".join(queues.QUEUES)
 #: Basic auth of the stack's /status and /metrics.
 ADMIN_USER, ADMIN_PASSWORD = "ops", "status-page-password"
 

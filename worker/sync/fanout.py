@@ -8,7 +8,7 @@ dead letter. Nothing here blocks one vendor on another.
 
 from __future__ import annotations
 
-import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,17 +24,27 @@ from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
-from worker.settings import EnvReader
+from worker.settings import Settings
 from worker.store.deadletters import DeadLetters
 from worker.store.records import HandedOver, HeldLock, Record
 from worker.sync import push as pushing
 
 #: Threads writing vendors for the fast path, shared by every task in the process: about
-#: four per concurrent ingest, since each event writes four vendors at once.
-_pool = ThreadPoolExecutor(
-    max_workers=EnvReader(os.environ).integer("OPPSYNC_PUSH_THREADS", 64, minimum=1),
-    thread_name_prefix="oppsync-push",
-)
+#: four per concurrent ingest, since each event writes four vendors at once
+#: (``OPPSYNC_PUSH_THREADS``). Made with the first fan-out, from its settings.
+_pool: ThreadPoolExecutor | None = None
+_pool_made = threading.Lock()
+
+
+def _executor(settings: Settings) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_made:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=settings.push_threads, thread_name_prefix="oppsync-push"
+            )
+        return _pool
+
 
 #: Transient reasons that are our own waiting, not the vendor failing (breaker ignores them).
 OUR_OWN_WAITS = frozenset({"busy", "own_quota", "create_in_flight", "create_settling"})
@@ -169,7 +179,7 @@ def push_all(
     journal: list[dict[str, Any]] = []
     locks = handed.locks if handed is not None else {}
     futures = [
-        _pool.submit(
+        _executor(rt.settings).submit(
             push_once,
             rt,
             key,
