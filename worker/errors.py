@@ -11,8 +11,12 @@
         │   ├── RateLimited      429; carries the vendor's ``retry_after``
         │   ├── OutcomeUnknown   the request may have been committed (timeout after send,
         │   │                    reset, 5xx): look before creating again
-        │   └── CreateSettling   our own wait: such a create may still commit; retry once
-        │                        ``OPPSYNC_CREATE_SETTLE_SECONDS`` have passed (``retry_after``)
+        │   └── OurOwnWait       we wait, the vendor did not fail (breaker and health ignore it)
+        │       ├── Busy             the record's lock stays held by another job
+        │       ├── OwnQuota         our count of the vendor's quota is used up (a RateLimited)
+        │       ├── CreateInFlight   an unknown record while a create there is in flight
+        │       └── CreateSettling   such a create may still commit; retry once
+        │                            ``OPPSYNC_CREATE_SETTLE_SECONDS`` have passed
         └── Permanent            4xx, auth failure -> dead letter with the vendor's answer
 
 A duplicate delivery or an echo of our own write is an outcome, not an error. Outside the
@@ -118,7 +122,26 @@ class OutcomeUnknown(Transient):
     reason = "outcome_unknown"
 
 
-class CreateSettling(Transient):
+class OurOwnWait(Transient):
+    """A retry that is our own waiting, not the vendor failing: the circuit breaker and the
+    vendor's health on the status page leave it out."""
+
+    reason = "our_own_wait"
+
+
+class Busy(OurOwnWait):
+    reason = "busy"
+
+
+class OwnQuota(RateLimited, OurOwnWait):
+    reason = "own_quota"
+
+
+class CreateInFlight(OurOwnWait):
+    reason = "create_in_flight"
+
+
+class CreateSettling(OurOwnWait):
     reason = "create_settling"
 
 

@@ -33,7 +33,7 @@ from threading import BoundedSemaphore, Lock
 import redis
 from limits import parse_many
 
-from worker.errors import RateLimited
+from worker.errors import OwnQuota, RateLimited
 from worker.store.keys import quota_key
 
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
@@ -180,11 +180,10 @@ class VendorQuota:
             self._waiters.release()
 
     def _used_up(self, wait: float) -> RateLimited:
-        return RateLimited(
+        return OwnQuota(
             f"{self.vendor}: quota {self.spec} used up",
             vendor=self.vendor,
             retry_after=max(1.0, wait),
-            reason="own_quota",
         )
 
     def headroom(self) -> list[tuple[str, int, int]]:

@@ -14,7 +14,7 @@ from threading import Lock
 
 import redis
 
-from worker.errors import Transient
+from worker.errors import Busy
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings, get_settings
 from worker.store.locks import LOCK_TIMEOUT_SECONDS
@@ -42,14 +42,12 @@ class Runtime:
 
     def take_lock(self, key: str, vendor: str | None = None) -> tuple[HeldLock, Record]:
         """Take the record's lock (or its lock for one vendor), waiting for it up to
-        ``LOCK_WAIT_SECONDS``, and the record as read under it. Raises ``Transient`` (busy)
+        ``LOCK_WAIT_SECONDS``, and the record as read under it. Raises ``Busy`` (a ``Transient``)
         when it stays held: the job is retried later."""
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while (taken := self.store.lock_and_read(key, vendor, LOCK_TIMEOUT_SECONDS)) is None:
             if time.monotonic() >= deadline:
-                raise Transient(
-                    f"{key} is busy", vendor=vendor or "-", retry_after=1.0, reason="busy"
-                )
+                raise Busy(f"{key} is busy", vendor=vendor or "-", retry_after=1.0)
             time.sleep(LOCK_POLL_SECONDS)
         return taken
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import redis
 
 from worker import metrics
-from worker.errors import OppsyncError, VendorError
+from worker.errors import OppsyncError, OurOwnWait, VendorError
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings
 from worker.store.keys import health_calls_key, health_key
@@ -22,8 +22,6 @@ from worker.store.keys import health_calls_key, health_key
 WINDOW_MINUTES = 15
 #: Outcomes of a push in which the vendor accepted a write.
 WRITES = frozenset({"created", "updated", "deleted"})
-#: Reasons a push waited that say nothing about the vendor.
-OURS = frozenset({"busy", "own_quota", "create_in_flight", "create_settling"})
 # Workers finish out of order: a time (and the reason that goes with it) only moves forward.
 
 
@@ -63,7 +61,7 @@ def record_push(
         metrics.batch.incr(client, calls, "ok", expire=keep)
         return
     reason = error.reason if isinstance(error, OppsyncError) else type(error).__name__
-    if not isinstance(error, VendorError) or reason in OURS:
+    if not isinstance(error, VendorError) or isinstance(error, OurOwnWait):
         return
     metrics.batch.newest(client, health_key(vendor), "last_error", now,
                          "last_error_reason", reason)  # fmt: skip

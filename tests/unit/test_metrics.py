@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from web.app import create_app
 from web.status import TOKEN_TTL_SECONDS, CsrfTokens, ago
 from worker import metrics, vendorhealth
-from worker.errors import ConfigError, Permanent, RateLimited, Transient
+from worker.errors import Busy, ConfigError, OwnQuota, Permanent, RateLimited
 from worker.runtime import build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import Settings, from_env
@@ -351,12 +351,8 @@ def test_vendorhealth_counts_the_vendors_own_failures_in_the_window(
     )
     vendorhealth.record_push(client, "siro", outcome="created", now=now - 3600)
     # and waits that are ours, not the vendor's
-    vendorhealth.record_push(
-        client, "siro", error=Transient("busy", vendor="siro", reason="busy"), now=now
-    )
-    vendorhealth.record_push(
-        client, "siro", error=RateLimited("q", vendor="siro", reason="own_quota"), now=now
-    )
+    vendorhealth.record_push(client, "siro", error=Busy("busy", vendor="siro"), now=now)
+    vendorhealth.record_push(client, "siro", error=OwnQuota("q", vendor="siro"), now=now)
     metrics.flush()  # results are batched in-process and written once a second
     # when the status page reads them
     health = vendorhealth.read_health(client, ("siro", "salescaling"), now=now)

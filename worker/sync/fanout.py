@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from worker import breaker, metrics, vendorhealth
-from worker.errors import REDIS_UNREACHABLE, Transient
+from worker.errors import REDIS_UNREACHABLE, OurOwnWait, Transient
 from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
@@ -45,9 +45,6 @@ def _executor(settings: Settings) -> ThreadPoolExecutor:
             )
         return _pool
 
-
-#: Transient reasons that are our own waiting, not the vendor failing (breaker ignores them).
-OUR_OWN_WAITS = frozenset({"busy", "own_quota", "create_in_flight", "create_settling"})
 
 RetryScheduler = Callable[[str, str, dict[str, Any], float, int, float], None]
 
@@ -121,7 +118,7 @@ def _attempt(
         if verdict.retry:
             if (
                 isinstance(error, Transient)
-                and error.reason not in OUR_OWN_WAITS
+                and not isinstance(error, OurOwnWait)
                 and breaker.record_failure(rt.redis, vendor)
             ):
                 log.warning("breaker.open", vendor=vendor, seconds=breaker.OPEN_SECONDS)

@@ -29,7 +29,7 @@ from marshmallow import ValidationError
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.opportunity import Opportunity, fingerprint, validation_errors
 from worker import metrics
-from worker.errors import InvalidPayload, Transient
+from worker.errors import CreateInFlight, InvalidPayload
 from worker.logs import log
 from worker.runtime import Runtime
 from worker.store.records import HeldLock, Record, new_key
@@ -122,11 +122,10 @@ def identify(
         )
         return second or rt.store.link(carried, vendor, vendor_id)
     if patient and rt.store.creates_in_flight(vendor):
-        raise Transient(
+        raise CreateInFlight(
             f"{vendor} {vendor_id} is unknown while a create there is in flight",
             vendor=vendor,
             retry_after=1.0,
-            reason="create_in_flight",
         )
     return rt.store.link(new_key(), vendor, vendor_id)
 
