@@ -6,6 +6,8 @@
     ├── DeliveryPending          edge: the delivery id is being queued by another request,
     │                            or by one that died doing so: answer "retry later"
     ├── InvalidPayload           worker: schema-invalid input -> dead letter, no retry
+    ├── DeadLettered             worker: the job ended in a dead letter (recorded); raised
+    │                            so Celery (and Flower) mark the task failed, never retried
     └── VendorError              a vendor call failed
         ├── Transient            retry with backoff (network, 5xx)
         │   ├── RateLimited      429; carries the vendor's ``retry_after``
@@ -86,6 +88,13 @@ class InvalidPayload(OppsyncError):
     ) -> None:
         super().__init__(message, reason=reason)
         self.fields = fields or {}
+
+
+class DeadLettered(OppsyncError):
+    """The job gave up and its dead letter is recorded: the task ends failed, not retried
+    (``throws`` on the task: logged without a traceback; acked, as every failure is)."""
+
+    reason = "dead_letter"  # one message argument: Celery rebuilds it from its args
 
 
 class VendorError(OppsyncError):

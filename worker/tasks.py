@@ -20,7 +20,7 @@ from redis.exceptions import LockError
 from schemas.envelope import Envelope
 from worker import metrics
 from worker.celery_app import app, queue_for
-from worker.errors import REDIS_UNREACHABLE, InvalidPayload, VendorError
+from worker.errors import REDIS_UNREACHABLE, DeadLettered, InvalidPayload, VendorError
 from worker.logs import log
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
@@ -30,7 +30,7 @@ from worker.store.keys import poll_lock_name
 from worker.sync import fanout
 from worker.sync.echoes import ECHO_PATIENCE
 from worker.sync.ingest import ingest
-from worker.sync.outcomes import Outcome
+from worker.sync.outcomes import WRITES, IngestOutcome, Outcome, PushOutcome
 from worker.upkeep import polling
 from worker.upkeep.reconcile import Reconciler, exclusive
 
@@ -109,7 +109,7 @@ def schedule_ingest_retry(
     )
 
 
-@app.task(name="oppsync.ingest_change", bind=True)
+@app.task(name="oppsync.ingest_change", bind=True, throws=(DeadLettered,))
 def ingest_change(
     self: Task,
     envelope: dict[str, Any],
@@ -124,7 +124,7 @@ def ingest_change(
     """
     if not_before is not None and (left := not_before - time.time()) > 0:
         schedule_ingest_retry(envelope, first_attempt_at or time.time(), attempt, left)
-        return "waiting"
+        return IngestOutcome.WAITING
     env = Envelope.from_dict(envelope)
     rt = get_runtime()
     first_attempt_at = first_attempt_at or time.time()
@@ -136,7 +136,7 @@ def ingest_change(
     ):
         try:
             outcome = ingest(rt, env, patient=attempt <= ECHO_PATIENCE, hand_over=True)
-        except Exception as error:  # noqa: BLE001 - classified by the retry policy
+        except Exception as error:
             verdict = decide(
                 error, attempt=attempt, first_attempt_at=first_attempt_at, settings=rt.settings
             )
@@ -150,13 +150,13 @@ def ingest_change(
                     error=str(error),
                 )
                 schedule_ingest_retry(envelope, first_attempt_at, attempt + 1, verdict.delay)
-                return "retrying"
+                return IngestOutcome.RETRYING
             DeadLetters(rt.redis, rt.settings.secret_values()).add(
                 kind="ingest", vendor=env.vendor, job=envelope, attempts=attempt, error=error
             )
-            _note(rt, env, "dead_letter", None, verdict.reason)
+            _note(rt, env, IngestOutcome.DEAD_LETTER, None, verdict.reason)
             log.error("ingest.dead_letter", reason=verdict.reason, error=str(error))
-            return "dead_letter"
+            raise DeadLettered(f"ingest for {env.vendor}: {verdict.reason}") from error
         try:
             return _fan_out(rt, env, outcome)
         finally:
@@ -193,12 +193,12 @@ def _fan_out(rt: Runtime, env: Envelope, outcome: Outcome) -> str:
         schedule_retry=schedule_push_retry,
         handed=outcome.handed,
     )
-    if all(r.outcome not in ("retrying", "dead") for r in results):
+    if all(r.outcome not in (PushOutcome.RETRYING, PushOutcome.DEAD_LETTER) for r in results):
         metrics.observe_latency(rt.redis, time.time() - env.received_at)
     return outcome.outcome
 
 
-@app.task(name="oppsync.push_to_vendor")
+@app.task(name="oppsync.push_to_vendor", throws=(DeadLettered,))
 def push_to_vendor(
     key: str,
     vendor: str,
@@ -215,11 +215,13 @@ def push_to_vendor(
     """
     if not_before is not None and (left := not_before - time.time()) > 0:
         schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left)
-        return "waiting"
+        return IngestOutcome.WAITING
     with requeued_while_redis_is_unreachable():
         result = _push_once(key, vendor, cause, attempt=attempt, first_attempt_at=first_attempt_at)
-        if result.outcome in ("created", "updated", "deleted") and cause.get("received_at"):
+        if result.outcome in WRITES and cause.get("received_at"):
             metrics.observe_latency(get_runtime().redis, time.time() - float(cause["received_at"]))
+    if result.outcome is PushOutcome.DEAD_LETTER:
+        raise DeadLettered(f"push to {vendor}: {result.detail}")
     return result.outcome
 
 
@@ -290,6 +292,8 @@ def ingest_now(envelope: Envelope) -> str:
     result = ingest_change.apply(kwargs={"envelope": envelope.to_dict()})
     if isinstance(result.result, Reject):  # Redis stopped answering: nothing to requeue here
         raise result.result
+    if isinstance(result.result, DeadLettered):  # recorded: the caller reports it
+        return IngestOutcome.DEAD_LETTER
     return str(result.get())
 
 

@@ -18,10 +18,9 @@ from worker.errors import OppsyncError, OurOwnWait, VendorError
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings
 from worker.store.keys import health_calls_key, health_key
+from worker.sync.outcomes import WRITES
 
 WINDOW_MINUTES = 15
-#: Outcomes of a push in which the vendor accepted a write.
-WRITES = frozenset({"created", "updated", "deleted"})
 # Workers finish out of order: a time (and the reason that goes with it) only moves forward.
 
 

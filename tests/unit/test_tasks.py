@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery.exceptions import Reject
 
 from tests.strategies import envelope
+from worker.errors import DeadLettered
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 from worker.sandbox.stack import stack_env, start_simulators
@@ -190,3 +192,30 @@ def test_push_retry_longer_than_the_broker_allows_waits_in_hops(
     assert published[1]["countdown"] <= 3.0
     assert published[1]["kwargs"]["not_before"] == pytest.approx(not_before, abs=0.1)
     assert sims["salescaling"].log == []
+
+
+def test_an_ingest_that_ends_in_a_dead_letter_is_a_failed_task_not_retried(
+    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an event whose record does not validate (no name): no retry can fix it
+    retried: list[dict[str, Any]] = []
+    monkeypatch.setattr(tasks.ingest_change, "apply_async", lambda **job: retried.append(job))
+    bad = {**DEAL, "name": ""}
+    # when its ingest task runs
+    result = tasks.ingest_change.apply(kwargs={"envelope": envelope("salescaling", bad).to_dict()})
+    # then the task ends FAILED (as Flower shows it), with the dead letter recorded first,
+    # and nothing is queued again
+    assert result.state == "FAILURE", (result.state, result.result)
+    assert isinstance(result.result, DeadLettered)
+    assert [
+        letter.kind
+        for letter in DeadLetters(redis.Redis.from_url(own_redis.url, decode_responses=True)).list()
+    ] == ["ingest"]
+    assert retried == []
+
+
+def test_ingest_now_reports_a_dead_letter_as_its_outcome(tasks: Any) -> None:
+    # given the in-process ingest that reconcile and backfill use, and an invalid record
+    bad = {**DEAL, "name": ""}
+    # then it reports the dead letter instead of raising
+    assert tasks.ingest_now(envelope("salescaling", bad)) == "dead_letter"

@@ -17,7 +17,7 @@ import redis
 
 from tests.strategies import EXAMPLE_MAPPING as MAPPING
 from tests.strategies import envelope
-from worker.errors import InvalidPayload
+from worker.errors import DeadLettered, InvalidPayload
 from worker.runtime import Runtime, build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.sandbox.simulators.leadway import LeadwaySimulator
@@ -26,6 +26,7 @@ from worker.sandbox.stack import VENDORS, stack_env, start_simulators, whsec
 from worker.settings import from_env, get_settings
 from worker.store.deadletters import DeadLetter, DeadLetters
 from worker.sync import fanout, ingest
+from worker.sync.outcomes import PushOutcome
 
 DB = 7
 TOO_LONG = "x" * 300
@@ -221,10 +222,10 @@ def test_validation_bad_record_is_a_dead_letter_naming_the_field(
     # given a vendor's record with one bad value, delivered whole (no fetch needed)
     record = {**VALID[vendor], **change}
     before = vendor_requests(sims)
-    # when the ingest task runs
-    outcome = ingest_task(envelope=envelope(vendor, record).to_dict())
-    # then it ends as one dead letter, no retry, naming the field and why
-    assert outcome == "dead_letter"
+    # when the ingest task runs, it ends failed (DeadLettered)
+    with pytest.raises(DeadLettered):
+        ingest_task(envelope=envelope(vendor, record).to_dict())
+    # as one dead letter, no retry, naming the field and why
     (letter,) = letters(rt.redis)
     assert (letter.kind, letter.vendor, letter.reason) == ("ingest", vendor, "invalid_payload")
     why = named(letter.fields, field)
@@ -292,7 +293,7 @@ def test_validation_vendor_refusal_names_the_field_in_the_dead_letter(
         schedule_retry=no_retry,
     )
     # then the push is a dead letter whose fields name that field with the vendor's words
-    assert result.outcome == "dead"
+    assert result.outcome is PushOutcome.DEAD_LETTER
     (letter,) = letters(rt.redis)
     assert (letter.kind, letter.vendor) == ("push", target)
     assert field in letter.fields, letter.fields

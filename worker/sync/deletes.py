@@ -18,7 +18,7 @@ from worker.sync.merge import (
     plan,
     stage_agreeing,
 )
-from worker.sync.outcomes import Outcome
+from worker.sync.outcomes import IngestOutcome, Outcome
 
 
 def apply_delete(
@@ -41,11 +41,11 @@ def apply_delete(
     """
     key = rt.store.key_for(vendor, vendor_id)
     if key is None:
-        return Outcome(None, "ignored", detail="deleted record was never synced")
+        return Outcome(None, IngestOutcome.IGNORED, detail="deleted record was never synced")
     policy = rt.settings.vendor[vendor].delete_policy
     with rt.locked(key) as (record, _):
         if record.deleted or record.written.get(vendor) == GONE:
-            return Outcome(key, "unchanged", detail="delete already applied")
+            return Outcome(key, IngestOutcome.UNCHANGED, detail="delete already applied")
         event_time = sighting.updated_at or datetime.fromtimestamp(envelope.received_at, UTC)
         crossed = sighting.after_our_write(record, vendor) is False
         if policy == "delete":
@@ -69,7 +69,7 @@ def apply_delete(
         targets = (*targets, vendor)
     return Outcome(
         key,
-        "deleted",
+        IngestOutcome.DELETED,
         targets,
         detail=detail or f"policy {policy}",
         vendor_id=vendor_id,

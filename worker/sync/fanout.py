@@ -28,6 +28,7 @@ from worker.settings import Settings
 from worker.store.deadletters import DeadLetters
 from worker.store.records import HandedOver, HeldLock, Record
 from worker.sync import push as pushing
+from worker.sync.outcomes import PushOutcome
 
 #: Threads writing vendors for the fast path, shared by every task in the process: about
 #: four per concurrent ingest, since each event writes four vendors at once
@@ -52,7 +53,7 @@ RetryScheduler = Callable[[str, str, dict[str, Any], float, int, float], None]
 @dataclass(frozen=True)
 class PushResult:
     vendor: str
-    outcome: str  # created | updated | unchanged | skipped | deleted | retrying | dead
+    outcome: PushOutcome
     detail: str = ""
 
 
@@ -99,7 +100,7 @@ def _attempt(
     if attempt == 1 and (wait := breaker.open_for(rt.redis, vendor)) > 0:
         # The vendor keeps failing: don't hold this worker on it, queue the push for later.
         schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, wait)
-        return PushResult(vendor, "retrying", "circuit open")
+        return PushResult(vendor, PushOutcome.RETRYING, "circuit open")
     try:
         # Straight from ingest, a push never waits for its vendor's quota: it goes to that
         # vendor's queue, so a vendor at its quota delays none of the event's other writes.
@@ -123,7 +124,9 @@ def _attempt(
             ):
                 log.warning("breaker.open", vendor=vendor, seconds=breaker.OPEN_SECONDS)
             metrics.count(rt.redis, "oppsync_retries_total", vendor=vendor)
-            metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome="retrying")
+            metrics.count(
+                rt.redis, "oppsync_upserts_total", vendor=vendor, outcome=PushOutcome.RETRYING
+            )
             schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, verdict.delay)
             log.warning(
                 "push.retry",
@@ -134,7 +137,7 @@ def _attempt(
                 reason=verdict.reason,
                 error=str(error),
             )
-            return PushResult(vendor, "retrying", verdict.reason)
+            return PushResult(vendor, PushOutcome.RETRYING, verdict.reason)
         DeadLetters(rt.redis, rt.settings.secret_values()).add(
             kind="push",
             vendor=vendor,
@@ -142,7 +145,9 @@ def _attempt(
             error=error,
             job={"key": key, "vendor": vendor, "cause": cause},
         )
-        metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome="dead_letter")
+        metrics.count(
+            rt.redis, "oppsync_upserts_total", vendor=vendor, outcome=PushOutcome.DEAD_LETTER
+        )
         log.error(
             "push.dead_letter",
             key=key,
@@ -151,7 +156,7 @@ def _attempt(
             reason=verdict.reason,
             error=str(error),
         )
-        return PushResult(vendor, "dead", verdict.reason)
+        return PushResult(vendor, PushOutcome.DEAD_LETTER, verdict.reason)
     metrics.count(rt.redis, "oppsync_upserts_total", vendor=vendor, outcome=outcome)
     vendorhealth.record_push(rt.redis, vendor, outcome=outcome)
     breaker.record_success(rt.redis, vendor)

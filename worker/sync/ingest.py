@@ -37,7 +37,7 @@ from worker.sync import duplicates
 from worker.sync.deletes import apply_delete
 from worker.sync.echoes import Sighting
 from worker.sync.merge import GONE, UNSURE, as_lost, event_summary, merge, plan
-from worker.sync.outcomes import Outcome
+from worker.sync.outcomes import IngestOutcome, Outcome
 from worker.vendors.base import VendorAdapter
 
 
@@ -114,7 +114,9 @@ def identify(
     if known:
         return known
     if (first := rt.store.duplicate_of(vendor, vendor_id)) is not None:
-        return Outcome(first, "duplicate", detail=f"{vendor} {vendor_id} is a second record")
+        return Outcome(
+            first, IngestOutcome.DUPLICATE, detail=f"{vendor} {vendor_id} is a second record"
+        )
     carried = duplicates.carried_key(rt, vendor, record, incoming)
     if carried:
         second = second_record(
@@ -150,7 +152,9 @@ def second_record(
         marked=as_lost(rt, state),
         found_by=found_by,
     )
-    return Outcome(key, "duplicate", detail=f"{vendor} {vendor_id}: {action}", vendor_id=vendor_id)
+    return Outcome(
+        key, IngestOutcome.DUPLICATE, detail=f"{vendor} {vendor_id}: {action}", vendor_id=vendor_id
+    )
 
 
 def ingest(
@@ -164,11 +168,11 @@ def ingest(
     adapter = rt.adapters[vendor]
     event = read_event(envelope, adapter)
     if event is None:
-        return Outcome(None, "ignored", detail="not an opportunity event")
+        return Outcome(None, IngestOutcome.IGNORED, detail="not an opportunity event")
     if event.api_author and event.api_author == rt.own_api_key(vendor):
         return Outcome(
             rt.store.key_for(vendor, event.vendor_id),
-            "echo",
+            IngestOutcome.ECHO,
             detail=f"{vendor} says our API key made this change",
         )
     if event.deleted:
@@ -208,7 +212,9 @@ def _apply(
     key = record.key
     adapter = rt.adapters[vendor]
     if record.deleted or record.written.get(vendor) == GONE:
-        return Outcome(key, "late", detail="the opportunity was deleted; late event dropped")
+        return Outcome(
+            key, IngestOutcome.LATE, detail="the opportunity was deleted; late event dropped"
+        )
     _report_unmapped(rt, record, vendor, incoming)
     if record.exists:  # what the record did not carry, it holds as far as we know
         incoming = incoming.completed(adapter.project(record.state))
@@ -222,10 +228,12 @@ def _apply(
     ):
         # Nothing new from the source; but a redelivered event must still finish what its
         # first run left undone (a push lost with a killed worker), so plan anyway.
-        return Outcome(key, "echo", plan(rt, record), detail=f"{vendor} holds what we wrote")
+        return Outcome(
+            key, IngestOutcome.ECHO, plan(rt, record), detail=f"{vendor} holds what we wrote"
+        )
     seen = _as_time(record.seen.get(vendor))
     if seen and incoming.updated_at and incoming.updated_at < seen:
-        return Outcome(key, "stale", detail=f"older than the last {vendor} change seen")
+        return Outcome(key, IngestOutcome.STALE, detail=f"older than the last {vendor} change seen")
     event_time = (
         incoming.updated_at or event.event_time or datetime.fromtimestamp(envelope.received_at, UTC)
     )
@@ -245,7 +253,7 @@ def _apply(
     )
     return Outcome(
         key,
-        "applied" if taken else "unchanged",
+        IngestOutcome.APPLIED if taken else IngestOutcome.UNCHANGED,
         targets,
         detail=", ".join(taken) or "no field changed",
         vendor_id=event.vendor_id,

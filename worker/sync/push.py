@@ -25,6 +25,7 @@ from worker.runtime import Runtime
 from worker.store.locks import LOCK_TIMEOUT_SECONDS
 from worker.store.records import HeldLock, Record
 from worker.sync.merge import GONE, as_lost
+from worker.sync.outcomes import PushOutcome
 
 #: What a history entry keeps of the event behind a write.
 HISTORY_CAUSE = frozenset({"vendor", "vendor_id", "delivery", "correlation_id", "fields"})
@@ -43,11 +44,11 @@ def push(
     cause: dict[str, Any],
     journal: list[dict[str, Any]] | None = None,
     taken: tuple[HeldLock, Record] | None = None,
-) -> str:
+) -> PushOutcome:
     """Make ``vendor`` hold the current state of ``key``; returns what was done.
 
     Reads the state when its turn comes, so a burst of changes coalesces into the latest
-    one: while a push waits for the (record, vendor) lock, later pushes return "coalesced".
+    one: while a push waits for the (record, vendor) lock, later pushes return ``COALESCED``.
     A create whose answer was lost leaves an intent: the next attempt waits until that
     create can no longer commit, then looks the record up in the vendor before creating
     again. With a ``journal`` (the fan-out's), the write's
@@ -66,7 +67,9 @@ def push(
                 return _push_now(rt, record, vendor, cause, lock, journal)
             # A burst: wait for quiet as a waiting push would, unless one already waits.
             if not rt.store.claim_push(key, vendor):
-                return "coalesced"  # the waiting push writes after us, with the newer state
+                return (
+                    PushOutcome.COALESCED
+                )  # the waiting push writes after us, with the newer state
             try:
                 _settle(rt, key)
             finally:
@@ -75,7 +78,7 @@ def push(
         finally:
             rt.store.unlock(lock)  # a no-op when the write already freed it
     if not rt.store.claim_push(key, vendor):
-        return "coalesced"
+        return PushOutcome.COALESCED
     try:
         lock, _ = rt.take_lock(key, vendor)
     except BaseException:  # the lock stayed busy: this push is retried later and reads then
@@ -124,17 +127,21 @@ def _push_now(
     cause: dict[str, Any],
     lock: HeldLock,
     journal: list[dict[str, Any]] | None,
-) -> str:
+) -> PushOutcome:
     key = record.key
     adapter = rt.adapters[vendor]
     if record.written.get(vendor) == GONE:
-        return _recheck(rt, record, vendor, cause) if vendor in record.rechecks else "skipped"
+        return (
+            _recheck(rt, record, vendor, cause)
+            if vendor in record.rechecks
+            else PushOutcome.SKIPPED
+        )
     if record.deleted:
         return _push_delete(rt, record, vendor, cause)
     target = adapter.project(record.state)
     wanted = fingerprint(target, adapter.synced_fields)
     if record.written.get(vendor) == wanted:
-        return "unchanged"
+        return PushOutcome.UNCHANGED
     known_id = record.ids.get(vendor)
     vendor_id = known_id
     if vendor_id is None and vendor in record.intents:
@@ -153,7 +160,7 @@ def _push_now(
         if vendor_id is not None and (exc.status == 404 or exc.reason == "not_found"):
             # Deleted there while we wrote. Its delete (the vendor's event, the next poll or
             # reconciliation) applies the policy; nothing to retry, no dead letter.
-            return "vanished"
+            return PushOutcome.VANISHED
         raise
     except BaseException as exc:
         # A create that may have committed keeps its intent, and is retried once it has
@@ -165,8 +172,8 @@ def _push_now(
             settled_in = sent + rt.settings.create_settle_seconds - time.time()
             exc.retry_after = max(exc.retry_after or 0.0, settled_in)
         raise
-    action = "created" if result.created else "updated"
-    note = _write_note(record, cause, vendor, action, result.vendor_id)
+    outcome = PushOutcome.CREATED if result.created else PushOutcome.UPDATED
+    note = _write_note(record, cause, vendor, outcome, result.vendor_id)
     if journal is not None:
         journal.append(note)
     rt.store.record_write(
@@ -179,7 +186,7 @@ def _push_now(
         new_link=result.vendor_id != known_id,
         lock=lock,
     )
-    return action
+    return outcome
 
 
 def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | None:
@@ -228,17 +235,17 @@ def history_entry(cause: dict[str, Any], notes: list[dict[str, Any]]) -> dict[st
     return {"cause": {k: v for k, v in cause.items() if k in HISTORY_CAUSE}, "writes": notes}
 
 
-def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
+def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> PushOutcome:
     """The deal was deleted in ``vendor`` while a write of ours was under way: if that
     write brought the record back, delete it again."""
     adapter = rt.adapters[vendor]
     vendor_id = record.ids.get(vendor)
     found = adapter.fetch(vendor_id) if vendor_id else None
-    outcome = "unchanged"
+    outcome = PushOutcome.UNCHANGED
     if found is not None and not adapter.to_canonical(found).deleted:
         try:
             adapter.delete(str(vendor_id))
-            outcome = "deleted"
+            outcome = PushOutcome.DELETED
         except Permanent as exc:
             if exc.reason != "unsupported":
                 raise
@@ -249,12 +256,12 @@ def _recheck(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) ->
     return outcome
 
 
-def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> str:
+def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]) -> PushOutcome:
     adapter = rt.adapters[vendor]
     vendor_id = record.ids.get(vendor)
     if vendor_id is None:
         rt.store.mark_written(record.key, vendor, GONE)
-        return "skipped"
+        return PushOutcome.SKIPPED
     action = "deleted"
     try:
         adapter.delete(vendor_id)
@@ -272,4 +279,4 @@ def _push_delete(rt: Runtime, record: Record, vendor: str, cause: dict[str, Any]
     rt.store.mark_written(record.key, vendor, GONE)
     note = _write_note(record, cause, vendor, action, vendor_id)
     rt.store.note_write(record.key, vendor, history_entry(cause, [note]))
-    return "deleted"
+    return PushOutcome.DELETED
