@@ -48,6 +48,7 @@ from worker.errors import DeliveryPending, Rejected
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.store.deliveries import Claim
+from worker.vendors.registry import FACTS
 
 log = structlog.get_logger("oppsync.web")
 bp = Blueprint("receiver", __name__)
@@ -58,12 +59,7 @@ UNAVAILABLE_RETRY_AFTER = "5"
 # bytes they signed first, so their window also spans the sender's redelivery schedule, or
 # every redelivery would be refused as stale and the event lost. Delivery ids are remembered
 # far longer (72 h), so a replay inside the window is answered "duplicate", never queued.
-#: HighLevel: six retries 10 minutes apart plus jitter, "~1 hr 10 min" worst case
-#: (help.gohighlevel.com, "Automated Webhook Retries"; VENDORS.md §2.7).
-HIGHLEVEL_REDELIVERY_SECONDS = 70 * 60
-#: SNS: "The total policy retry time for an HTTP/S endpoint cannot be greater than 3,600
-#: seconds" (docs.aws.amazon.com/sns/latest/dg/sns-message-delivery-retries.html).
-SNS_REDELIVERY_SECONDS = 3600
+# Each sender's schedule is among its vendor's facts (``redelivery_seconds``).
 #: Standard Webhooks timestamps are whole seconds since the epoch.
 INTEGER_SECONDS = re.compile(r"\s*[0-9]{1,12}\s*")
 #: Longest a sender may take over its whole body (webhooks are a few KB, sent at once).
@@ -109,22 +105,24 @@ def verify(vendor: str, body: bytes) -> Verified | Response:
                 "webhook-timestamp is not whole seconds.", status=401, reason="bad_timestamp"
             )
         return verify_standard(body, headers, vs.webhook_secrets, tolerance)
-    if vendor == "leadway" and ("x-ghl-signature" in headers or "x-wh-signature" in headers):
-        return verify_highlevel(
-            body,
-            headers,
-            tolerance=tolerance + HIGHLEVEL_REDELIVERY_SECONDS,
-            ed25519_pem=vs.get("LEADWAY_WEBHOOK_PUBLIC_KEY") or HIGHLEVEL_ED25519_PEM,
-            rsa_pem=vs.get("LEADWAY_WEBHOOK_RSA_PUBLIC_KEY") or HIGHLEVEL_RSA_PEM,
-        )
-    if vendor == "ivvy" and "x-amz-sns-message-type" in headers:
-        return _verify_sns(body)
+    facts = FACTS[vendor]
+    if any(header in headers for header in facts.native_headers):
+        if facts.native_signature == "highlevel":
+            return verify_highlevel(
+                body,
+                headers,
+                tolerance=tolerance + facts.redelivery_seconds,
+                ed25519_pem=vs.get("LEADWAY_WEBHOOK_PUBLIC_KEY") or HIGHLEVEL_ED25519_PEM,
+                rsa_pem=vs.get("LEADWAY_WEBHOOK_RSA_PUBLIC_KEY") or HIGHLEVEL_RSA_PEM,
+            )
+        if facts.native_signature == "sns":
+            return _verify_sns(body, facts.redelivery_seconds)
     raise Rejected(
         "The request carries no signature this route accepts.", status=401, reason="unsigned"
     )
 
 
-def _check_sns_age(message: dict[str, Any]) -> None:
+def _check_sns_age(message: dict[str, Any], redelivery_seconds: int) -> None:
     """Refuse an SNS message sent before SNS could still be redelivering it.
 
     Checked before the signature (it only refuses, and spares a certificate fetch); a
@@ -144,17 +142,17 @@ def _check_sns_age(message: dict[str, Any]) -> None:
         ) from None
     tolerance = _settings().signature_tolerance_seconds
     age = time.time() - sent_at
-    if age > tolerance + SNS_REDELIVERY_SECONDS or age < -tolerance:
+    if age > tolerance + redelivery_seconds or age < -tolerance:
         raise Rejected(
             "The SNS message Timestamp is outside the replay window.", status=401, reason="stale"
         )
 
 
-def _verify_sns(body: bytes) -> Verified | Response:
+def _verify_sns(body: bytes, redelivery_seconds: int) -> Verified | Response:
     message = parse_json_object(body)
     kind = message.get("Type")
     verifier = _sns()
-    _check_sns_age(message)
+    _check_sns_age(message, redelivery_seconds)
     if kind == "SubscriptionConfirmation":
         verifier.confirm_subscription(message)
         log.info("sns.subscribed", topic=message.get("TopicArn"))
@@ -411,9 +409,9 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
 
 
 def retry_later(vendor: str, message: str, reason: str) -> Response:
-    """Ask the sender to deliver again: 503 with Retry-After, and 429 for HighLevel, which
-    redelivers only on 429 (VENDORS.md §2.7)."""
-    status = 429 if vendor == "leadway" else 503
+    """Ask the sender to deliver again, with Retry-After, in the status it redelivers on
+    (its facts' ``retry_status``: 503, and 429 for HighLevel, VENDORS.md §2.7)."""
+    status = FACTS[vendor].retry_status
     return problem(status, message, reason, {"Retry-After": UNAVAILABLE_RETRY_AFTER})
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from worker import preflight
 from worker.errors import OppsyncError
 from worker.settings import Settings, from_env
+from worker.vendors.registry import FACTS
 
 Say = Callable[[str], None]
 
@@ -42,15 +43,21 @@ def say_mapping(settings: Settings, say: Say) -> bool:
 
 
 def say_sns_topic(settings: Settings, say: Say) -> bool:
-    """With iVvy enabled, its SNS notifications are refused until ``IVVY_SNS_TOPIC_ARN``
-    names the topic (``web/sns.py``): say so; True when it is set or iVvy is off."""
-    if not settings.enabled("ivvy") or settings.vendor["ivvy"].get("IVVY_SNS_TOPIC_ARN"):
-        return True
-    say(
-        "ivvy: FAILED: IVVY_SNS_TOPIC_ARN is not set, so every SNS notification from iVvy is "
-        "refused (401): set it to the TopicArn iVvy's subscribeToNotifications answered with."
-    )
-    return False
+    """A vendor delivering through SNS (iVvy) has every notification refused until its topic
+    variable (``IVVY_SNS_TOPIC_ARN``) names the topic (``web/sns.py``): say so; True when
+    each enabled one has it set."""
+    fine = True
+    for vendor in settings.vendors:
+        variable = FACTS[vendor].topic_variable
+        if variable is None or settings.vendor[vendor].get(variable):
+            continue
+        say(
+            f"{vendor}: FAILED: {variable} is not set, so every SNS notification from {vendor} "
+            "is refused (401): set it to the TopicArn iVvy's subscribeToNotifications answered "
+            "with."
+        )
+        fine = False
+    return fine
 
 
 def reach_redis(settings: Settings, say: Say) -> Any:

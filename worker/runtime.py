@@ -22,14 +22,12 @@ from worker.store.records import HeldLock, Record
 from worker.store.state import Store
 from worker.vendors import build_adapters
 from worker.vendors.base import VendorAdapter
+from worker.vendors.registry import FACTS
 
 #: How long a job waits for a per-record lock before it is retried later.
 LOCK_WAIT_SECONDS = 10
 #: How often a waiting job tries the lock again.
 LOCK_POLL_SECONDS = 0.05
-
-#: The variable holding the API key each vendor names as a change's author, if any.
-API_KEY_VARIABLE = {"ivvy": "IVVY_API_KEY"}
 
 
 @dataclass
@@ -63,7 +61,7 @@ class Runtime:
             self.store.unlock(held)
 
     def own_api_key(self, vendor: str) -> str | None:
-        variable = API_KEY_VARIABLE.get(vendor)
+        variable = FACTS[vendor].api_key_variable
         return self.settings.vendor[vendor].get(variable) if variable else None
 
 
@@ -79,7 +77,8 @@ def build_runtime(settings: Settings, *, with_adapters: bool = True) -> Runtime:
     if with_adapters:
         for vendor in settings.vendors:
             vs = settings.vendor[vendor]
-            scope = vs.get("LEADWAY_LOCATION_ID", "") or "" if vendor == "leadway" else ""
+            scope_variable = FACTS[vendor].quota_scope_variable
+            scope = (vs.get(scope_variable) or "") if scope_variable else ""
             rt.quotas[vendor] = VendorQuota(
                 client, vendor, vs.rate_limit, scope=scope, margin=settings.quota_margin_seconds
             )

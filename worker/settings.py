@@ -23,38 +23,19 @@ from redis.connection import parse_url
 
 from schemas.mapping import VENDORS, Mapping, parse_mapping
 from worker.errors import ConfigError
+from worker.vendors.registry import FACTS, POLLED_VENDORS
 
-DEFAULT_BASE_URLS: dict[str, str] = {
-    "siro": "https://functions.siro.ai/api-externalApi",
-    "leadway": "https://services.leadconnectorhq.com",
-    "ivvy": "https://api.ap-southeast-2.ivvy.com",
-    "salescaling": "https://api.salescaling.com",
-    "icloudready": "https://api.icloud-ready.com",
-}
-
+# Each vendor's facts are declared once, in its module (worker/vendors/<vendor>.py); these
+# views of them are what the rest of the settings read.
+DEFAULT_BASE_URLS: dict[str, str] = {v: f.base_url for v, f in FACTS.items()}
 #: Documented quotas, in the ``limits`` library's notation (issue 3; VENDORS.md §1.6 §2.6 §5.6).
-DEFAULT_RATE_LIMITS: dict[str, str] = {
-    "siro": "1000/minute",
-    "leadway": "100/10 seconds;200000/day",
-    "ivvy": "600/minute",
-    "salescaling": "600/minute",
-    "icloudready": "480/minute;4800/hour",
-}
-
+DEFAULT_RATE_LIMITS: dict[str, str] = {v: f.quota for v, f in FACTS.items()}
 #: Variables each vendor cannot work without.
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "siro": ("SIRO_API_TOKEN",),
-    "leadway": ("LEADWAY_API_TOKEN", "LEADWAY_LOCATION_ID", "LEADWAY_PIPELINE_ID"),
-    "ivvy": ("IVVY_API_KEY", "IVVY_API_SECRET", "IVVY_VENUE_ID", "IVVY_TYPE_ID", "IVVY_SOURCE_ID"),
-    "salescaling": ("SALESCALING_API_KEY",),
-    "icloudready": ("ICLOUDREADY_EMAIL", "ICLOUDREADY_PASSWORD"),
-}
-
-POLLED_VENDORS: tuple[str, ...] = ("siro", "salescaling", "icloudready")
+REQUIRED: dict[str, tuple[str, ...]] = {v: f.required for v, f in FACTS.items()}
 DELETE_POLICIES: tuple[str, ...] = ("mark-lost", "delete", "ignore")
 LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Vendor variables that hold integer ids (iVvy's API takes numbers; VENDORS.md §3).
-INTEGER_IDS: tuple[str, ...] = ("IVVY_VENUE_ID", "IVVY_TYPE_ID", "IVVY_SOURCE_ID", "IVVY_STAGE_ID")
+INTEGER_IDS: tuple[str, ...] = tuple(i for f in FACTS.values() for i in f.integer_ids)
 
 
 @dataclass(frozen=True)

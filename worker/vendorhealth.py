@@ -19,6 +19,7 @@ from worker.ratelimit import VendorQuota
 from worker.settings import Settings
 from worker.store.keys import health_calls_key, health_key
 from worker.sync.outcomes import WRITES
+from worker.vendors.registry import FACTS
 
 WINDOW_MINUTES = 15
 # Workers finish out of order: a time (and the reason that goes with it) only moves forward.
@@ -130,7 +131,8 @@ class QuotaReader:
         for vendor in settings.vendors:
             vs = settings.vendor[vendor]
             # The same scope and margin as the workers' quotas (``build_runtime``).
-            scope = (vs.get("LEADWAY_LOCATION_ID") or "") if vendor == "leadway" else ""
+            scope_variable = FACTS[vendor].quota_scope_variable
+            scope = (vs.get(scope_variable) or "") if scope_variable else ""
             self.quotas[vendor] = VendorQuota(
                 client, vendor, vs.rate_limit, scope=scope, margin=settings.quota_margin_seconds
             )

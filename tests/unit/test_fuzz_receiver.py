@@ -41,9 +41,7 @@ from schemas.envelope import Envelope
 from tests.strategies import envelope
 from web.app import create_app
 from web.receiver import (
-    HIGHLEVEL_REDELIVERY_SECONDS,
     MAX_JSON_DEPTH,
-    SNS_REDELIVERY_SECONDS,
     Publisher,
     nested_deeper_than,
 )
@@ -55,6 +53,7 @@ from worker.sandbox.simulators.leadway import iso, signing_keys
 from worker.sandbox.stack import wait_for, whsec
 from worker.settings import Settings, from_env, get_settings
 from worker.store.keys import delivery_key
+from worker.vendors.registry import FACTS
 
 VENDORS = ("siro", "leadway", "ivvy", "salescaling", "icloudready")
 #: The receiver's own database in the session Redis, apart from other unit tests'.
@@ -554,7 +553,7 @@ def test_receiver_highlevel_window_spans_its_redeliveries(
     body = highlevel_body(datetime.now(UTC) - timedelta(minutes=minutes))
     # then it is accepted while HighLevel may still be redelivering, refused after
     assert clean.post("leadway", body, highlevel_headers(body)).status_code == status
-    assert HIGHLEVEL_REDELIVERY_SECONDS + 300 < 76 * 60
+    assert FACTS["leadway"].redelivery_seconds + 300 < 76 * 60
 
 
 def test_receiver_highlevel_replay_inside_the_window_is_not_queued_again(clean: Edge) -> None:
@@ -579,7 +578,7 @@ def test_receiver_sns_window_spans_the_sns_retry_policy(
     answer = clean.post("ivvy", json.dumps(message).encode(), SNS_HEADERS)
     # then it is accepted while SNS may still be retrying, refused after
     assert answer.status_code == status, answer.get_data()
-    assert SNS_REDELIVERY_SECONDS + 300 < 66 * 60
+    assert FACTS["ivvy"].redelivery_seconds + 300 < 66 * 60
     if status == 401:
         assert answer.get_json()["error"] == "stale"
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from schemas.mapping import VENDORS as MAPPED_VENDORS
 from worker import queues
 from worker.sandbox.embedded_redis import EmbeddedRedis, free_port, start_redis
 from worker.sandbox.files import MAPPING_EXAMPLE, PROCFILE, ROOT
@@ -35,7 +36,7 @@ from worker.sandbox.simulators.salescaling import SalescalingSimulator
 from worker.sandbox.simulators.siro import SiroSimulator
 
 BIN = Path(sys.executable).parent
-VENDORS = ("siro", "leadway", "ivvy", "salescaling", "icloudready")
+VENDORS = MAPPED_VENDORS  # the sandbox runs every vendor
 QUEUES = ",".join(queues.QUEUES)
 #: Basic auth of the stack's /status and /metrics.
 ADMIN_USER, ADMIN_PASSWORD = "ops", "status-page-password"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from worker.settings import Settings
 from worker.vendors.base import VendorAdapter
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 #: vendor key -> "module:Class"
 ADAPTERS: dict[str, str] = {

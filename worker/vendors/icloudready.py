@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from marshmallow import ValidationError
@@ -24,9 +24,21 @@ from schemas.envelope import InboundEvent, is_thin, thin_event
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
 from worker.errors import OutcomeUnknown, Permanent
-from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult, invalid_payload
+from worker.vendors.facts import VendorFacts
 from worker.vendors.http import VendorHTTP
+
+if TYPE_CHECKING:
+    from worker.settings import VendorSettings
+
+FACTS = VendorFacts(
+    name="icloudready",
+    base_url="https://api.icloud-ready.com",
+    quota="480/minute;4800/hour",  # VENDORS.md §5.6
+    required=("ICLOUDREADY_EMAIL", "ICLOUDREADY_PASSWORD"),
+    optional=("ICLOUDREADY_CUSTOMER_ID",),
+    polled=True,
+)
 
 API = "/api/v2"
 OPPORTUNITIES = f"{API}/opportunities"

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from collections.abc import Mapping as HeaderMapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from marshmallow import ValidationError
@@ -31,9 +31,28 @@ from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
 from worker.errors import ConfigError, InvalidPayload, Permanent
-from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult, invalid_payload
+from worker.vendors.facts import VendorFacts
 from worker.vendors.http import VendorHTTP
+
+if TYPE_CHECKING:
+    from worker.settings import VendorSettings
+
+FACTS = VendorFacts(
+    name="ivvy",
+    base_url="https://api.ap-southeast-2.ivvy.com",
+    quota="600/minute",
+    required=("IVVY_API_KEY", "IVVY_API_SECRET", "IVVY_VENUE_ID", "IVVY_TYPE_ID", "IVVY_SOURCE_ID"),
+    optional=("IVVY_STAGE_ID", "IVVY_SNS_TOPIC_ARN", "IVVY_SNS_CERT_HOSTS", "IVVY_SNS_CA_BUNDLE"),
+    integer_ids=("IVVY_VENUE_ID", "IVVY_TYPE_ID", "IVVY_SOURCE_ID", "IVVY_STAGE_ID"),
+    native_signature="sns",
+    native_headers=("x-amz-sns-message-type",),
+    # "The total policy retry time for an HTTP/S endpoint cannot be greater than 3,600
+    # seconds" (docs.aws.amazon.com/sns/latest/dg/sns-message-delivery-retries.html).
+    redelivery_seconds=3600,
+    api_key_variable="IVVY_API_KEY",  # iVvy names the API key behind a change
+    topic_variable="IVVY_SNS_TOPIC_ARN",
+)
 
 API_VERSION = "1.0"
 CONTENT_TYPE = "application/json"

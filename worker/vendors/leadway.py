@@ -14,16 +14,34 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas import leadway as schema
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
 from schemas.timestamps import read_timestamp
 from worker.errors import OutcomeUnknown, Permanent
-from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult
+from worker.vendors.facts import VendorFacts
 from worker.vendors.http import VendorHTTP
+
+if TYPE_CHECKING:
+    from worker.settings import VendorSettings
+
+FACTS = VendorFacts(
+    name="leadway",
+    base_url="https://services.leadconnectorhq.com",
+    quota="100/10 seconds;200000/day",  # VENDORS.md §2.6
+    required=("LEADWAY_API_TOKEN", "LEADWAY_LOCATION_ID", "LEADWAY_PIPELINE_ID"),
+    optional=("LEADWAY_WEBHOOK_PUBLIC_KEY", "LEADWAY_WEBHOOK_RSA_PUBLIC_KEY"),
+    native_signature="highlevel",
+    native_headers=("x-ghl-signature", "x-wh-signature"),
+    # Six retries 10 minutes apart plus jitter, "~1 hr 10 min" worst case
+    # (help.gohighlevel.com, "Automated Webhook Retries"; VENDORS.md §2.7).
+    redelivery_seconds=70 * 60,
+    retry_status=429,  # HighLevel redelivers only on 429 (VENDORS.md §2.7)
+    quota_scope_variable="LEADWAY_LOCATION_ID",  # the quota is per location (VENDORS.md §2.6)
+)
 
 API_VERSION = "2021-07-28"
 PAGE_SIZE = 100  # the search's maximum (VENDORS.md §2.5)

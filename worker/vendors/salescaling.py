@@ -15,16 +15,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas import salescaling as schema
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
 from schemas.timestamps import read_timestamp
 from worker.errors import OutcomeUnknown, Permanent
-from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult
+from worker.vendors.facts import VendorFacts
 from worker.vendors.http import VendorHTTP
+
+if TYPE_CHECKING:
+    from worker.settings import VendorSettings
+
+FACTS = VendorFacts(
+    name="salescaling",
+    base_url="https://api.salescaling.com",
+    quota="600/minute",
+    required=("SALESCALING_API_KEY",),
+    polled=True,
+)
 
 PATH = "/api/v1/opportunities"
 #: Body fields a 400 answer may name (copied onto ``Permanent.field``).

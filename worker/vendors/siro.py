@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marshmallow import ValidationError
 
@@ -21,9 +21,20 @@ from schemas import siro as schema
 from schemas.mapping import Mapping
 from schemas.opportunity import Opportunity
 from worker.errors import Permanent
-from worker.settings import VendorSettings
 from worker.vendors.base import SchemaTranslation, UpsertResult
+from worker.vendors.facts import VendorFacts
 from worker.vendors.http import VendorHTTP
+
+if TYPE_CHECKING:
+    from worker.settings import VendorSettings
+
+FACTS = VendorFacts(
+    name="siro",
+    base_url="https://functions.siro.ai/api-externalApi",
+    quota="1000/minute",  # VENDORS.md §1.6
+    required=("SIRO_API_TOKEN",),
+    polled=True,
+)
 
 SYNC_PATH = "/v1/integrations/sync/opportunities"
 OPPORTUNITIES_PATH = "/v1/integrations/opportunities"
