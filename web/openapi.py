@@ -1,5 +1,6 @@
-"""``GET /openapi.yaml``: the OpenAPI 3 description of the receiver, served as written but
-for ``info.version``, which is the package's (``worker.__version__``)."""
+"""``GET /openapi.yaml``: the OpenAPI 3 description of the receiver.
+
+Served as written but for ``info.version``, which is the package's (``worker.__version__``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""A circuit breaker per vendor, shared through Redis: a vendor that keeps failing is not
-called on the fast path until it has had time to recover.
+"""A circuit breaker per vendor, shared through Redis.
+
+A vendor that keeps failing is not called on the fast path until it has had time to recover.
 
 After ``THRESHOLD`` transient failures in a row (within ``FAILURE_WINDOW`` seconds) the
 breaker opens for ``OPEN_SECONDS``: new pushes to that vendor go straight to its own retry

@@ -1,5 +1,6 @@
-"""The Celery broker transport: kombu's Redis transport, with one Redis client per channel
-and its acknowledgement bookkeeping sent without a transaction.
+"""The Celery broker transport: kombu's Redis transport, one Redis client per channel.
+
+Its acknowledgement bookkeeping is sent without a transaction.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish and every
 acknowledgement (``Channel.conn_or_acquire``), and redis-py 5 and later spends tens of

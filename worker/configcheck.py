@@ -1,5 +1,6 @@
-"""``oppsync config check``: the pre-flight check, then Redis, then one harmless read per
-vendor. It stops at the first layer that fails: a vendor is not read before the
+"""``oppsync config check``: the pre-flight check, then Redis, then one harmless read each.
+
+One read per vendor. It stops at the first layer that fails: a vendor is not read before the
 configuration is whole and Redis answers."""
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The pre-flight check: every configuration problem at once, one line each, before any
-process starts.
+"""The pre-flight check: every configuration problem at once, one line each, before a start.
 
 ``oppsync run`` and ``oppsync config check`` call it, and each Procfile process runs it first
 (``python -m worker.preflight && exec ...``): with a problem it prints every one, naming the

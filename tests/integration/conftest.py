@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.conftest import VARIANTS_SEED
-from worker.sandbox.simulators.base import Variants
+from worker.sandbox.simulators.variants import Variants
 from worker.sandbox.stack import Stack, start_stack
 
 QUEUE_KEYS = (

@@ -12,12 +12,13 @@ import pytest
 
 from schemas.opportunity import Opportunity
 from tests.integration.drive import MAPPING, person_creates, schema
-from worker.sandbox.simulators.base import Simulator, Variants
+from worker.sandbox.simulators.base import Simulator
 from worker.sandbox.simulators.icloudready import IcloudreadySimulator
 from worker.sandbox.simulators.ivvy import IvvySimulator
 from worker.sandbox.simulators.leadway import LeadwaySimulator
 from worker.sandbox.simulators.salescaling import SalescalingSimulator
 from worker.sandbox.simulators.siro import SiroSimulator
+from worker.sandbox.simulators.variants import Variants
 from worker.sandbox.stack import VENDORS, Stack
 
 SIMULATORS: dict[str, type[Simulator]] = {

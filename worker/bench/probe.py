@@ -1,6 +1,7 @@
-"""What the benchmark reads about the machine and Redis: CPU and memory per process tree
-(from ``/proc``, no extra dependency), and Redis' commands, memory and key expiry.
-"""
+"""What the benchmark reads about the machine and Redis.
+
+CPU and memory per process tree (from ``/proc``, no extra dependency), and Redis' commands,
+memory and key expiry."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The benchmark's table: each figure of issue 8 with its ceiling, ratio, target and verdict,
-then where the CPU went and what Redis did per event (for whoever tunes the pipeline).
+"""The benchmark's table, and the page it writes.
+
+Each figure of issue 8 with its ceiling, ratio, target and verdict, then where the CPU went
+and what Redis did per event (for whoever tunes the pipeline).
 
 Printed as Markdown, and written into ``docs/performance.md`` between two markers, so the
 page's figures are the output of a run, never typed by hand; the prose around the markers is.

@@ -1,5 +1,7 @@
-"""``oppsync demo``: the whole stack on five simulated vendors, one sample deal from each, and a
-live table of every deal in every vendor until they all agree.
+"""``oppsync demo``: the whole stack on five simulated vendors, watched until they agree.
+
+One sample deal from each vendor, and a live table of every deal in every vendor until they
+all agree.
 
 Runs what ``oppsync run`` runs (``worker/sandbox/localrun.py``: web, worker, beat, Flower under
 honcho) on a private Redis (unless ``REDIS_URL`` is set) and the five vendor simulators of the

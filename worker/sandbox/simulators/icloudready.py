@@ -36,7 +36,8 @@ from typing import Any
 
 from flask import Response, request
 
-from worker.sandbox.simulators.base import Simulator, Variants
+from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.variants import Variants
 
 API = "/api/v2"
 MAX_LIMIT = 100

@@ -36,8 +36,20 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from schemas.ivvy import format_timestamp
 from schemas.timestamps import parse_timestamp
 from worker.sandbox.simulators import tls
-from worker.sandbox.simulators.base import Simulator, Variants
+from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.ivvyrules import (
+    MODIFIERS,
+    IvvyError,
+    collection,
+    int_arg,
+    invalid,
+    ivvy_now,
+    matches,
+    pick,
+    text_arg,
+)
 from worker.sandbox.simulators.sns import FakeSnsTopic
+from worker.sandbox.simulators.variants import Variants
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
 
 DEFAULT_TOPIC_ARN = "arn:aws:sns:ap-southeast-2:123456789012:ivvy-crm"
@@ -54,77 +66,13 @@ DEFAULT_USERS = (
     {"id": 13, "firstName": "Bob", "lastName": "Ex", "email": "bob@example.com", "phone": ""},
 )
 STALE_AFTER = timedelta(minutes=5)
-MAX_PER_PAGE = 100
 STAMPS = ("createdDate", "modifiedDate")
 #: The getOpportunityList fields a new record holds as null (crm/get-opportunity-list.md).
 NULLS = ("description", "ownerUser", "contact", "company", "currentBookingId", "qualityId",
          "stageId", "stageName", "stageReasonId", "typeId", "type", "subtypeId", "sourceId",
          "sourceName", "channelId", "closedDate")  # fmt: skip
 FIELDS = frozenset({"id", "venueId", "name", "externalUrls", *STAMPS, *NULLS})
-MODIFIERS = ("", "CONTAINS", "NOTCONTAINS", "GREATERTHAN", "LESSTHAN", "NOT")
 SourceOf = tuple[int, str]  # (SourceType, SourceInfo) of a change
-
-
-class IvvyError(Exception):
-    """An iVvy error answer, raised inside handlers and turned into the response."""
-
-    def __init__(self, status: int, message: str, specific: int, *extra: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {
-            "errorCode": status,
-            "message": message,
-            "specificCode": specific,
-            "additionalMessages": list(extra),
-        }
-
-
-def _invalid(key: str, why: str) -> IvvyError:
-    return IvvyError(400, f"The parameter {key} does not validate", 23016, why)
-
-
-def _int(body: dict[str, Any], key: str) -> int:
-    value = body.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise _invalid(key, f"{key} must be an integer")
-
-
-def _text(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise _invalid(key, f"{key} must be a string")
-    return value
-
-
-def _matches(record: dict[str, Any], key: str, wanted: Any) -> bool:
-    """One ``filter`` entry (getting-started/interpreting-the-response/filtering.md)."""
-    name, _, modifier = key.partition("__")
-    actual = record.get(name)
-    if wanted == "ISNULL":
-        return (actual in (None, "")) is (modifier == "")
-    text, want = ("" if actual is None else str(actual)).lower(), str(wanted).lower()
-    if modifier in ("GREATERTHAN", "LESSTHAN"):
-        if isinstance(actual, int) and isinstance(wanted, int):
-            return actual > wanted if modifier == "GREATERTHAN" else actual < wanted
-        return text > want if modifier == "GREATERTHAN" else text < want
-    outcomes = {"": text == want, "NOT": text != want, "CONTAINS": want in text}
-    return outcomes.get(modifier, want not in text)
-
-
-def _collection(items: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
-    """iVvy's collection answer, one page of it (…/collections.md, …/pagination.md)."""
-    start = _int(body, "start") if body.get("start") is not None else 0
-    per_page = _int(body, "perPage") if body.get("perPage") is not None else MAX_PER_PAGE
-    page = items[start : start + max(1, min(per_page, MAX_PER_PAGE))]
-    meta = {"totalResults": len(items), "start": start, "perPage": per_page, "count": len(page)}
-    return {"meta": meta, "results": page}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 class IvvySimulator(Simulator):
@@ -195,9 +143,9 @@ class IvvySimulator(Simulator):
         self.actions = {
             ("venue", "addOrUpdateOpportunity"): self._api_write,
             ("crm", "getOpportunityList"): self.opportunity_list,
-            ("crm", "getLeadStageList"): lambda body: _collection(self.stages, body),
-            ("crm", "getLeadTypeList"): lambda body: _collection(self.types, body),
-            ("crm", "getLeadSourceList"): lambda body: _collection(self.sources, body),
+            ("crm", "getLeadStageList"): lambda body: collection(self.stages, body),
+            ("crm", "getLeadTypeList"): lambda body: collection(self.types, body),
+            ("crm", "getLeadSourceList"): lambda body: collection(self.sources, body),
             ("test", "ping"): lambda body: {"success": True},
         }
 
@@ -277,12 +225,12 @@ class IvvySimulator(Simulator):
             raise IvvyError(400, "The request is empty", 24221)
         if body.get("venueId") is None:
             raise IvvyError(400, "The parameter venueId is required", 23017)
-        if _int(body, "venueId") != self.venue_id:
+        if int_arg(body, "venueId") != self.venue_id:
             raise IvvyError(400, "The opportunity details are invalid", 24224, "venueId")
         with self.state_lock:
             previous = None
             if body.get("id") is not None:
-                previous = self.records.get(str(_int(body, "id")))
+                previous = self.records.get(str(int_arg(body, "id")))
                 if previous is None:
                     raise IvvyError(400, "The opportunity does not exist", 24222)
             for key in () if previous else ("name", "typeId", "sourceId", "stageId"):
@@ -294,40 +242,32 @@ class IvvySimulator(Simulator):
         return {"success": True, "id": record["id"]}
 
     def _blank(self) -> dict[str, Any]:
-        stamp = format_timestamp(_now())
+        stamp = format_timestamp(ivvy_now())
         return {"id": self.next_id(), "venueId": self.venue_id, "name": "", **dict.fromkeys(NULLS),
                 "createdDate": stamp, "modifiedDate": stamp, "externalUrls": []}  # fmt: skip
-
-    @staticmethod
-    def _pick(items: list[dict[str, Any]], body: dict[str, Any], key: str) -> dict[str, Any]:
-        wanted = _int(body, key)
-        for item in items:
-            if item["id"] == wanted:
-                return item
-        raise IvvyError(400, "The opportunity details are invalid", 24224, f"{key} unknown")
 
     def _apply(self, record: dict[str, Any], body: dict[str, Any]) -> None:
         """Check every given key, then write them all (a refusal changes nothing)."""
         new: dict[str, Any] = {}
         if "name" in body:
-            new["name"] = _text(body, "name")
+            new["name"] = text_arg(body, "name")
             if not new["name"]:
-                raise _invalid("name", "name must not be empty")
+                raise invalid("name", "name must not be empty")
         if "description" in body:
-            new["description"] = _text(body, "description")
+            new["description"] = text_arg(body, "description")
         if "stageId" in body:
-            stage = self._pick(self.stages, body, "stageId")
+            stage = pick(self.stages, body, "stageId")
             new.update(stageId=stage["id"], stageName=stage["name"])
         if "typeId" in body:
-            kind = self._pick(self.types, body, "typeId")
+            kind = pick(self.types, body, "typeId")
             new.update(typeId=kind["id"], type=kind["type"])
         if "sourceId" in body:
-            source = self._pick(self.sources, body, "sourceId")
+            source = pick(self.sources, body, "sourceId")
             new.update(sourceId=source["id"], sourceName=source["name"])
         if "closedDate" in body:
             new["closedDate"] = self._closed_date(body)
         if "ownerUserId" in body:
-            user = body["ownerUserId"] is not None and self._pick(self.users, body, "ownerUserId")
+            user = body["ownerUserId"] is not None and pick(self.users, body, "ownerUserId")
             new["ownerUser"] = dict(user) if user else None
         if "externalUrls" in body:
             new["externalUrls"] = self._external_urls(body["externalUrls"])
@@ -340,31 +280,31 @@ class IvvySimulator(Simulator):
 
     @staticmethod
     def _closed_date(body: dict[str, Any]) -> str | None:
-        value = _text(body, "closedDate")
+        value = text_arg(body, "closedDate")
         try:
             return date.fromisoformat(value).isoformat() if value else None
         except ValueError:
-            raise _invalid("closedDate", "closedDate must be yyyy-mm-dd") from None
+            raise invalid("closedDate", "closedDate must be yyyy-mm-dd") from None
 
     @staticmethod
     def _external_urls(given: Any) -> list[dict[str, Any]]:
         links = given or []
         if not isinstance(links, list) or len(links) > 3:
-            raise _invalid("externalUrls", "at most 3 external urls")
+            raise invalid("externalUrls", "at most 3 external urls")
         if not all(isinstance(x, dict) and isinstance(x.get("ref"), str) for x in links):
-            raise _invalid("externalUrls", "each external url needs a ref")
+            raise invalid("externalUrls", "each external url needs a ref")
         return [{"ref": x["ref"], "url": x.get("url"), "label": x.get("label")} for x in links]
 
     def _contact(self, given: Any) -> dict[str, Any] | None:
         """contact?action=addOrUpdateContact semantics, inline (blank fields read as "")."""
         if given is None or not isinstance(given, dict):
             return self._refuse_party("contact", given)
-        fields = {k: _text(given, k) or "" for k in ("firstName", "lastName", "email", "phone")}
+        fields = {k: text_arg(given, k) or "" for k in ("firstName", "lastName", "email", "phone")}
         match = ("firstName", "lastName", "email")
         return self._saved(self.contacts, fields, match, bool(given.get("updateIfExists")))
 
     def _company(self, given: Any) -> dict[str, Any] | None:
-        if given is None or not isinstance(given, dict) or not _text(given, "businessName"):
+        if given is None or not isinstance(given, dict) or not text_arg(given, "businessName"):
             return self._refuse_party("company", given)
         fields = {"businessName": given["businessName"], "businessNumber": "", "phone": "",
                   "email": ""}  # fmt: skip
@@ -375,7 +315,7 @@ class IvvySimulator(Simulator):
     @staticmethod
     def _refuse_party(key: str, given: Any) -> None:
         if given is not None:
-            raise _invalid(key, f"{key} must be an object with its name")
+            raise invalid(key, f"{key} must be an object with its name")
 
     def _saved(self, registry: list[dict[str, Any]], fields: dict[str, Any],
                match: tuple[str, ...], update_if_exists: bool) -> dict[str, Any]:  # fmt: skip
@@ -391,7 +331,7 @@ class IvvySimulator(Simulator):
         self, record: dict[str, Any], previous: dict[str, Any] | None, source: SourceOf
     ) -> None:
         # Each change is later than the one before, even within the same second.
-        now = _now()
+        now = ivvy_now()
         if previous is not None:
             now = max(now, parse_timestamp(previous["modifiedDate"]) + timedelta(seconds=1))
         record["modifiedDate"] = format_timestamp(now)
@@ -403,13 +343,13 @@ class IvvySimulator(Simulator):
         """``crm?action=getOpportunityList``: filtered, in id order, one page."""
         filter_, venues = body.get("filter") or {}, body.get("venueIds")
         if not isinstance(filter_, dict):
-            raise _invalid("filter", "filter must be an object")
+            raise invalid("filter", "filter must be an object")
         if venues is not None and not isinstance(venues, list):
-            raise _invalid("venueIds", "venueIds must be a list")
+            raise invalid("venueIds", "venueIds must be a list")
         for key in filter_:
             name, _, modifier = key.partition("__")
             if name not in FIELDS or modifier not in MODIFIERS:
-                raise _invalid("filter", f"cannot filter on {key}")
+                raise invalid("filter", f"cannot filter on {key}")
         wanted_venues = None if venues is None else {str(v) for v in venues}
         with self.state_lock:
             ordered = sorted(self.records.values(), key=lambda r: r["id"])
@@ -417,9 +357,9 @@ class IvvySimulator(Simulator):
                 self.shown(r)
                 for r in ordered
                 if (wanted_venues is None or str(r["venueId"]) in wanted_venues)
-                and all(_matches(r, k, v) for k, v in filter_.items())
+                and all(matches(r, k, v) for k, v in filter_.items())
             ]
-        return _collection(found, body)
+        return collection(found, body)
 
     # -- a person at the venue -------------------------------------------------------------
     def seed(self, record: dict[str, Any]) -> str:
@@ -475,7 +415,7 @@ class IvvySimulator(Simulator):
             body = {"data": shown, "previousData": (previous and self.shown(previous)) or shown}
         return {
             "TxnId": uuid.uuid4().hex, "Region": "ap-southeast-2",
-            "Timestamp": format_timestamp(_now()), "AccountId": 1001, "Subject": subject,
+            "Timestamp": format_timestamp(ivvy_now()), "AccountId": 1001, "Subject": subject,
             "Body": json.dumps(body), "SourceType": source[0], "SourceInfo": source[1],
             "Signature": "", "SigningPublicKeyPath": "",
         }  # fmt: skip

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from flask import Response, g, request
 
 from worker.sandbox.files import EXAMPLE_MAPPING
-from worker.sandbox.simulators.base import Simulator, SlidingWindow, Variants
+from worker.sandbox.simulators.base import Simulator, SlidingWindow
+from worker.sandbox.simulators.variants import Variants
 
 API_VERSION = "2021-07-28"
 STATUSES = ("open", "won", "lost", "abandoned")

@@ -30,7 +30,8 @@ from typing import Any
 
 from flask import Response, request
 
-from worker.sandbox.simulators.base import Simulator, Variants
+from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.variants import Variants
 
 PREFIX = "/api/v1/opportunities"
 UNAUTHORIZED = "Unauthorized - missing or invalid API key"

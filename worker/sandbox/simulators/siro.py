@@ -32,7 +32,8 @@ from flask import Response, request
 
 from schemas.siro import format_timestamp
 from schemas.timestamps import parse_timestamp
-from worker.sandbox.simulators.base import Simulator, Variants
+from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.variants import Variants
 
 SYNC_PATH = "/v1/integrations/sync/opportunities"
 OPPORTUNITIES_PATH = "/v1/integrations/opportunities"
