@@ -129,6 +129,7 @@ def _now() -> datetime:
 
 class IvvySimulator(Simulator):
     name = "ivvy"
+    writes = ("addOrUpdateOpportunity", ("POST",))
 
     def __init__(
         self,

@@ -91,6 +91,7 @@ class _Quota(SlidingWindow):
 
 class LeadwaySimulator(Simulator):
     name = "leadway"
+    writes = ("/opportunities/upsert", ("POST",))
 
     def __init__(
         self,
