@@ -13,7 +13,7 @@ import redis
 
 from tests.conftest import VARIANTS_SEED
 from worker.sandbox.simulators.variants import Variants
-from worker.sandbox.stack import Stack, start_stack
+from worker.sandbox.stack import Stack, start_stack, wait_for
 
 QUEUE_KEYS = (
     "ingest",
@@ -67,8 +67,11 @@ def emptied(stack: Stack, variants_seed: int | None = None) -> Iterator[Stack]:
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = False
         seed = None if variants_seed is None else variants_seed + zlib.crc32(name.encode())
-        sim.variants = None if seed is None else Variants(seed)
+        # A late write is held past the service's HTTP timeout, then committed.
+        late = float(stack.env["OPPSYNC_HTTP_TIMEOUT_SECONDS"]) + 1.5
+        sim.variants = None if seed is None else Variants(seed, late_commit_delay=late)
     yield stack
+    wait_for(lambda: all(sim.held == 0 for sim in stack.sims.values()), 60, "a request is held")
     wait_idle(client)
     for sim in stack.sims.values():
         sim.variants = None

@@ -34,22 +34,13 @@ from worker.sandbox.stack import VENDORS, Stack, wait_for
 
 pytestmark = pytest.mark.integration
 
-#: Where each vendor's writes go (path fragment, methods), for aiming faults at them.
-WRITES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "siro": ("/sync/opportunities", ("PUT",)),
-    "leadway": ("/opportunities/upsert", ("POST",)),
-    "ivvy": ("addOrUpdateOpportunity", ("POST",)),
-    "salescaling": ("/api/v1/opportunities", ("POST", "PUT")),
-    "icloudready": ("/api/v2/opportunities", ("POST", "PATCH")),
-}
-
 
 def source_for(target: str) -> str:
     return "salescaling" if target == "siro" else "siro"
 
 
 def aim(stack: Stack, target: str, kind: str, **options: object) -> None:
-    path, methods = WRITES[target]
+    path, methods = stack.sims[target].writes
     stack.sims[target].faults.add(kind, path_contains=path, methods=methods, **options)
 
 
@@ -78,7 +69,7 @@ def test_fault_429_is_retried_after_the_vendors_retry_after(live: Stack, target:
     aim(live, target, "error", status=429, retry_after=2, times=1)
     sync_through_fault(live, target)
     # then the next write came no sooner than it asked
-    path, methods = WRITES[target]
+    path, methods = live.sims[target].writes
     attempts = [
         r for r in live.sims[target].log if path in r.path + "?" + r.query and r.method in methods
     ]

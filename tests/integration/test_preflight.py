@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_cli import oppsync
 from worker.sandbox.embedded_redis import EmbeddedRedis, free_port
 from worker.sandbox.stack import ROOT, procfile_args, wait_for
 
@@ -55,14 +56,7 @@ def one_vendor(**values: str) -> dict[str, str]:
 
 
 def run_oppsync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    return oppsync(env, *args, timeout=90)
 
 
 def run_procfile(process: str) -> Callable[[dict[str, str]], subprocess.CompletedProcess[str]]:

@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from worker.sandbox.simulators.salescaling import PREFIX, SalescalingSimulator
+from worker.sandbox.simulators.variants import Variants
 
 KEY = "salescaling-test-key"
 DEAL = {
@@ -349,6 +350,26 @@ def test_simulator_late_commit_holds_past_the_timeout_then_commits(
         time.sleep(0.05)
     assert sim.held == 0
     assert [r["name"] for r in sim.records.values()] == [DEAL["name"]]
+
+
+def test_simulator_late_commit_variant_holds_a_write_then_commits(
+    sim: SalescalingSimulator, client: httpx.Client
+) -> None:
+    # given answer variants that hold every write 1.5 s, past the client's 0.5 s timeout
+    sim.variants = Variants(
+        seed=7, kinds={"late_commit"}, late_commit_delay=1.5, late_commit_share=1.0
+    )
+    # when the client gives up waiting on a create
+    with pytest.raises(httpx.ReadTimeout):
+        client.post(PREFIX, json=DEAL, timeout=0.5)
+    # then it is held, and committed once the hold ends
+    assert sim.held == 1 and sim.records == {}
+    deadline = time.monotonic() + 5
+    while sim.held and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r["name"] for r in sim.records.values()] == [DEAL["name"]]
+    # and reads are never held
+    assert client.get(PREFIX, timeout=0.5).status_code == 200
 
 
 def test_simulator_quota_answers_429_envelope_with_retry_after() -> None:

@@ -17,9 +17,12 @@ def test_preflight_passes_a_whole_configuration() -> None:
 
 def test_preflight_refuses_procfile_values_the_servers_would_choke_on() -> None:
     found = preflight.problems(
-        {**WHOLE, "WEB_THREADS": "four", "FLOWER_BASIC_AUTH": "admin-without-password"}
+        {**WHOLE, "WEB_CONCURRENCY": "four", "FLOWER_BASIC_AUTH": "admin-without-password"}
     )
-    assert [line.split("=")[0].split()[0] for line in found] == ["WEB_THREADS", "FLOWER_BASIC_AUTH"]
+    assert [line.split("=")[0].split()[0] for line in found] == [
+        "WEB_CONCURRENCY",
+        "FLOWER_BASIC_AUTH",
+    ]
 
 
 def test_preflight_refuses_a_highlevel_key_that_is_not_one() -> None:

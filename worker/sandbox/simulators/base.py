@@ -200,6 +200,9 @@ class Simulator:
     """Base of every vendor fake. Subclasses register routes in ``routes()``."""
 
     name = "vendor"
+    #: Where this vendor's writes go: a path fragment and the methods (faults aimed at
+    #: writes, and the ``late_commit`` variant, match on these).
+    writes: tuple[str, tuple[str, ...]] = ("", ())
 
     def __init__(self, *, latency: float = 0.0, rate_limit: tuple[int, float] | None = None):
         self.latency = latency
@@ -395,6 +398,8 @@ class Simulator:
                 return self.quota_exceeded(retry_in)
         fault = self.faults.take(request.method, request.full_path)
         if fault is None:
+            if self._late_variant():
+                time.sleep(self.variants.late_commit_delay)  # type: ignore[union-attr]
             return None
         request.environ["sim.fault"] = fault
         if fault.kind == "error":
@@ -410,6 +415,16 @@ class Simulator:
             _drop_connection()
             return Response(status=599)
         return None
+
+    def _late_variant(self) -> bool:
+        """Whether this write is one the variants hold past the client's timeout."""
+        path, methods = self.writes
+        return (
+            self.variants is not None
+            and request.method in methods
+            and path in request.full_path
+            and self.variants.chance("late_commit", self.variants.late_commit_share)
+        )
 
     def _after(self, response: Response) -> Response:
         fault = request.environ.get("sim.fault")

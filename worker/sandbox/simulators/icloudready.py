@@ -101,6 +101,7 @@ SYNCED_KEYS = ("opportunityDescription", "revenue", "probability", "closeDate", 
 
 class IcloudreadySimulator(Simulator):
     name = "icloudready"
+    writes = ("/api/v2/opportunities", ("POST", "PATCH"))
 
     def __init__(
         self,

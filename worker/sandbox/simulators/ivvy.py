@@ -77,6 +77,7 @@ SourceOf = tuple[int, str]  # (SourceType, SourceInfo) of a change
 
 class IvvySimulator(Simulator):
     name = "ivvy"
+    writes = ("addOrUpdateOpportunity", ("POST",))
 
     def __init__(
         self,

@@ -92,6 +92,7 @@ class _Quota(SlidingWindow):
 
 class LeadwaySimulator(Simulator):
     name = "leadway"
+    writes = ("/opportunities/upsert", ("POST",))
 
     def __init__(
         self,

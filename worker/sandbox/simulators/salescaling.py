@@ -48,6 +48,7 @@ def iso_ms(moment: datetime) -> str:
 
 class SalescalingSimulator(Simulator):
     name = "salescaling"
+    writes = ("/api/v1/opportunities", ("POST", "PUT"))
 
     def __init__(
         self,

@@ -120,6 +120,7 @@ def _normalised(value: str | None) -> str | None:
 
 class SiroSimulator(Simulator):
     name = "siro"
+    writes = ("/sync/opportunities", ("PUT",))
 
     def __init__(
         self,

@@ -22,8 +22,9 @@ class Variants:
     omitted, an enum value the mapping does not know) are applied only to keys whose value
     is still what oppsync wrote (``Simulator.as_written``): a vendor may always answer that
     way, and a test expecting a person's change to arrive is not made impossible by it.
-    A write that commits after the client's timeout is a fault (``FaultPlan``), not a form
-    of answer; it joins the rest as another kind when it exists.
+    ``late_commit``: a write (``Simulator.writes``) is held longer than the client's
+    timeout (``late_commit_delay``) and then committed, as the fault of that name does: a
+    vendor may always be that slow, and no record may be made twice for it.
     """
 
     #: timestamp forms; optional keys omitted or null; unknown extra keys; ids as numbers or
@@ -31,12 +32,22 @@ class Variants:
     #: where a token is answered (iCloudReady).
     KINDS: tuple[str, ...] = (
         "timestamps", "optional_keys", "extra_keys", "id_types", "wrapping",
-        "omit_written", "unknown_enums", "token_key",
+        "omit_written", "unknown_enums", "token_key", "late_commit",
     )  # fmt: skip
 
-    def __init__(self, seed: int, kinds: Iterable[str] = KINDS) -> None:
+    def __init__(
+        self,
+        seed: int,
+        kinds: Iterable[str] = KINDS,
+        late_commit_delay: float = 0.0,
+        late_commit_share: float = 0.05,
+    ) -> None:
         self.seed = seed
-        self.kinds = frozenset(kinds)
+        self.kinds = frozenset(kinds) - ({"late_commit"} if late_commit_delay <= 0 else set())
+        #: How long a late write is held: longer than the client's timeout (0: never late).
+        self.late_commit_delay = late_commit_delay
+        #: The share of writes held (kept small: each costs the settle time in a test).
+        self.late_commit_share = late_commit_share
         unknown = self.kinds - set(self.KINDS)
         assert not unknown, f"no such variant kind: {sorted(unknown)}"
         self._random = random.Random(seed)
