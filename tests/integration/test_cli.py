@@ -29,7 +29,7 @@ from tests.integration.drive import (
 )
 from worker.cli import main
 from worker.errors import InvalidPayload
-from worker.sandbox.demo import SAMPLES
+from worker.sandbox.board import SAMPLES
 from worker.sandbox.embedded_redis import free_port
 from worker.sandbox.stack import ROOT, VENDORS, Stack, wait_for
 from worker.store.deadletters import DeadLetters
