@@ -9,6 +9,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from web import health, limits, metrics, openapi, receiver, status
+from web.publisher import Publisher
 from web.sns import SnsVerifier
 from worker.logs import configure as configure_logs
 from worker.runtime import Runtime, build_runtime
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # The web process does no vendor I/O: it needs Redis, not the vendor clients.
     app.extensions["oppsync.runtime"] = runtime or build_runtime(settings, with_adapters=False)
     ivvy = settings.vendor["ivvy"]
-    app.extensions["oppsync.publisher"] = receiver.Publisher()
+    app.extensions["oppsync.publisher"] = Publisher()
     app.extensions["oppsync.sns"] = SnsVerifier(
         topic_arn=ivvy.get("IVVY_SNS_TOPIC_ARN") or None,
         cert_hosts=tuple(

@@ -12,7 +12,6 @@ event cannot be queued. A 2xx is never given for an event that was not queued.
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
@@ -24,7 +23,6 @@ import gevent.monkey
 import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
-from kombu import Producer
 from kombu.exceptions import OperationalError
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
@@ -34,6 +32,7 @@ from werkzeug.wsgi import get_input_stream
 from schemas import vendorids
 from schemas.envelope import Envelope, is_thin
 from schemas.mapping import VENDORS
+from web.publisher import Publisher
 from web.signatures import (
     HIGHLEVEL_ED25519_PEM,
     HIGHLEVEL_RSA_PEM,
@@ -238,91 +237,6 @@ def check_thin_id(vendor: str, payload: dict[str, Any]) -> None:
         raise Rejected(
             f"The event's id is refused: {detail}.", status=400, reason="bad_id"
         ) from None
-
-
-class Publisher:
-    """Publishes ``oppsync.ingest_change`` for one web process over a pool of kombu producers.
-
-    ``apply_async`` without a producer borrows one from Celery's pool and returns it on every
-    call, and declares the queue on every call: measured, a tenth of the receiver's CPU per
-    delivery. The receiver keeps producers of its own instead, each on its own broker
-    connection (kombu producers are not safe to share between concurrent requests; a
-    connection of our own cannot exhaust Celery's pool), and a request takes an idle one for
-    the length of its publish. A pool rather than one per thread: the gevent worker runs a
-    greenlet per connection, and a producer per greenlet would open a Redis connection per
-    client connection and keep it for good. The pool only grows to the number of publishes
-    in flight at once. The message is the one ``apply_async`` always sends, with kombu's
-    retry policy (``task_publish_retry_policy``): during a Redis outage ``publish`` raises
-    after it. A producer whose publish failed is dropped and a new one is built later:
-    kombu closes the channel of a connection that gave up, and a producer kept on it failed
-    every later publish with ``AttributeError`` (a 500 per webhook, for good, after one
-    Redis restart).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[Producer] = []
-        self._producers: list[Producer] = []
-
-    def _take(self) -> Producer:
-        """An idle producer, or a new one when every producer is busy."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        from worker.celery_app import app as celery
-
-        producer = celery.amqp.Producer(celery.connection_for_write())
-        with self._lock:
-            self._producers.append(producer)
-        return producer
-
-    def _give_back(self, producer: Producer) -> None:
-        with self._lock:
-            if producer in self._producers:
-                self._idle.append(producer)
-
-    def close(self) -> None:
-        """Close every producer's broker connection (tests; the publisher is done with)."""
-        with self._lock:
-            producers, self._producers, self._idle = self._producers, [], []
-        for producer in producers:
-            producer.connection.release()
-
-    def _drop(self, producer: Producer) -> None:
-        """Forget this producer and close its connection, whatever state it is in."""
-        with self._lock:
-            if producer in self._producers:
-                self._producers.remove(producer)
-        try:
-            producer.connection.release()
-        except Exception:  # a broken connection may fail to close; it is gone anyway
-            log.debug("publisher.release_failed", exc_info=True)
-
-    def publish(self, envelope: Envelope) -> None:
-        # Imported here: worker.celery_app reads the process environment at import.
-        from worker.tasks import ingest_change
-
-        producer = self._take()
-        try:
-            ingest_change.apply_async(
-                kwargs={"envelope": envelope.to_dict()},
-                queue="ingest",
-                producer=producer,
-                # The worker declares its queues; on Redis a queue is the list LPUSH creates
-                # and publishing by queue name needs no binding: declaring per call only cost
-                # CPU.
-                declare=[],
-                # What Flower and task events show instead of the arguments: Celery's
-                # saferepr of a 2 KB payload cost more than the rest of the message, and the
-                # payload is a vendor's record (names, emails) that has no business in task
-                # metadata.
-                argsrepr="()",
-                kwargsrepr=f"{{'envelope': '{envelope.vendor} {envelope.delivery_id}'}}",
-            )
-        except BaseException:
-            self._drop(producer)
-            raise
-        self._give_back(producer)
 
 
 def _publisher() -> Publisher:

@@ -40,9 +40,9 @@ from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 from schemas.envelope import Envelope
 from tests.strategies import envelope
 from web.app import create_app
+from web.publisher import Publisher
 from web.receiver import (
     MAX_JSON_DEPTH,
-    Publisher,
     nested_deeper_than,
 )
 from worker import broker, metrics
