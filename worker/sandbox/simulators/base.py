@@ -14,19 +14,7 @@ How a vendor answers is switchable too (issue 16): ``sim.omit`` names record key
 of every record it answers or announces, and ``sim.variants`` (a seeded ``Variants``)
 makes each answer pick among the forms the vendor's page allows or leaves open. Both shape
 answers only: ``sim.records`` stays the vendor's own state, so tests read what it holds.
-
-Fault kinds (``Fault.kind``):
-
-* ``"error"``          answer ``status`` (e.g. 500, 503, 429 with ``retry_after``) without
-                       touching state.
-* ``"timeout"``        sleep ``delay`` seconds before handling (client times out; nothing is
-                       committed unless the client waits).
-* ``"late_commit"``    hold the request ``delay`` seconds (longer than the client's timeout),
-                       then commit it anyway: the client saw a timeout, the record exists
-                       once the hold ends. Tests wait for ``held == 0`` before counting.
-* ``"lost_response"``  handle the request (state committed), then drop the connection
-                       without an answer: the client sees a reset.
-* ``"reset"``          drop the connection before handling (nothing committed).
+Fault kinds are listed in ``faults.py``.
 """
 
 from __future__ import annotations
@@ -40,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Self
 
 import httpx
@@ -48,54 +36,8 @@ from flask import Flask, Response, request
 from standardwebhooks import Webhook
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from worker.sandbox.simulators.faults import FaultPlan
 from worker.sandbox.simulators.variants import Variants
-
-
-@dataclass
-class Fault:
-    kind: str
-    times: int = 1
-    status: int = 500
-    retry_after: float | None = None
-    delay: float = 5.0
-    methods: tuple[str, ...] = ()
-    path_contains: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.methods and method not in self.methods:
-            return False
-        return self.path_contains in path
-
-
-class FaultPlan:
-    """Faults waiting to fire, in order; each fires ``times`` times then is gone."""
-
-    def __init__(self) -> None:
-        self._faults: list[Fault] = []
-        self._lock = threading.Lock()
-        self.fired: list[tuple[str, str, str]] = []
-
-    def add(self, kind: str, **kwargs: Any) -> Fault:
-        fault = Fault(kind=kind, **kwargs)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def take(self, method: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.remove(fault)
-                    self.fired.append((fault.kind, method, path))
-                    return fault
-        return None
 
 
 @dataclass(frozen=True)

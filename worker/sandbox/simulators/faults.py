@@ -1,0 +1,68 @@
+"""Faults a simulator injects on request, each firing a set number of times.
+
+Fault kinds (``Fault.kind``):
+
+* ``"error"``          answer ``status`` (e.g. 500, 503, 429 with ``retry_after``) without
+                       touching state.
+* ``"timeout"``        sleep ``delay`` seconds before handling (client times out; nothing is
+                       committed unless the client waits).
+* ``"late_commit"``    hold the request ``delay`` seconds (longer than the client's timeout),
+                       then commit it anyway: the client saw a timeout, the record exists
+                       once the hold ends. Tests wait for ``held == 0`` before counting.
+* ``"lost_response"``  handle the request (state committed), then drop the connection
+                       without an answer: the client sees a reset.
+* ``"reset"``          drop the connection before handling (nothing committed).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Fault:
+    kind: str
+    times: int = 1
+    status: int = 500
+    retry_after: float | None = None
+    delay: float = 5.0
+    methods: tuple[str, ...] = ()
+    path_contains: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods and method not in self.methods:
+            return False
+        return self.path_contains in path
+
+
+class FaultPlan:
+    """Faults waiting to fire, in order; each fires ``times`` times then is gone."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self.fired: list[tuple[str, str, str]] = []
+
+    def add(self, kind: str, **kwargs: Any) -> Fault:
+        fault = Fault(kind=kind, **kwargs)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    self.fired.append((fault.kind, method, path))
+                    return fault
+        return None
