@@ -36,12 +36,13 @@ from worker.preflight import EXIT_CONFIG, explain, problems
 from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 from worker.sandbox.files import PROCFILE, ROOT, STATE_DIR
 from worker.settings import REQUIRED
+from worker.vendors.registry import VARIABLE_PREFIXES
 
 SANDBOX_ENV = STATE_DIR / "sandbox.env"
 #: What the command line reads (DESIGN.md "Operator names"): Redis, the service's and each
 #: vendor's variables, Flower's credentials.
 CLI_VARIABLES = ("REDIS_URL", "FLOWER_BASIC_AUTH")
-CLI_PREFIXES = ("OPPSYNC_", "SIRO_", "LEADWAY_", "IVVY_", "SALESCALING_", "ICLOUDREADY_")
+CLI_PREFIXES = ("OPPSYNC_", *VARIABLE_PREFIXES)
 
 
 def vendor_configured(env: dict[str, str]) -> bool:

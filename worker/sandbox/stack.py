@@ -34,6 +34,7 @@ from worker.sandbox.simulators.ivvy import IvvySimulator
 from worker.sandbox.simulators.leadway import LeadwaySimulator
 from worker.sandbox.simulators.salescaling import SalescalingSimulator
 from worker.sandbox.simulators.siro import SiroSimulator
+from worker.vendors.registry import VARIABLE_PREFIXES
 
 BIN = Path(sys.executable).parent
 VENDORS = MAPPED_VENDORS  # the sandbox runs every vendor
@@ -88,11 +89,7 @@ def start_simulators(
 def stack_env(redis_url: str, sims: dict[str, Any], **overrides: str) -> dict[str, str]:
     """The environment the service runs with: every vendor pointed at its simulator."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(
-            ("OPPSYNC_", "SIRO_", "LEADWAY_", "IVVY_", "SALESCALING_", "ICLOUDREADY_")
-        )
+        k: v for k, v in os.environ.items() if not k.startswith(("OPPSYNC_", *VARIABLE_PREFIXES))
     }
     env.update(
         {

@@ -12,6 +12,8 @@ FACTS: dict[str, VendorFacts] = {
 assert tuple(FACTS) == VENDORS, "a vendor in schemas.mapping.VENDORS has no facts"
 
 POLLED_VENDORS: tuple[str, ...] = tuple(v for v, f in FACTS.items() if f.polled)
+#: The prefix of every vendor's variables (``SIRO_``, ``LEADWAY_``, ...).
+VARIABLE_PREFIXES: tuple[str, ...] = tuple(f"{v.upper()}_" for v in FACTS)
 
 
 def facts(vendor: str) -> VendorFacts:
