@@ -1,6 +1,6 @@
 """``GET /metrics``: Prometheus families built at scrape time from what oppsync keeps in Redis.
 
-Counters and the latency histogram live in Redis (``worker/metrics.py``), so one scrape of
+Counters and the latency histogram live in Redis (``worker/store/metrics.py``), so one scrape of
 any web process reports what every web and worker process counted. Dead letters and queue
 depths are read live. Names are the ones DESIGN.md pins. When ``OPPSYNC_ADMIN_USER`` and
 ``OPPSYNC_ADMIN_PASSWORD`` are set, the endpoint asks for them (HTTP basic auth); the same
@@ -24,10 +24,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from worker import metrics
 from worker.queues import QUEUES
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.store import metrics
 from worker.store.deadletters import DeadLetters
 
 bp = Blueprint("metrics", __name__)

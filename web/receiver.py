@@ -42,10 +42,10 @@ from web.signatures import (
     verify_standard,
 )
 from web.sns import SnsVerifier
-from worker import metrics
 from worker.errors import DeliveryPending, Rejected
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.store import metrics
 from worker.store.deliveries import Claim
 from worker.vendors.registry import FACTS
 

@@ -29,8 +29,8 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from redis.exceptions import RedisError
 
 from web.metrics import QUEUES, admin_authorized, admin_configured, ask_for_credentials
-from worker import metrics
 from worker.runtime import Runtime
+from worker.store import metrics
 from worker.store.deadletters import DeadLetters
 from worker.store.keys import STATUS_CSRF_SECRET
 from worker.vendorhealth import WINDOW_MINUTES, QuotaReader, read_health

@@ -18,13 +18,13 @@ from celery.exceptions import Reject
 from redis.exceptions import LockError
 
 from schemas.envelope import Envelope
-from worker import metrics
 from worker.celery_app import app, queue_for
 from worker.errors import REDIS_UNREACHABLE, DeadLettered, InvalidPayload, VendorError
 from worker.logs import log
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
 from worker.settings import POLLED_VENDORS
+from worker.store import metrics
 from worker.store.deadletters import DeadLetter, DeadLetters
 from worker.store.keys import poll_lock_name
 from worker.sync import fanout

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker import metrics
 from worker.errors import OppsyncError, OurOwnWait, VendorError
 from worker.ratelimit import VendorQuota
 from worker.settings import Settings
+from worker.store import metrics
 from worker.store.keys import health_calls_key, health_key
 from worker.sync.outcomes import WRITES
 from worker.vendors.registry import FACTS

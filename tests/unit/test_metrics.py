@@ -23,11 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from web.app import create_app
 from web.status import TOKEN_TTL_SECONDS, CsrfTokens, ago
-from worker import metrics, vendorhealth
+from worker import vendorhealth
 from worker.errors import Busy, ConfigError, OwnQuota, Permanent, RateLimited
 from worker.runtime import build_runtime
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.settings import Settings, from_env
+from worker.store import metrics
 from worker.store.deadletters import DeadLetters
 
 DB = 7  # a database of the session's Redis no other test uses

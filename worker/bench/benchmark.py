@@ -37,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker import metrics
 from worker.bench import probe
 from worker.bench.rig import (
     LEADWAY_QUOTA,
@@ -52,7 +51,7 @@ from worker.bench.rig import (
 from worker.bench.tally import Tally
 from worker.sandbox.files import ROOT
 from worker.sandbox.stack import wait_for
-from worker.store import keys
+from worker.store import keys, metrics
 
 
 class Bench(Rig):

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.opportunity import Opportunity, fingerprint
-from worker import metrics
 from worker.errors import Permanent
 from worker.logs import log
 from worker.runtime import Runtime
+from worker.store import metrics
 
 
 def carried_key(

@@ -18,13 +18,14 @@ from typing import Any
 
 import structlog
 
-from worker import breaker, metrics, vendorhealth
+from worker import breaker, vendorhealth
 from worker.errors import REDIS_UNREACHABLE, OurOwnWait, Transient
 from worker.logs import log
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
 from worker.settings import Settings
+from worker.store import metrics
 from worker.store.deadletters import DeadLetters
 from worker.store.records import HandedOver, HeldLock, Record
 from worker.sync import push as pushing

@@ -28,10 +28,10 @@ from marshmallow import ValidationError
 
 from schemas.envelope import Envelope, InboundEvent, is_thin, thin_event
 from schemas.opportunity import Opportunity, fingerprint, validation_errors
-from worker import metrics
 from worker.errors import CreateInFlight, InvalidPayload
 from worker.logs import log
 from worker.runtime import Runtime
+from worker.store import metrics
 from worker.store.records import HeldLock, Record, new_key
 from worker.sync import duplicates
 from worker.sync.deletes import apply_delete
