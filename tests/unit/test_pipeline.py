@@ -28,6 +28,7 @@ from worker.sync.outcomes import Outcome
 from worker.vendors.base import UpsertResult
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+T1 = datetime(2026, 1, 2, tzinfo=UTC)
 
 
 class MemoryAdapter:
@@ -273,6 +274,38 @@ def test_push_after_an_unanswered_create_waits_for_it_to_settle(
         push.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
     assert settle - 1 < (waiting.value.retry_after or 0) <= settle
     assert salescaling.creates == 1
+
+
+def test_unanswered_create_is_found_by_the_name_it_carried_after_a_rename(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a create in salescaling that committed but lost its answer, settled at once here
+    rt.settings = dataclasses.replace(rt.settings, create_settle_seconds=0)
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    salescaling: Any = rt.adapters["salescaling"]
+    real_upsert = salescaling.upsert
+
+    def times_out(*args: Any, **kwargs: Any) -> UpsertResult:
+        real_upsert(*args, **kwargs)
+        raise OutcomeUnknown("no answer", vendor="salescaling", reason="no_answer")
+
+    def by_name(opp: Opportunity, *, key: str, since: datetime) -> str | None:
+        # Salescaling has no place for our key: a look-up matches the exact name
+        return next((i for i, r in salescaling.records.items() if r["name"] == opp.name), None)
+
+    monkeypatch.setattr(salescaling, "upsert", times_out)
+    monkeypatch.setattr(salescaling, "find_existing", by_name)
+    with pytest.raises(OutcomeUnknown):
+        push.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+    monkeypatch.setattr(salescaling, "upsert", real_upsert)
+    # when the deal is renamed before the retry looks for that create
+    deliver(rt, "leadway", {"id": "L1", "name": "Renamed", "status": "open", "updated_at": T1})
+    push.push(rt, str(outcome.key), "salescaling", cause={"vendor": "test"})
+    # then the record it made is found by the name it carried and updated, not made again
+    assert salescaling.creates == 1
+    assert [r["name"] for r in salescaling.records.values()] == ["Renamed"]
 
 
 def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(

@@ -34,6 +34,8 @@ class Record:
     written: dict[str, str] = field(default_factory=dict)
     seen: dict[str, str] = field(default_factory=dict)
     intents: dict[str, float] = field(default_factory=dict)
+    #: The name each create in flight carried (what a look-up for it searches by).
+    intent_names: dict[str, str] = field(default_factory=dict)
     wrote_at: dict[str, float] = field(default_factory=dict)
     last_event: dict[str, Any] | None = None
     exists: bool = False
@@ -113,6 +115,7 @@ def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record
         written=_per_vendor(raw, "written:"),
         seen=_per_vendor(raw, "seen:"),
         intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
+        intent_names=_per_vendor(raw, "intent_name:"),
         wrote_at={v: float(t) for v, t in _per_vendor(raw, "wrote_at:").items()},
         last_event=last_event,
         exists=doc is not None,

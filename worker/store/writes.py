@@ -20,14 +20,19 @@ INTENT_FRESH_SECONDS = 120
 class Writes(History):
     """Marks before and after each vendor write, creates in flight, the worker heartbeat."""
 
-    def before_write(self, key: str, vendor: str, fingerprint: str, *, create: bool) -> None:
+    def before_write(
+        self, key: str, vendor: str, fingerprint: str, *, create: bool, name: str | None = None
+    ) -> None:
         """Before a write is sent: it is in flight, what it writes is known as ours (the
-        vendor's echo can beat the answer), and a create leaves an intent."""
+        vendor's echo can beat the answer), and a create leaves an intent with the ``name``
+        it carries (a look-up after its answer was lost searches by that name, which a later
+        change may have replaced)."""
         now = time.time()
         values = {f"writing:{vendor}": str(now)}
         pipe = self.redis.pipeline(transaction=False)
         if create:
             values[f"intent:{vendor}"] = str(now)
+            values[f"intent_name:{vendor}"] = name or ""
             pipe.zadd(intents_key(vendor), {key: now})
         pipe.hset(opp_key(key), mapping=values)
         pipe.set(wrote_key(vendor, fingerprint), key, ex=WROTE_TTL_SECONDS)
@@ -57,7 +62,7 @@ class Writes(History):
         if extra:
             values[f"extra:{vendor}"] = urlencode(extra)
         pipe.hset(opp_key(key), mapping=values)
-        pipe.hdel(opp_key(key), f"intent:{vendor}", f"writing:{vendor}")
+        pipe.hdel(opp_key(key), f"intent:{vendor}", f"intent_name:{vendor}", f"writing:{vendor}")
         if new_link:
             pipe.set(link_key(vendor, vendor_id), key)
             pipe.zrem(intents_key(vendor), key)
@@ -80,7 +85,8 @@ class Writes(History):
         A create that surely made nothing (``not_created``: refused, never sent) leaves no
         intent: the next attempt creates at once instead of waiting for it to settle."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hdel(opp_key(key), f"writing:{vendor}", *([f"intent:{vendor}"] if not_created else []))
+        intent = [f"intent:{vendor}", f"intent_name:{vendor}"] if not_created else []
+        pipe.hdel(opp_key(key), f"writing:{vendor}", *intent)
         if not_created:
             pipe.zrem(intents_key(vendor), key)
 

@@ -148,7 +148,7 @@ def _push_now(
         vendor_id = _find_unanswered_create(rt, record, vendor)
     create = vendor_id is None
     sent = time.time()
-    rt.store.before_write(key, vendor, wanted, create=create)
+    rt.store.before_write(key, vendor, wanted, create=create, name=record.state.name)
     try:
         result = adapter.upsert(
             record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
@@ -207,9 +207,15 @@ def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | N
         )
     rt.store.note_unanswered(record.key, vendor)  # a second record may yet appear there
     since = datetime.fromtimestamp(sent, UTC) - timedelta(minutes=5)
-    found = adapter.find_existing(record.state, key=record.key, since=since)
-    # The id goes into this vendor's URLs from now on: only one of its id forms is kept.
-    return adapter.checked_id(found) if found is not None else None
+    # Vendors without a place for our key are searched by name: the name that create
+    # carried first (a change since may have renamed the deal), then the current one.
+    sent_name = record.intent_names.get(vendor) or None
+    for name in dict.fromkeys((sent_name or record.state.name, record.state.name)):
+        found = adapter.find_existing(replace(record.state, name=name), key=record.key, since=since)
+        if found is not None:
+            # The id goes into this vendor's URLs from now on: only one of its forms is kept.
+            return adapter.checked_id(found)
+    return None
 
 
 def _write_note(
