@@ -23,11 +23,10 @@ writes, 0 for ``edit``/``remove`` (a person in iVvy's UI).
 from __future__ import annotations
 
 import copy
-import hmac
 import json
 import threading
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Self
 
 from flask import Response, request
@@ -36,21 +35,18 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from schemas.ivvy import format_timestamp
 from schemas.timestamps import parse_timestamp
 from worker.sandbox.simulators import tls
-from worker.sandbox.simulators.base import Simulator
+from worker.sandbox.simulators.ivvyrecords import FIELDS, STAMPS, IvvyRecords
 from worker.sandbox.simulators.ivvyrules import (
     MODIFIERS,
     IvvyError,
+    check_signature,
     collection,
     int_arg,
     invalid,
     ivvy_now,
     matches,
-    pick,
-    text_arg,
 )
 from worker.sandbox.simulators.sns import FakeSnsTopic
-from worker.sandbox.simulators.variants import Variants
-from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
 
 DEFAULT_TOPIC_ARN = "arn:aws:sns:ap-southeast-2:123456789012:ivvy-crm"
 DEFAULT_STAGES: tuple[dict[str, Any], ...] = (
@@ -65,17 +61,10 @@ DEFAULT_USERS = (
     {"id": 12, "firstName": "Alice", "lastName": "Ex", "email": "alice@example.com", "phone": ""},
     {"id": 13, "firstName": "Bob", "lastName": "Ex", "email": "bob@example.com", "phone": ""},
 )
-STALE_AFTER = timedelta(minutes=5)
-STAMPS = ("createdDate", "modifiedDate")
-#: The getOpportunityList fields a new record holds as null (crm/get-opportunity-list.md).
-NULLS = ("description", "ownerUser", "contact", "company", "currentBookingId", "qualityId",
-         "stageId", "stageName", "stageReasonId", "typeId", "type", "subtypeId", "sourceId",
-         "sourceName", "channelId", "closedDate")  # fmt: skip
-FIELDS = frozenset({"id", "venueId", "name", "externalUrls", *STAMPS, *NULLS})
 SourceOf = tuple[int, str]  # (SourceType, SourceInfo) of a change
 
 
-class IvvySimulator(Simulator):
+class IvvySimulator(IvvyRecords):
     name = "ivvy"
     writes = ("addOrUpdateOpportunity", ("POST",))
 
@@ -154,47 +143,10 @@ class IvvySimulator(Simulator):
         if not request.path.startswith("/api/"):
             return None
         try:
-            self._check_signature()
+            check_signature(self.api_key, self.api_secret)
         except IvvyError as exc:
             return self.json_response(exc.body, exc.status)
         return None
-
-    def _check_signature(self) -> None:
-        """VENDORS.md §3.2: Content-MD5, a fresh date, then the HMAC over the request."""
-        if request.method != "POST":
-            raise IvvyError(405, "Method not allowed: every call is a POST", 23000)
-        if request.mimetype != "application/json":
-            raise IvvyError(406, "Content-Type must be application/json", 23006)
-        scheme, _, credentials = request.headers.get("X-Api-Authorization", "").partition(" ")
-        key, _, sig = credentials.partition(":")
-        if scheme != "IWS" or not key or not sig:
-            raise IvvyError(401, "Missing or malformed X-Api-Authorization", 23001)
-        md5 = request.headers.get("Content-MD5", "")
-        if md5 != content_md5(request.get_data()):
-            raise IvvyError(401, "Content-MD5 does not match the body", 23003)
-        ivvy_date, http_date = request.headers.get("IVVY-Date"), request.headers.get("Date", "")
-        try:
-            sent = (
-                parse_timestamp(ivvy_date)
-                if ivvy_date
-                else datetime.strptime(http_date, "%a, %d %b %Y %H:%M:%S %Z").replace(tzinfo=UTC)
-            )
-        except ValueError:
-            raise IvvyError(401, "Missing or invalid IVVY-Date/Date header", 23004) from None
-        if abs(datetime.now(UTC) - sent) > STALE_AFTER:
-            raise IvvyError(401, "Request is stale", 23005)
-        query = request.query_string.decode()
-        signed = string_to_sign(
-            method=request.method,
-            content_md5=md5,
-            content_type=request.headers["Content-Type"],
-            date="" if ivvy_date else http_date,
-            path_and_query=request.path + (f"?{query}" if query else ""),
-            ivvy_header_text=ivvy_headers(dict(request.headers)),
-        )
-        expected = signature(self.api_secret, signed)
-        if not (hmac.compare_digest(key, self.api_key) and hmac.compare_digest(sig, expected)):
-            raise IvvyError(401, "The request signature is not valid", 23002)
 
     def quota_exceeded(self, retry_in: float) -> Response:
         answer = IvvyError(429, "Too Many Requests", 429).body
@@ -241,92 +193,6 @@ class IvvySimulator(Simulator):
             self._apply(record, body)
             self._store(record, previous, source)
         return {"success": True, "id": record["id"]}
-
-    def _blank(self) -> dict[str, Any]:
-        stamp = format_timestamp(ivvy_now())
-        return {"id": self.next_id(), "venueId": self.venue_id, "name": "", **dict.fromkeys(NULLS),
-                "createdDate": stamp, "modifiedDate": stamp, "externalUrls": []}  # fmt: skip
-
-    def _apply(self, record: dict[str, Any], body: dict[str, Any]) -> None:
-        """Check every given key, then write them all (a refusal changes nothing)."""
-        new: dict[str, Any] = {}
-        if "name" in body:
-            new["name"] = text_arg(body, "name")
-            if not new["name"]:
-                raise invalid("name", "name must not be empty")
-        if "description" in body:
-            new["description"] = text_arg(body, "description")
-        if "stageId" in body:
-            stage = pick(self.stages, body, "stageId")
-            new.update(stageId=stage["id"], stageName=stage["name"])
-        if "typeId" in body:
-            kind = pick(self.types, body, "typeId")
-            new.update(typeId=kind["id"], type=kind["type"])
-        if "sourceId" in body:
-            source = pick(self.sources, body, "sourceId")
-            new.update(sourceId=source["id"], sourceName=source["name"])
-        if "closedDate" in body:
-            new["closedDate"] = self._closed_date(body)
-        if "ownerUserId" in body:
-            user = body["ownerUserId"] is not None and pick(self.users, body, "ownerUserId")
-            new["ownerUser"] = dict(user) if user else None
-        if "externalUrls" in body:
-            new["externalUrls"] = self._external_urls(body["externalUrls"])
-        # Contacts and companies are saved as they are read, so they come last.
-        if "contact" in body:
-            new["contact"] = self._contact(body["contact"])
-        if "company" in body:
-            new["company"] = self._company(body["company"])
-        record.update(new)
-
-    @staticmethod
-    def _closed_date(body: dict[str, Any]) -> str | None:
-        value = text_arg(body, "closedDate")
-        try:
-            return date.fromisoformat(value).isoformat() if value else None
-        except ValueError:
-            raise invalid("closedDate", "closedDate must be yyyy-mm-dd") from None
-
-    @staticmethod
-    def _external_urls(given: Any) -> list[dict[str, Any]]:
-        links = given or []
-        if not isinstance(links, list) or len(links) > 3:
-            raise invalid("externalUrls", "at most 3 external urls")
-        if not all(isinstance(x, dict) and isinstance(x.get("ref"), str) for x in links):
-            raise invalid("externalUrls", "each external url needs a ref")
-        return [{"ref": x["ref"], "url": x.get("url"), "label": x.get("label")} for x in links]
-
-    def _contact(self, given: Any) -> dict[str, Any] | None:
-        """contact?action=addOrUpdateContact semantics, inline (blank fields read as "")."""
-        if given is None or not isinstance(given, dict):
-            return self._refuse_party("contact", given)
-        fields = {k: text_arg(given, k) or "" for k in ("firstName", "lastName", "email", "phone")}
-        match = ("firstName", "lastName", "email")
-        return self._saved(self.contacts, fields, match, bool(given.get("updateIfExists")))
-
-    def _company(self, given: Any) -> dict[str, Any] | None:
-        if given is None or not isinstance(given, dict) or not text_arg(given, "businessName"):
-            return self._refuse_party("company", given)
-        fields = {"businessName": given["businessName"], "businessNumber": "", "phone": "",
-                  "email": ""}  # fmt: skip
-        return self._saved(
-            self.companies, fields, ("businessName",), bool(given.get("updateIfExists"))
-        )
-
-    @staticmethod
-    def _refuse_party(key: str, given: Any) -> None:
-        if given is not None:
-            raise invalid(key, f"{key} must be an object with its name")
-
-    def _saved(self, registry: list[dict[str, Any]], fields: dict[str, Any],
-               match: tuple[str, ...], update_if_exists: bool) -> dict[str, Any]:  # fmt: skip
-        """The party matched on ``match`` (with ``updateIfExists``) and updated, else a new one."""
-        found = next((p for p in registry if all(p[k] == fields[k] for k in match)), None)
-        if found is None or not update_if_exists:
-            found = {"id": self.next_id()}
-            registry.append(found)
-        found.update(fields)
-        return dict(found)
 
     def _store(
         self, record: dict[str, Any], previous: dict[str, Any] | None, source: SourceOf
@@ -462,22 +328,6 @@ class IvvySimulator(Simulator):
         """The venue's own automation posting a Standard Webhooks delivery."""
         record = self.records[str(vendor_id)]
         return self.send_standard_webhook({"id": record["id"]} if thin else self.shown(record))
-
-    def vary(self, record: dict[str, Any], variants: Variants) -> dict[str, Any]:
-        """iVvy's answers as its pages leave them open (VENDORS.md §3): timestamps
-        ``yyyy-mm-dd HH:mm:ss[ UTC]``, ids as numbers or their text, ``""`` for no value,
-        keys it adds, and a stage the mapping does not list (stages are tenant-defined)."""
-        for key in STAMPS:
-            record[key] = variants.timestamp(record.get(key), ("space", "utc"))
-        self.unknown_enum(record, variants, {"stageId": 9999, "stageName": "Pending Review"})
-        for key in ("id", "venueId", "stageId", "typeId", "sourceId", "qualityId"):
-            if isinstance(record.get(key), int) and variants.chance("id_types", 0.3):
-                record[key] = str(record[key])
-        for key, value in list(record.items()):
-            if value is None and variants.chance("optional_keys", 0.3):
-                record[key] = ""
-        variants.optional(record, ("currentBookingId", "qualityId", "subtypeId", "channelId"))
-        return variants.extra_keys(record)
 
     def _notify(
         self,
