@@ -49,7 +49,7 @@ from worker import broker
 from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 from worker.sandbox.simulators import tls
 from worker.sandbox.simulators.ivvy import IvvySimulator
-from worker.sandbox.simulators.leadway import iso, signing_keys
+from worker.sandbox.simulators.leadwayhooks import iso, signing_keys
 from worker.sandbox.stack import wait_for, whsec
 from worker.settings import Settings, from_env, get_settings
 from worker.store import metrics
