@@ -1,34 +1,45 @@
 """iVvy opportunities in and out: records, SNS notifications and the upsert body, as pure data.
 
-iVvy (VENDORS.md §3, vendor-docs/ivvy-add-or-update-opportunity.txt) has no status field:
-an opportunity's state is its tenant-defined stage (§3.4). A stage maps to a canonical stage
-through the mapping file; a stage the mapping does not know reads as won/lost when its name
-says so ("Won", "Closed - Lost") and as open otherwise (DESIGN.md, contract details).
-
+iVvy (VENDORS.md §3, vendor-docs/ivvy-add-or-update-opportunity.txt) has no status field: an
+opportunity's state is its tenant-defined stage (§3.4), read and chosen in ``ivvy_stages``.
 Records are read with ``crm?action=getOpportunityList`` (§3.5); ``createdDate`` and
 ``modifiedDate`` are ``yyyy-mm-dd HH:mm:ss[ UTC]`` in UTC (read by ``schemas.timestamps``).
-Changes arrive as AWS SNS notifications whose inner iVvy message carries ``Subject`` and a
-JSON ``Body`` (§3.7): fat
-``{"data": record, "previousData": record}`` for adds and updates, ids only for deletes.
-We write with ``venue?action=addOrUpdateOpportunity`` and stamp our key in ``externalUrls``
-(iVvy has no external id on opportunities, §3.3) so a lost create can be found again.
+Changes arrive as AWS SNS notifications (§3.7, their shapes in ``ivvy_sns``) read into events
+here. We write with ``venue?action=addOrUpdateOpportunity`` and stamp our key in
+``externalUrls`` (iVvy has no external id on opportunities, §3.3) so a lost create can be found
+again.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
 
 from schemas.envelope import InboundEvent
+from schemas.ivvy_sns import (
+    SOURCE_TYPE_API,
+    SUBJECT_ADDED,
+    SUBJECT_DELETED,
+    SUBJECT_UPDATED,
+    DeletedBodySchema,
+    MessageSchema,
+    body_json,
+)
+from schemas.ivvy_sns import message_venue as message_venue
+from schemas.ivvy_sns import unwrap_sns as unwrap_sns
+from schemas.ivvy_stages import (
+    VENDOR,
+    effective_status,
+    mapped_stage_id,
+    stage_and_status,
+    status_from_stage_name,
+)
+from schemas.ivvy_stages import choose_stage as choose_stage
 from schemas.mapping import Mapping
 from schemas.opportunity import Contact, Opportunity, Status, not_carried
 from schemas.timestamps import Timestamp, read_timestamp
-
-VENDOR = "ivvy"
 
 SYNCED_FIELDS: frozenset[str] = frozenset(
     {"name", "status", "stage", "close_date", "description", "owner", "contact", "company"}
@@ -50,10 +61,6 @@ RECORD_KEYS: dict[str, tuple[str, ...]] = {
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 EXTERNAL_URL_LABEL = "oppsync"
-SUBJECT_ADDED = "OpportunityAdded"
-SUBJECT_UPDATED = "OpportunityUpdated"
-SUBJECT_DELETED = "OpportunityDeleted"
-SOURCE_TYPE_API = 1
 
 
 # -- record schema ---------------------------------------------------------------------------
@@ -114,27 +121,6 @@ class OpportunityRecordSchema(_Tolerant):
     )
 
 
-class _MessageSchema(Schema):
-    """The inner iVvy message of an SNS notification (VENDORS.md §3.7)."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    subject = fields.String(data_key="Subject", required=True)
-    body = fields.Raw(data_key="Body", required=True)
-    timestamp = fields.Raw(data_key="Timestamp", allow_none=True, load_default=None)
-    source_type = fields.Integer(data_key="SourceType", allow_none=True, load_default=None)
-    source_info = fields.String(data_key="SourceInfo", allow_none=True, load_default=None)
-
-
-class _DeletedBodySchema(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-    venue_id = fields.Integer(data_key="venueId", allow_none=True, load_default=None)
-    opportunity_id = fields.Integer(data_key="opportunityId", required=True)
-
-
 _RECORD = OpportunityRecordSchema()
 
 
@@ -167,64 +153,6 @@ def has_ref(record: dict[str, Any], key: str) -> bool:
 
 def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
-
-
-# -- stages and status -----------------------------------------------------------------------
-def status_from_stage_name(name: str | None) -> Status:
-    """A stage the mapping does not know: "won"/"lost" in its name decide, else open."""
-    lowered = (name or "").lower()
-    if "won" in lowered:
-        return Status.WON
-    if "lost" in lowered:
-        return Status.LOST
-    return Status.OPEN
-
-
-def _effective_status(opp: Opportunity, mapping: Mapping) -> Status:
-    """The status we can write: abandoned becomes lost unless a stage holds it."""
-    status = opp.status or Status.OPEN
-    if status is Status.ABANDONED and mapping.stage_for_status(VENDOR, status) is None:
-        return Status.LOST
-    return status
-
-
-def mapped_stage_id(opp: Opportunity, mapping: Mapping) -> int | None:
-    """The iVvy stage the mapping gives ``opp``: its stage's id, else one for its status."""
-    explicit = mapping.stage_id(VENDOR, opp.stage)
-    if explicit is not None:
-        return int(explicit)
-    by_status = mapping.stage_for_status(VENDOR, _effective_status(opp, mapping))
-    return int(by_status.ids[VENDOR]) if by_status is not None else None
-
-
-def choose_stage(
-    opp: Opportunity, mapping: Mapping, stages: Iterable[dict[str, Any]], default: int | None
-) -> int | None:
-    """The stage id to write: the mapping's, else one from the tenant's ``getLeadStageList``
-    whose name reads as the status, else (open) ``default`` or the first open-named stage.
-    ``None`` when won/lost cannot be expressed in this tenant."""
-    mapped = mapped_stage_id(opp, mapping)
-    if mapped is not None:
-        return mapped
-    status = _effective_status(opp, mapping)
-    listed = [s for s in stages if isinstance(s, dict) and s.get("id") is not None]
-    if status is Status.OPEN and default is not None:
-        return default
-    for stage in listed:
-        if status_from_stage_name(stage.get("name")) is status:
-            return int(stage["id"])
-    if status is Status.OPEN and listed:
-        return int(listed[0]["id"])
-    return None
-
-
-def _stage_and_status(
-    stage_id: object, stage_name: str | None, mapping: Mapping
-) -> tuple[str | None, Status]:
-    stage = mapping.stage_by_vendor_id(VENDOR, stage_id)
-    if stage is not None:
-        return stage.name, stage.status
-    return None, status_from_stage_name(stage_name)
 
 
 # -- contacts --------------------------------------------------------------------------------
@@ -265,7 +193,7 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     data = load_record(record)
     unknown = not_carried(record, RECORD_KEYS)
     unmapped: tuple[tuple[str, str], ...] = ()
-    stage, status = _stage_and_status(data["stage_id"], data["stage_name"], mapping)
+    stage, status = stage_and_status(data["stage_id"], data["stage_name"], mapping)
     if stage is None and data["stage_id"] is not None and _maps_stages(mapping):
         # A stage the mapping does not list: no canonical stage to give, and unless its name
         # says won or lost, no status either (it could be any): both unknown, reported.
@@ -301,33 +229,21 @@ def _maps_stages(mapping: Mapping) -> bool:
     return any(VENDOR in stage.ids for stage in mapping.stages)
 
 
-def _body_json(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    try:
-        body = json.loads(raw) if isinstance(raw, str | bytes) else None
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ValidationError({"Body": ["must be a JSON object (or its JSON text)"]})
-    return body
-
-
 def parse_native(message: dict[str, Any]) -> InboundEvent | None:
     """The inner iVvy message of an SNS notification; ``None`` for non-opportunity subjects.
 
     ``api_author`` is ``SourceInfo`` (the API key) when ``SourceType`` is 1 (§3.7).
     """
-    meta = _MessageSchema().load(message)
+    meta = MessageSchema().load(message)
     subject = meta["subject"]
     if subject not in (SUBJECT_ADDED, SUBJECT_UPDATED, SUBJECT_DELETED):
         return None
-    body = _body_json(meta["body"])
+    body = body_json(meta["body"])
     author = meta["source_info"] if meta["source_type"] == SOURCE_TYPE_API else None
     sent_at = read_timestamp(meta["timestamp"])
     if subject == SUBJECT_DELETED:
         try:
-            ids = _DeletedBodySchema().load(body)
+            ids = DeletedBodySchema().load(body)
         except ValidationError as exc:
             raise ValidationError({"Body": exc.messages}) from None
         return InboundEvent(
@@ -351,31 +267,6 @@ def parse_native(message: dict[str, Any]) -> InboundEvent | None:
     )
 
 
-def unwrap_sns(payload: dict[str, Any]) -> dict[str, Any]:
-    """The inner iVvy message: an SNS ``Notification``'s ``Message`` parsed, else ``payload``."""
-    if isinstance(payload, dict) and payload.get("Type") == "Notification":
-        try:
-            inner = json.loads(payload.get("Message") or "")
-        except (TypeError, ValueError):
-            raise ValidationError(
-                {"Message": ["must be the JSON text of an iVvy message"]}
-            ) from None
-        if not isinstance(inner, dict):
-            raise ValidationError({"Message": ["must be the JSON text of an iVvy message"]})
-        return inner
-    return payload
-
-
-def message_venue(message: dict[str, Any]) -> int | None:
-    """The venue a (valid) notification is about, when it says."""
-    try:
-        body = _body_json(message.get("Body"))
-        venue = (body.get("data") or {}).get("venueId", body.get("venueId"))
-        return int(venue) if venue not in (None, "") else None
-    except (ValidationError, TypeError, ValueError, AttributeError):
-        return None
-
-
 # -- outbound --------------------------------------------------------------------------------
 def project(opp: Opportunity, mapping: Mapping) -> Opportunity:
     stage_id = mapped_stage_id(opp, mapping)
@@ -386,10 +277,10 @@ def project(opp: Opportunity, mapping: Mapping) -> Opportunity:
         # "open" here would pass for a value the deal never had.
         stage, status = None, None
     elif stage_id is not None:
-        stage, status = _stage_and_status(stage_id, None, mapping)
+        stage, status = stage_and_status(stage_id, None, mapping)
     else:
         # Written by the tenant's stage list: only its name speaks, so no canonical stage.
-        stage, status = None, _effective_status(opp, mapping)
+        stage, status = None, effective_status(opp, mapping)
     # iVvy takes an owner only as a user id: an owner the mapping cannot name is dropped.
     owner = opp.owner.lower() if opp.owner and mapping.owner_id(VENDOR, opp.owner) else None
     return Opportunity(
