@@ -83,7 +83,14 @@ def ensure_chromium() -> None:
 
 
 def run(*args: str) -> int:
-    return subprocess.call([str(BIN / args[0]), *args[1:]], cwd=ROOT)
+    child = subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=ROOT)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the child too, which stops what it started: wait for it
+            # instead of printing this script's traceback.
+            continue
 
 
 def main(argv: list[str]) -> int:
