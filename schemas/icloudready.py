@@ -166,7 +166,7 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         unknown |= {"status"}
         unmapped.append(("status", data["status"]))
     stage = mapping.stage_by_vendor_id(VENDOR, data["stage"])
-    if stage is None and data["stage"] is not None and _maps_stages(mapping):
+    if stage is None and data["stage"] is not None and mapping.maps_stages(VENDOR):
         unknown |= {"stage"}
         unmapped.append(("stage", data["stage"]))
     probability = data["probability"]
@@ -185,11 +185,6 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         unknown=unknown,
         unmapped=tuple(unmapped),
     )
-
-
-def _maps_stages(mapping: Mapping) -> bool:
-    """Whether the mapping names iCloudReady sales stages (else none reads as a stage)."""
-    return any(VENDOR in stage.ids for stage in mapping.stages)
 
 
 def project(opp: Opportunity, mapping: Mapping) -> Opportunity:

@@ -194,7 +194,7 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     unknown = not_carried(record, RECORD_KEYS)
     unmapped: tuple[tuple[str, str], ...] = ()
     stage, status = stage_and_status(data["stage_id"], data["stage_name"], mapping)
-    if stage is None and data["stage_id"] is not None and _maps_stages(mapping):
+    if stage is None and data["stage_id"] is not None and mapping.maps_stages(VENDOR):
         # A stage the mapping does not list: no canonical stage to give, and unless its name
         # says won or lost, no status either (it could be any): both unknown, reported.
         unmapped = (("stageId", f"{data['stage_id']} ({data['stage_name'] or 'unnamed'})"),)
@@ -222,11 +222,6 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         unknown=unknown,
         unmapped=unmapped,
     )
-
-
-def _maps_stages(mapping: Mapping) -> bool:
-    """Whether the mapping names iVvy stages (else every stage is read by its name)."""
-    return any(VENDOR in stage.ids for stage in mapping.stages)
 
 
 def parse_native(message: dict[str, Any]) -> InboundEvent | None:

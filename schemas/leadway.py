@@ -134,6 +134,13 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
     if data["status"] is not None and status is None:
         # "all" is a search filter, anything else a value HighLevel added: unknown, reported.
         unknown, unmapped = unknown | {"status", "stage"}, (("status", data["status"]),)
+    stage_id = data["pipeline_stage_id"]
+    stage = mapping.stage_by_vendor_id("leadway", stage_id)
+    if stage is None and stage_id is not None and mapping.maps_stages("leadway"):
+        # A pipeline stage added in HighLevel after the mapping was written: not "no stage"
+        # (that would move the deal elsewhere), unknown, and reported so it can be mapped.
+        unknown |= {"stage"}
+        unmapped = (*unmapped, ("pipelineStageId", str(stage_id)))
     contact = data["contact"] or {}
     person = None
     if contact.get("email") or contact.get("phone"):
@@ -143,7 +150,7 @@ def to_canonical(record: dict[str, Any], mapping: Mapping) -> Opportunity:
         name=data["name"],
         amount=to_decimal(data["monetary_value"]),
         status=status,
-        stage=_stage(mapping.stage_by_vendor_id("leadway", data["pipeline_stage_id"]), status),
+        stage=_stage(stage, status),
         owner=mapping.owner_email("leadway", data["assigned_to"]),
         contact=person,
         company=contact.get("company_name") or None,

@@ -92,6 +92,11 @@ class Mapping:
                 return stage
         return None
 
+    def maps_stages(self, vendor: str) -> bool:
+        """Whether the mapping names any of this vendor's stages: when it does, a stage id
+        it does not list is a value to report, not merely a stage oppsync does not sync."""
+        return any(vendor in stage.ids for stage in self.stages)
+
     def stage_for_status(self, vendor: str, status: Status | None) -> Stage | None:
         """The first stage with this status that the vendor has an id for."""
         for stage in self.stages:

@@ -135,8 +135,10 @@ def test_to_canonical_leaves_unmapped_stage_and_owner_unknown() -> None:
     record = a_record(pipelineStageId="11111111-2222-3333-4444-555555555555", assignedTo="zz")
     # when it is translated
     opp = leadway.to_canonical(record, M)
-    # then both read as unknown
+    # then both read as unknown, and the stage id is reported for the mapping
     assert (opp.stage, opp.owner) == (None, None)
+    assert "stage" in opp.unknown
+    assert opp.unmapped == (("pipelineStageId", "11111111-2222-3333-4444-555555555555"),)
 
 
 def test_to_canonical_reads_a_placeholder_contact_as_no_contact() -> None:
