@@ -15,16 +15,18 @@ WORKDIR /app
 
 # The deploy lock first (its layer is reused while only the code changes): every package
 # pinned and checked against its hashes (requirements.txt, written by python3 dev.py lock).
-COPY requirements.txt ./
-RUN pip install --require-hashes --no-deps -r requirements.txt
+COPY requirements.txt requirements-build.txt ./
+RUN pip install --require-hashes --no-deps -r requirements.txt -r requirements-build.txt
 
-# Then the project itself, without resolving anything again (the simulators that
-# `oppsync run --sandbox` and `oppsync demo` start are product code, in worker/sandbox/).
+# Then the project itself, without resolving or fetching anything again: built with the
+# setuptools pinned above (no build isolation), so every package in the image was checked
+# against its hash. (The simulators that `oppsync run --sandbox` and `oppsync demo` start
+# are product code, in worker/sandbox/.)
 COPY pyproject.toml README.md LICENSE Procfile mapping.example.toml ./
 COPY schemas ./schemas
 COPY web ./web
 COPY worker ./worker
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation --no-index . \
     && useradd --create-home --uid 10001 oppsync
 
 # Not root: the processes write only the beat schedule and Flower's database, under /tmp.

@@ -6,7 +6,8 @@
     python3 dev.py lint     ruff (lint + format check) and mypy
     python3 dev.py demo     the stack plus five simulated vendors, with a live table
     python3 dev.py bench    the benchmark (add --quick for a short run)
-    python3 dev.py lock     rewrite requirements.txt, the deploy lock, from pyproject.toml
+    python3 dev.py lock     rewrite the deploy locks from pyproject.toml: requirements.txt
+                            (runtime) and requirements-build.txt (what builds the package)
 
 Installing means: a virtual environment in ``.venv`` with the project and its test
 dependencies (re-done when ``pyproject.toml`` changes), and Debian's Chromium for the
@@ -33,6 +34,13 @@ LOCK_COMMAND = (
     "uv", "pip", "compile", "pyproject.toml", "--generate-hashes", "--python-platform", "linux",
     "--python-version", "3.11", "--custom-compile-command", "python3 dev.py lock",
     "--output-file", "requirements.txt",
+)  # fmt: skip
+#: The build backend's packages, pinned with hashes too: the Dockerfile installs them and
+#: builds without isolation, so no unpinned setuptools is fetched to build the image.
+BUILD_LOCK_COMMAND = (
+    "uv", "pip", "compile", "-", "--generate-hashes", "--python-platform", "linux",
+    "--python-version", "3.11", "--custom-compile-command", "python3 dev.py lock",
+    "--output-file", "requirements-build.txt",
 )  # fmt: skip
 
 
@@ -93,6 +101,17 @@ def run(*args: str) -> int:
             continue
 
 
+def lock_build(rest: list[str]) -> int:
+    """Write requirements-build.txt from ``[build-system] requires``."""
+    import tomllib
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    given = "".join(f"{line}\n" for line in requires).encode()
+    return subprocess.run(
+        [str(BIN / "uv"), *BUILD_LOCK_COMMAND[1:], *rest], cwd=ROOT, input=given
+    ).returncode
+
+
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("help", [])
     if command in ("help", "-h", "--help"):
@@ -109,7 +128,7 @@ def main(argv: list[str]) -> int:
         ensure_chromium()
         return run("python", "-m", "pytest", *rest)
     if command == "lock":
-        return run("uv", *LOCK_COMMAND[1:], *rest)
+        return run("uv", *LOCK_COMMAND[1:], *rest) or lock_build(rest)
     if command == "lint":
         return run("ruff", "check", ".") or run("ruff", "format", "--check", ".") or run("mypy")
     print(f"unknown command {command!r}\n{__doc__}")

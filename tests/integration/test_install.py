@@ -87,3 +87,24 @@ def test_install_lock_installs_exactly_what_it_pins(stock_python: Path, tmp_path
         assert words not in said, said[-3000:]
     pinned = {e.name: e.version for e in lock_entries() if e.applies()}
     assert versions == pinned
+
+
+def test_install_builds_the_project_offline_from_the_hashed_build_lock(
+    stock_python: Path, tmp_path: Path
+) -> None:
+    # given the build lock installed as the Dockerfile does (hash mode)
+    pip = [str(stock_python), "-m", "pip", "install", "--no-deps"]
+    subprocess.run([*pip, "--require-hashes", "-r", "requirements-build.txt"], cwd=ROOT, check=True)
+    # when the project is built without isolation and without the package index
+    built = subprocess.run(
+        [*pip, "--no-build-isolation", "--no-index", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    # then it builds and installs with nothing else fetched
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    shown = subprocess.run(
+        [stock_python, "-m", "pip", "show", "oppsync"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and "Name: oppsync" in shown.stdout

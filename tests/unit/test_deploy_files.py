@@ -112,7 +112,12 @@ def test_dockerfile_is_slim_non_root_and_installs_the_lock() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     python = (ROOT / ".python-version").read_text().strip()
     assert re.search(rf"^FROM python:{re.escape(python)}-slim$", dockerfile, re.M)
-    assert "pip install --require-hashes --no-deps -r requirements.txt" in dockerfile
+    assert re.search(
+        r"pip install --require-hashes --no-deps -r requirements.txt -r requirements-build.txt",
+        dockerfile,
+    )
+    # the project is built with those pinned packages: nothing fetched without a hash
+    assert "pip install --no-deps --no-build-isolation --no-index ." in dockerfile
     users = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
     (cmd,) = re.findall(r"^CMD (.+)$", dockerfile, re.M)
@@ -129,6 +134,7 @@ def test_render_blueprint_runs_every_process_on_a_keyvalue_that_never_evicts() -
     for service in services:
         if "startCommand" in service:
             assert "--require-hashes" in service["buildCommand"]
+            assert "--no-build-isolation --no-index ." in service["buildCommand"]
     (redis,) = [s for s in services if s["type"] == "keyvalue"]
     assert redis["maxmemoryPolicy"] == "noeviction"
     listed = env_example()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
@@ -15,6 +16,8 @@ from packaging.utils import canonicalize_name
 from worker.sandbox.stack import ROOT
 
 LOCK = ROOT / "requirements.txt"
+#: What builds the package (``[build-system] requires``), pinned the same way.
+BUILD_LOCK = ROOT / "requirements-build.txt"
 #: The lock is for the deploy target: Python 3.11 on Linux (.python-version, Dockerfile).
 TARGET = {"python_version": "3.11", "python_full_version": "3.11.7", "sys_platform": "linux",
           "platform_system": "Linux", "os_name": "posix"}  # fmt: skip
@@ -34,10 +37,10 @@ class Entry:
         return not self.marker or Marker(self.marker).evaluate(TARGET)
 
 
-def lock_entries() -> list[Entry]:
-    """Each ``name==version [; marker]`` of the lock with the hashes that follow it."""
+def lock_entries(lock: Path = LOCK) -> list[Entry]:
+    """Each ``name==version [; marker]`` of a lock with the hashes that follow it."""
     entries: list[Entry] = []
-    text = LOCK.read_text()
+    text = lock.read_text()
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         first = block.splitlines()[0]
         if first.startswith("#"):
@@ -85,3 +88,15 @@ def test_lock_agrees_with_pyproject_ranges() -> None:
 def test_lock_holds_no_test_tool_and_names_its_command() -> None:
     assert not TEST_TOOLS & {e.name for e in lock_entries()}
     assert "python3 dev.py lock" in LOCK.read_text().split("\n", 3)[1]
+
+
+def test_build_lock_pins_every_build_requirement_with_hashes() -> None:
+    # given what pyproject.toml says builds the package
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pinned = {e.name: e for e in lock_entries(BUILD_LOCK) if e.applies()}
+    # then each is pinned to a version its range allows, with hashes
+    for line in build:
+        wanted = Requirement(line)
+        entry = pinned[canonicalize_name(wanted.name)]
+        assert wanted.specifier.contains(entry.version), (line, entry.version)
+        assert entry.hashes, entry.name
