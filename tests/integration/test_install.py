@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ensurepip
 import json
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -22,6 +23,8 @@ from worker.sandbox.stack import ROOT
 pytestmark = pytest.mark.install
 
 #: What pip prints when it backtracks (pip 23.2 up to today's).
+#: What a copy of the checkout to build from leaves out.
+NOT_SOURCE = (".git", ".venv", ".oppsync", "build", "*.egg-info", "__pycache__", ".*_cache")
 BACKTRACKING = ("looking at multiple versions", "taking longer than usual")
 
 
@@ -95,10 +98,13 @@ def test_install_builds_the_project_offline_from_the_hashed_build_lock(
     # given the build lock installed as the Dockerfile does (hash mode)
     pip = [str(stock_python), "-m", "pip", "install", "--no-deps"]
     subprocess.run([*pip, "--require-hashes", "-r", "requirements-build.txt"], cwd=ROOT, check=True)
-    # when the project is built without isolation and without the package index
+    # when the project is built without isolation and without the package index (from a
+    # copy: an in-tree build leaves build/ and *.egg-info behind)
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     built = subprocess.run(
         [*pip, "--no-build-isolation", "--no-index", "."],
-        cwd=ROOT,
+        cwd=source,
         capture_output=True,
         text=True,
     )
