@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def demo(*, port: int, exit_when_converged: bool) -> int:
                   f"(their output: {log.path}) …")  # fmt: skip
     with log:
         try:
-            converged = _run(port, flower_port, workdir, console, log, exit_when_converged)
+            converged = _run(DemoRun(port, flower_port, workdir, console, log, exit_when_converged))
         except ConfigRefused as exc:
             console.print(str(exc))
             shutil.rmtree(workdir, ignore_errors=True)
@@ -203,51 +204,45 @@ def _keep_only(workdir: Path, log: Path) -> None:
             child.unlink()
 
 
-def _run(
-    port: int,
-    flower_port: int,
-    workdir: Path,
-    console: Console,
-    log: ProcessLog,
-    exit_when_converged: bool,
-) -> bool:
+@dataclass(frozen=True)
+class DemoRun:
+    """What one demo run was asked for, and where it writes."""
+
+    port: int
+    flower_port: int
+    workdir: Path
+    console: Console
+    log: ProcessLog
+    exit_when_converged: bool
+
+
+def _run(run: DemoRun) -> bool:
     from worker.sandbox.embedded_redis import start_redis
     from worker.sandbox.stack import start_simulators
 
     with ExitStack() as started:  # whatever starts is stopped, however the demo ends
         redis_url = os.environ.get("REDIS_URL", "")
         if redis_url:
-            console.print("Using REDIS_URL: the demo's links and events stay in that Redis.")
+            run.console.print("Using REDIS_URL: the demo's links and events stay in that Redis.")
         else:
-            redis_server = start_redis(directory=workdir / "redis")
+            redis_server = start_redis(directory=run.workdir / "redis")
             started.callback(redis_server.stop)
             redis_url = redis_server.url
         sims = start_simulators()
         for sim in sims.values():
             started.callback(sim.stop)
-        return _run_on(
-            redis_url, sims, port, flower_port, workdir, console, log, exit_when_converged
-        )
+        return _run_on(run, redis_url, sims)
 
 
-def _run_on(
-    redis_url: str,
-    sims: dict[str, Any],
-    port: int,
-    flower_port: int,
-    workdir: Path,
-    console: Console,
-    log: ProcessLog,
-    exit_when_converged: bool,
-) -> bool:
+def _run_on(run: DemoRun, redis_url: str, sims: dict[str, Any]) -> bool:
     from worker.preflight import explain, problems
     from worker.sandbox.localrun import run_stack, source_line, write_sandbox_env
 
     for name, sim in sims.items():
-        sim.webhook_url = f"http://127.0.0.1:{port}/webhooks/{name}"
+        sim.webhook_url = f"http://127.0.0.1:{run.port}/webhooks/{name}"
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = True  # Leadway and iVvy announce our own writes too, as in life
-    env = _environment(redis_url, sims, workdir, flower_port)
+    env = _environment(redis_url, sims, run.workdir, run.flower_port)
     if found := problems(env):  # what the demo takes from the user's environment
         raise ConfigRefused(explain(found))
     env_file = write_sandbox_env(env)
@@ -257,32 +252,32 @@ def _run_on(
     outcome = {"converged": False}
 
     def after_start(_: dict[str, str]) -> None:
-        web = f"http://127.0.0.1:{port}"
+        web = f"http://127.0.0.1:{run.port}"
         _wait_ready(web)
         started = time.monotonic()
         store = Store(redis.Redis.from_url(redis_url, decode_responses=True))
         outcome["converged"] = show_convergence(
-            sims, mapping, console, started=started, store=store
+            sims, mapping, run.console, started=started, store=store
         )
         store.redis.close()
         took = time.monotonic() - started
-        console.print(
+        run.console.print(
             f"All five vendors agree on all five deals: converged in {took:.1f} s."
             if outcome["converged"]
             else f"Not converged after {CONVERGE_SECONDS} s: see {web}/status."
         )
-        console.print(
-            f"Status page {web}/status and Flower http://127.0.0.1:{flower_port} (user "
+        run.console.print(
+            f"Status page {web}/status and Flower http://127.0.0.1:{run.flower_port} (user "
             f"{env['OPPSYNC_ADMIN_USER']}, password {env['OPPSYNC_ADMIN_PASSWORD']}); metrics "
             f"at {web}/metrics. The stack keeps running; Ctrl-C stops everything.\n"
         )
-        console.print(escape(source_line(env_file)) + "\n")
-        if exit_when_converged:
+        run.console.print(escape(source_line(env_file)) + "\n")
+        if run.exit_when_converged:
             raise Finished
-        log.follow()
+        run.log.follow()
 
     try:
-        run_stack(sandbox=False, port=port, after_start=after_start)
+        run_stack(sandbox=False, port=run.port, after_start=after_start)
     finally:
         env_file.unlink(missing_ok=True)
     return outcome["converged"]
