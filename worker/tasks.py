@@ -195,6 +195,13 @@ def _fan_out(rt: Runtime, env: Envelope, outcome: Outcome) -> str:
     )
     if all(r.outcome not in (PushOutcome.RETRYING, PushOutcome.DEAD_LETTER) for r in results):
         metrics.observe_latency(rt.redis, time.time() - env.received_at)
+    if failed := [r for r in results if r.outcome is PushOutcome.DEAD_LETTER]:
+        # Recorded as dead letters already; the task ends FAILED so Flower shows it too
+        # (the event's other writes were made, and the merge is saved).
+        raise DeadLettered(
+            "; ".join(f"push to {r.vendor}: {r.detail}" for r in failed)
+            + f" (event {outcome.outcome}; other targets written)"
+        )
     return outcome.outcome
 
 

@@ -219,3 +219,20 @@ def test_ingest_now_reports_a_dead_letter_as_its_outcome(tasks: Any) -> None:
     bad = {**DEAL, "name": ""}
     # then it reports the dead letter instead of raising
     assert tasks.ingest_now(envelope("salescaling", bad)) == "dead_letter"
+
+
+def test_an_ingest_whose_fan_out_dead_letters_a_push_is_a_failed_task(
+    tasks: Any, own_redis: EmbeddedRedis, sims: dict[str, Any]
+) -> None:
+    # given iVvy refusing every write as invalid (a permanent answer: no retry can fix it)
+    sims["ivvy"].faults.add("error", status=400, times=100, path_contains="addOrUpdate")
+    # when a new Salescaling deal's ingest task runs
+    result = tasks.ingest_change.apply(kwargs={"envelope": envelope("salescaling", DEAL).to_dict()})
+    # then the task ends FAILED (as Flower shows it), naming the push that dead-lettered,
+    assert result.state == "FAILURE", (result.state, result.result)
+    assert isinstance(result.result, DeadLettered) and "push to ivvy" in str(result.result)
+    # with that push's dead letter only, and the other vendors written all the same
+    letters = DeadLetters(redis.Redis.from_url(own_redis.url, decode_responses=True)).list()
+    assert [(letter.kind, letter.vendor) for letter in letters] == [("push", "ivvy")]
+    for vendor in ("siro", "leadway", "icloudready"):
+        assert sims[vendor].records, vendor
