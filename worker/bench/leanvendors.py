@@ -12,7 +12,6 @@ vendors (validation, paging rules, variants) is the sandbox simulators' job, not
 from __future__ import annotations
 
 import hmac
-import json
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -22,76 +21,12 @@ from aiohttp import web
 
 from schemas import ivvy as ivvy_schema
 from schemas.timestamps import read_timestamp
-from worker.bench.lean import LeanVendor, Refusal, Route, Written, deal_number
+from worker.bench.lean import Refusal, Route, Written
+from worker.bench.leanstore import Named, bearer, body_of, now_iso
 from worker.sandbox.simulators.ivvy import DEFAULT_STAGES, DEFAULT_TOPIC_ARN
 from worker.sandbox.simulators.leadway import API_VERSION, default_pipeline
 from worker.sandbox.simulators.leadwayhooks import _pem, signing_keys
 from worker.vendors.ivvy import content_md5, ivvy_headers, signature, string_to_sign
-
-
-def _now() -> str:
-    """ISO 8601 in UTC to the millisecond, as most of the vendors answer."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise Refusal(400, {"message": "The body is not JSON"}) from None
-    if not isinstance(body, dict):
-        raise Refusal(400, {"message": "The body must be a JSON object"})
-    return body
-
-
-def _bearer(request: web.Request, token: str) -> bool:
-    given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-
-class Named(LeanVendor):
-    """Records found again by name (the look-up after an unanswered create)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_name: dict[str, list[str]] = {}
-
-    def keep(self, record_id: str, record: dict[str, Any], name: Any) -> Written | None:
-        """Store a new record under ``name``; None. The deal it holds is counted."""
-        self.records[record_id] = record
-        if isinstance(name, str):
-            self.by_name.setdefault(name, []).append(record_id)
-        return None
-
-    def named(self, name: str | None) -> list[dict[str, Any]]:
-        if name is None:
-            return list(self.records.values())
-        return [self.records[i] for i in self.by_name.get(name, ()) if i in self.records]
-
-    def forget(self, record_id: str) -> None:
-        record = self.records.get(record_id)
-        name = self.name_of(record) if record else None
-        if name in self.by_name:
-            self.by_name[name] = [i for i in self.by_name[name] if i != record_id]
-            if not self.by_name[name]:
-                del self.by_name[name]
-        super().forget(record_id)
-
-    def name_of(self, record: dict[str, Any]) -> str | None:
-        name = record.get("name")
-        return name if isinstance(name, str) else None
-
-    def written(self, record_id: str, body: dict[str, Any], answer: Any) -> Written:
-        number = deal_number(body)
-        if number is not None:
-            self.deals[record_id] = number
-        return Written(answer, number)
-
-    def get(self, record_id: str, missing: Any) -> dict[str, Any]:
-        record = self.records.get(record_id)
-        if record is None:
-            raise Refusal(404, missing)
-        return record
 
 
 class Siro(Named):
@@ -114,16 +49,16 @@ class Siro(Named):
         ]
 
     def authorised(self, request: web.Request, raw: bytes) -> Refusal | None:
-        return None if _bearer(request, self.token) else Refusal(401, {"message": "Unauthorized"})
+        return None if bearer(request, self.token) else Refusal(401, {"message": "Unauthorized"})
 
     def sync(self, request: web.Request, raw: bytes) -> Written:
-        body = _body(raw)
+        body = body_of(raw)
         external = body.get("externalId")
         if not isinstance(external, str) or not external:
             raise Refusal(422, {"message": "externalId is required"})
         record_id = self.by_external.get(external)
         previous = self.records.get(record_id) if record_id else None
-        stamp = _now()
+        stamp = now_iso()
         if previous is None:
             record_id = str(uuid.uuid4())
             self.by_external[external] = record_id
@@ -186,7 +121,7 @@ class Leadway(Named):
         ]
 
     def authorised(self, request: web.Request, raw: bytes) -> Refusal | None:
-        if not _bearer(request, self.token):
+        if not bearer(request, self.token):
             return Refusal(401, {"statusCode": 401, "message": "Invalid token"})
         if request.headers.get("Version") != API_VERSION:
             return Refusal(400, {"statusCode": 400, "message": "Version header is missing"})
@@ -197,7 +132,7 @@ class Leadway(Named):
         return secrets.token_hex(10)  # 20 letters and digits, as HighLevel's ids
 
     def contact(self, request: web.Request, raw: bytes) -> dict[str, Any]:
-        body = _body(raw)
+        body = body_of(raw)
         key = str(body.get("email") or body.get("phone") or body.get("name") or "")
         new = key not in self.contacts or not key
         contact_id = self.new_id() if new else self.contacts[key]
@@ -206,11 +141,11 @@ class Leadway(Named):
         return {"new": new, "contact": {**body, "id": contact_id}}
 
     def upsert(self, request: web.Request, raw: bytes) -> Written:
-        body = _body(raw)
+        body = body_of(raw)
         if body.get("locationId") != self.location_id:
             raise Refusal(403, {"statusCode": 403, "message": "The token does not have access"})
         kept = {k: v for k, v in body.items() if not k.startswith(("followers", "isRemove"))}
-        record_id, stamp = body.get("id"), _now()
+        record_id, stamp = body.get("id"), now_iso()
         if record_id is not None:
             previous = self.get(str(record_id), {"statusCode": 404, "message": "Not found"})
             previous.update(kept, updatedAt=stamp)
@@ -287,7 +222,7 @@ class Ivvy(Named):
     def venue(self, request: web.Request, raw: bytes) -> Written:
         if request.query.get("action") != "addOrUpdateOpportunity":
             raise Refusal(404, _ivvy_error(404, "The requested action does not exist", 404))
-        body, stamp = _body(raw), ivvy_schema.format_timestamp(datetime.now(UTC))
+        body, stamp = body_of(raw), ivvy_schema.format_timestamp(datetime.now(UTC))
         if body.get("id") is not None:
             previous = self.get(str(body["id"]), _ivvy_error(400, "No such opportunity", 24222))
             previous.update({k: v for k, v in body.items() if k != "id"}, modifiedDate=stamp)
@@ -305,7 +240,7 @@ class Ivvy(Named):
         return "read" if b'"id"' in raw.split(b'"filter"', 1)[-1][:40] else "lookup"
 
     def crm(self, request: web.Request, raw: bytes) -> dict[str, Any]:
-        action, body = request.query.get("action"), _body(raw)
+        action, body = request.query.get("action"), body_of(raw)
         if action == "getLeadStageList":
             return {"meta": {"totalResults": len(DEFAULT_STAGES)}, "results": DEFAULT_STAGES}
         if action != "getOpportunityList":
@@ -352,7 +287,7 @@ class Salescaling(Named):
                              "error": "Unauthorized - missing or invalid API key"})  # fmt: skip
 
     def create(self, request: web.Request, raw: bytes) -> Written:
-        body, stamp = _body(raw), _now()
+        body, stamp = body_of(raw), now_iso()
         record_id = str(uuid.uuid4())
         record = {**body, "id": record_id, "createdAt": stamp, "updatedAt": stamp}
         self.keep(record_id, record, body.get("name"))
@@ -362,8 +297,8 @@ class Salescaling(Named):
     def update(self, request: web.Request, raw: bytes) -> Written:
         record_id = request.match_info["id"]
         record = self.get(record_id, {"statusCode": 404, "count": 0, "data": None})
-        body = _body(raw)
-        record.update(body, updatedAt=_now())
+        body = body_of(raw)
+        record.update(body, updatedAt=now_iso())
         return self.written(record_id, body, {"statusCode": 200, "count": 1, "data": record})
 
     def list(self, request: web.Request, raw: bytes) -> dict[str, Any]:
@@ -413,14 +348,14 @@ class Icloudready(Named):
         return name if isinstance(name, str) else None
 
     def signin(self, request: web.Request, raw: bytes) -> dict[str, Any]:
-        if _body(raw) != self.credentials:
+        if body_of(raw) != self.credentials:
             raise Refusal(401, {"message": "Invalid email or password"})
         token = secrets.token_urlsafe(24)
         self.tokens.add(token)
         return {"token": token}
 
     def create(self, request: web.Request, raw: bytes) -> Written:
-        body, stamp = _body(raw), _now()
+        body, stamp = body_of(raw), now_iso()
         record_id = secrets.token_hex(12)  # a MongoDB ObjectId's 24 hex digits
         record = {**body, "_id": record_id, "createdAt": stamp, "updatedAt": stamp}
         self.keep(record_id, record, self.name_of(body))
@@ -429,8 +364,8 @@ class Icloudready(Named):
     def update(self, request: web.Request, raw: bytes) -> Written:
         record_id = request.match_info["id"]
         record = self.get(record_id, {"message": "Opportunity not found"})
-        body = _body(raw)
-        record.update(body, updatedAt=_now())
+        body = body_of(raw)
+        record.update(body, updatedAt=now_iso())
         return self.written(record_id, body, {"data": record})
 
     def list(self, request: web.Request, raw: bytes) -> dict[str, Any]:

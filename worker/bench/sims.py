@@ -22,16 +22,13 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from worker.bench.lean import Faults, LeanServer, Seen, deal_number
+from worker.bench.lean import Faults, LeanServer, Seen
 from worker.bench.leanvendors import LEAN_VENDORS
 from worker.sandbox.stack import VENDORS, whsec
 
 #: What the service's environment needs to know of each simulator (``stack_env``).
 ATTRIBUTES = ("url", "location_id", "pipeline_id", "public_key_pem", "rsa_public_key_pem",
               "topic_arn", "webhook_secret")  # fmt: skip
-#: Kept for callers of the name: what the simulators count for each delivery.
-Drained = Seen
-__all__ = ["ATTRIBUTES", "Drained", "RemoteSimulator", "deal_number", "start_remote_simulators"]
 
 
 async def _main(
