@@ -127,7 +127,7 @@ class Bench(StressPhases):
         self, *, count: int | None = None, rate: float = 0.0, seconds: float = 0.0
     ) -> dict[str, Any]:
         """Events (closed loop, or open at ``rate``) until each is in all four targets."""
-        meter = probe.CpuMeter(self.pids("web", "worker", "redis"))
+        meter = probe.CpuMeter(self.pids("web", "worker", "worker1", "redis"))
         if rate:
             report = self.load(mode="open", count=max(1, round(rate * seconds)), rate=rate)
         else:

@@ -207,7 +207,8 @@ def cpu_table(r: dict[str, Any]) -> str:
             continue
         cpu = r[key]["cpu"]
         busy = cpu["machine_busy"] / max(0.01, cpu["machine_capacity"]) * 100
-        body.append([label] + [f"{cpu.get(n, 0):.1f}" for n in names] + [f"{busy:.0f} %"])
+        used = {**cpu, "worker": cpu.get("worker", 0) + cpu.get("worker1", 0)}  # both workers
+        body.append([label] + [f"{used.get(n, 0):.1f}" for n in names] + [f"{busy:.0f} %"])
     return markdown(["CPU seconds", *names, "machine busy"], body)
 
 

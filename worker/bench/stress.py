@@ -10,8 +10,8 @@ and two worker processes against one.
   service's defaults), ``quota_events`` new deals at once, two worker processes; watched for
   ``quota_seconds`` from when the backlog is queued: quota use, 429s and every call beyond
   the writes per vendor and kind, and the stack's CPU while it waits (``waiting_cores``);
-* scale: end to end again with two worker processes, compared with the one of the
-  throughput phase.
+* scale: end to end again with a second worker process beside the throughput phase's
+  one, compared with it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class StressPhases(Rig):
         began = time.monotonic()
         try:
             self.stack.start_procfile_web()
-            self.stack.start_procfile_worker(env=env)
+            self.stack.start_procfile_worker(env=env, wait=False)  # the deliveries wait for it
             report = self.load(count=self.plan.fault_events)
             accepted = {int(e[0]): e[3] for e in report["events"] if e[1] in (200, 202)}
             done = self.wait_complete(accepted)
@@ -109,7 +109,7 @@ class StressPhases(Rig):
             backlog = [int(e[0]) for e in report["events"] if e[1] in (200, 202)]
             start = time.time()
             say(f"backlog of {len(backlog)} queued; watching it for {plan.quota_seconds:g} s")
-            meter = probe.CpuMeter(self.pids("web", "worker", "redis"))
+            meter = probe.CpuMeter(self.pids(*STACK))
             time.sleep(plan.quota_seconds)
             cpu = meter.stop()
             end = time.time()
@@ -153,19 +153,17 @@ class StressPhases(Rig):
         }
 
     def scale_phase(self) -> dict[str, Any]:
-        """End to end with two worker processes (the throughput phase had one)."""
-        self.fresh()
+        """End to end again, a second worker process beside the throughput phase's one."""
         self.tally = Tally({v: self.stack.sims[v] for v in TARGETS})
         try:
-            self.stack.start_procfile_web()
-            for _ in range(2):
-                self.stack.start_procfile_worker()
+            self.stack.start_procfile_worker()
+            workers = len(self.stack.workers)
             first = len(self.e2e_events)
             result = self.e2e_phase(count=self.plan.scale_events)
         finally:
             self.stop_service()
             self.tally.close()
-        result["workers"] = 2
+        result["workers"] = workers
         result["correctness"] = self.tally.correctness(self.e2e_events[first:])
         return result
 
