@@ -1,5 +1,6 @@
-"""The lean simulators' memory: records by id and by name, and what every vendor's handler
-reads from a request (its JSON body, a bearer token)."""
+"""The lean simulators' memory: records by id and by name, and request helpers.
+
+What every vendor's handler reads from a request: its JSON body, a bearer token."""
 
 from __future__ import annotations
 

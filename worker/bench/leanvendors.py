@@ -12,6 +12,7 @@ vendors (validation, paging rules, variants) is the sandbox simulators' job, not
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -237,7 +238,11 @@ class Ivvy(Named):
         """The stage list is configuration; a list filtered by id is the adapter's read."""
         if request.query.get("action") == "getLeadStageList":
             return "config"
-        return "read" if b'"id"' in raw.split(b'"filter"', 1)[-1][:40] else "lookup"
+        try:
+            wanted = json.loads(raw or b"{}").get("filter")
+        except (ValueError, AttributeError):
+            return "lookup"
+        return "read" if isinstance(wanted, dict) and "id" in wanted else "lookup"
 
     def crm(self, request: web.Request, raw: bytes) -> dict[str, Any]:
         action, body = request.query.get("action"), body_of(raw)

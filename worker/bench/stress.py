@@ -1,5 +1,4 @@
-"""The benchmark's phases beyond plain throughput: faults, a backlog at the vendors' quotas,
-and two worker processes against one.
+"""The benchmark's stress phases: faults, a backlog at the vendors' quotas, two workers.
 
 * faults: every vendor answers 10 % of requests 500 and 3 % 429 with ``Retry-After`` (nothing
   committed either way), and loses the answer of 3 % of writes after committing them (the
