@@ -6,7 +6,6 @@ are the service's own, built from the environment the stack gives the service.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -148,7 +147,3 @@ def test_the_quota_answers_429_with_retry_after(fresh: dict[str, RemoteSimulator
     assert limited.value.retry_after is not None and limited.value.retry_after >= 1
     statuses = [status for _, status in sim.drain(final=True).requests]
     assert statuses == [404, 200, 429]
-
-
-def test_a_fault_free_configuration_is_the_default() -> None:
-    assert dataclasses.astuple(Faults()) == (0, 0.0, 0.0, 0.0)
