@@ -114,6 +114,8 @@ class StressPhases(Rig):
             end = time.time()
             self.tally.close()
         finally:
+            for worker in self.stack.workers:
+                worker.kill()  # busy waiting for quota; what they hold is not read again
             self.stop_service()
             self.stack.env = saved
         tally = self.tally
