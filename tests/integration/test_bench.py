@@ -22,16 +22,20 @@ from worker.sandbox.stack import ROOT
 
 pytestmark = pytest.mark.integration
 
-#: The first words of each row of the table (issue 8, "The benchmark").
+#: The first words of each row of the table (issue 8, "The benchmark"; issue 18, "Targets").
 FIGURES = (
     "ingest rate",
     "ingest latency p50 / p99",
     "end-to-end throughput",
     "end-to-end latency p50 / p99 at 20 events/s",
     "end-to-end latency p50 / p99 at 50 %",
-    "quota use",
     "correctness under load",
     "CPU per 1,000 events",
+    "CPU while a backlog waits",
+    "vendor calls per synced event beyond its writes",
+    "quota use",
+    "two worker processes vs one",
+    "lost / duplicated under faults",
     "memory: RSS web / worker",
     "Redis bytes per linked opportunity",
     "dedup / intent keys expire",
@@ -92,9 +96,18 @@ def test_bench_quick_writes_its_json(quick_run: tuple[Any, Path]) -> None:
                   "latency_half"):  # fmt: skip
         assert math.isfinite(results[phase]["rate"]) and results[phase]["rate"] > 0, phase
         assert results[phase]["cpu"]["machine_capacity"] > 0, phase
-    assert 0 < results["quota"]["used"] <= 1.5
     assert results["throughput"]["commands"]
     assert results["machine"]["cores"] >= 1
+    # the simulators' CPU per request, the two-worker rate, the backlog's figures
+    assert results["throughput"]["cpu"]["simulators"] > 0
+    assert sum(n for by in results["throughput"]["calls"]["siro"].values() for n in by.values())
+    assert results["scale"]["workers"] == 2 and results["scale"]["rate"] > 0
+    backlog = results["backlog"]
+    assert backlog["backlog"] > 0 and math.isfinite(backlog["waiting_cores"])
+    for vendor, figures in backlog["vendors"].items():
+        assert figures["requests"] > 0, vendor
+        assert 0 < figures["used"] <= 1.5 or figures["backlog_left"] == 0, (vendor, figures)
+        assert figures["quota"], vendor
 
 
 def test_bench_quick_writes_its_tables_into_the_page(quick_run: tuple[Any, Path]) -> None:
@@ -117,9 +130,26 @@ def test_bench_quick_loses_and_duplicates_nothing(quick_run: tuple[Any, Path]) -
     assert correctness["targets"] == ["siro", "leadway", "ivvy", "icloudready"]
     assert correctness["lost"] == 0, correctness
     assert correctness["duplicated"] == 0, correctness
-    # and the quota phase wrote no Leadway deal twice
-    assert results["quota"]["deals_written"] > 0
-    assert results["quota"]["duplicated"] == 0
+    # and the backlog phase wrote no deal twice
+    assert results["backlog"]["duplicated"] == 0
+    assert sum(v["deals_held"] for v in results["backlog"]["vendors"].values()) > 0
+
+
+def test_bench_quick_loses_and_duplicates_nothing_under_faults(
+    quick_run: tuple[Any, Path],
+) -> None:
+    done, out = quick_run
+    assert done.returncode == 0, done.stderr[-4000:]
+    faults = json.loads(out.read_text())["faults"]
+    # given vendors that failed requests, throttled them and lost answers after committing
+    injected = faults["injected"]
+    assert sum(v.get("error", 0) for v in injected.values()) > 0, injected
+    assert sum(v.get("lost", 0) + v.get("throttle", 0) for v in injected.values()) > 0, injected
+    # then every event still reached each of the four other vendors exactly once
+    correctness = faults["correctness"]
+    assert correctness["events"] == faults["accepted"] > 0
+    assert correctness["lost"] == 0, correctness
+    assert correctness["duplicated"] == 0, correctness
 
 
 def test_bench_quick_logs_stay_one_json_object_per_line(quick_run: tuple[Any, Path]) -> None:

@@ -2,8 +2,9 @@
 
 The stack is started exactly as the Procfile runs it (gunicorn serving the web app, a Celery
 worker on every queue) on a private Redis with an append-only file (docs/deploy.md's
-production advice), against the five vendor simulators answering after ``--latency-ms``
-(default 50); ``worker/bench/rig.py`` holds that rig, the load generator and the meters.
+production advice), against the five lean vendor simulators (``worker/bench/lean.py``)
+answering after ``--latency-ms`` (default 50); ``worker/bench/rig.py`` holds that rig, the
+load generator and the meters.
 Phases, full size (``--quick`` scales them down):
 
 1. ingest ceiling: a bare Flask endpoint that only LPUSHes the body, under the Procfile's
@@ -16,16 +17,19 @@ Phases, full size (``--quick`` scales them down):
    when all four simulators acknowledged its write. CPU, Redis commands and memory here;
 5. latency at 20 events/s and at half the measured throughput;
 6. soak to 100,000 events: worker and web memory growth;
-7. quota: a 2,000-event backlog against a Leadway simulator enforcing 100 requests per 10 s,
-   with two worker processes.
+7. scale: end to end again with two worker processes (``worker/bench/stress.py``);
+8. faults: 2,000 events while every vendor answers 10 % 500, 3 % 429 and loses 3 % of
+   writes' answers after committing them: lost and duplicated must stay 0;
+9. backlog: 2,000 new deals at once, every vendor at its documented quota, two worker
+   processes, watched for 120 s: quota use, 429s, extra calls, CPU while waiting.
 
-Between phases Redis is emptied (FLUSHALL) with no oppsync process running. The tables are
+Between phases Redis is emptied (FLUSHALL) with no oppsync process running, and from the
+scale phase on the simulators are emptied too. The tables are
 printed, written to the JSON and, for a full run, into ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import shutil
 import subprocess
@@ -38,23 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from worker.bench import probe
-from worker.bench.rig import (
-    LEADWAY_QUOTA,
-    NOOP_QUEUE,
-    TARGETS,
-    Plan,
-    Rig,
-    percentile,
-    say,
-    stop,
-)
+from worker.bench.rig import NOOP_QUEUE, TARGETS, Plan, percentile, say, stop
+from worker.bench.stress import StressPhases, stack_cpu
 from worker.bench.tally import Tally
 from worker.sandbox.files import ROOT
 from worker.sandbox.stack import wait_for
 from worker.store import keys, metrics
 
 
-class Bench(Rig):
+class Bench(StressPhases):
     """The phases, each a method returning its figures."""
 
     def ingest_phase(self, app: str | None) -> dict[str, Any]:
@@ -131,7 +127,7 @@ class Bench(Rig):
         self, *, count: int | None = None, rate: float = 0.0, seconds: float = 0.0
     ) -> dict[str, Any]:
         """Events (closed loop, or open at ``rate``) until each is in all four targets."""
-        meter = probe.CpuMeter(self.pids("web", "worker", "redis"))
+        meter = probe.CpuMeter(self.pids("web", "worker", "worker1", "redis"))
         if rate:
             report = self.load(mode="open", count=max(1, round(rate * seconds)), rate=rate)
         else:
@@ -164,45 +160,8 @@ class Bench(Rig):
         result["bytes_per_opportunity"] = probe.bytes_per_opportunity(self.client)
         say("reading every Redis key's expiry")
         result["key_families"] = probe.key_families(self.client, result["completed"])
+        result["calls"] = {v: self.tally.calls_by_kind(v) for v in TARGETS} if self.tally else {}
         return result
-
-    def quota_phase(self) -> dict[str, Any]:
-        """Two workers drain a backlog against HighLevel's quota, enforced by the simulator."""
-        plan = self.plan
-        self.stop_service()
-        self.client.flushall()
-        quota_sim = self.quota_sim
-        env = {k: v for k, v in self.stack.env.items() if k != "LEADWAY_RATE_LIMIT"}
-        env["LEADWAY_BASE_URL"] = quota_sim.url  # Leadway's default quota: 100/10 seconds
-        sims = {v: self.stack.sims[v] for v in TARGETS} | {"leadway": quota_sim}
-        self.tally = Tally(sims)
-        try:
-            self.stack.start_procfile_web()
-            for _ in range(2):
-                self.stack.start_procfile_worker(env=env)
-            report = self.load(count=plan.quota_events)
-            backlog = [int(e[0]) for e in report["events"] if e[1] in (200, 202)]
-            tally = self.tally
-            first = wait_for(lambda: tally.first_request("leadway"), 60, "Leadway got no request")
-            time.sleep(max(0.0, first + plan.quota_seconds - time.time()) + 1.5)
-            others = {v: self.tally.acknowledged(v, backlog) for v in TARGETS if v != "leadway"}
-        finally:
-            for worker in self.stack.workers:
-                worker.kill()  # busy waiting for quota: late acks keep their jobs anyway
-            self.stop_service()
-            self.tally.close()
-        requests = self.tally.requests["leadway"]
-        use = quota_use(requests, first, plan.quota_seconds, LEADWAY_QUOTA)
-        leadway_records = self.tally.records["leadway"]
-        return {
-            "backlog": len(backlog),
-            "quota": f"{LEADWAY_QUOTA[0]}/{LEADWAY_QUOTA[1]:g} s",
-            "rate_limited": sum(1 for _, s in requests if s == 429),
-            **use,
-            "deals_written": len(leadway_records),
-            "duplicated": sum(n - 1 for n in leadway_records.values() if n > 1),
-            "others_written_in_window": others,
-        }
 
     def phase(self, key: str, message: str, work: Any) -> Any:
         say(message)
@@ -270,32 +229,25 @@ class Bench(Rig):
         r["correctness"] = self.tally.correctness(self.e2e_events)
         r["dead_letters"] = probe.number(self.client.hlen(keys.DEADLETTER_ITEMS))
         self.phase(
-            "quota",
-            f"quota: {plan.quota_events}-event backlog, Leadway 100/10 s, two workers",
-            self.quota_phase,
+            "scale",
+            f"scale: {plan.scale_events} events end to end with two worker processes",
+            self.scale_phase,
+        )
+        self.phase(
+            "faults",
+            f"faults: {plan.fault_events} events, vendors failing 10 % / 429 3 % / lost 3 %",
+            self.fault_phase,
+        )
+        ingest = r["ingest"]
+        per_delivery = stack_cpu(ingest["cpu"]) / max(1, ingest["accepted"])
+        per_event = stack_cpu(thr["cpu"]) / max(1, thr["completed"])
+        per_write = max(0.0, per_event - per_delivery) / len(TARGETS)
+        self.phase(
+            "backlog",
+            f"backlog: {plan.quota_events} new deals, every vendor at its quota, two workers",
+            lambda: self.backlog_phase(per_write),
         )
         return r
-
-
-def quota_use(
-    requests: list[tuple[float, int]], first: float, seconds: float, quota: tuple[int, float]
-) -> dict[str, Any]:
-    """The share of the quota used: the vendor's sliding window, sampled every 50 ms from
-    one window after the first request to the end, averaged (a client that always has a
-    full window in flight scores 100 %)."""
-    limit, window = quota
-    accepted = sorted(t for t, status in requests if status != 429 and t <= first + seconds)
-    samples, peak = [], 0
-    moment = first + window
-    while moment <= first + seconds:
-        held = bisect.bisect_right(accepted, moment) - bisect.bisect_right(
-            accepted, moment - window
-        )
-        samples.append(held)
-        peak = max(peak, held)
-        moment += 0.05
-    used = sum(samples) / len(samples) / limit if samples else float("nan")
-    return {"used": used, "peak_window": peak, "requests": len(accepted), "seconds": seconds}
 
 
 #: The page a full run rewrites (between its markers) unless told otherwise.

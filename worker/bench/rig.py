@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from worker.bench import probe
-from worker.bench.sims import RemoteSimulator, start_remote_simulators
+from worker.bench.sims import start_remote_simulators
 from worker.bench.tally import Tally
 from worker.sandbox.embedded_redis import start_redis
 from worker.sandbox.files import ROOT
@@ -37,10 +37,8 @@ TEST_TIMINGS = (
     "OPPSYNC_VISIBILITY_TIMEOUT_SECONDS",
 )
 #: Far above anything the benchmark offers: it measures oppsync, not the limits it enforces
-#: (the quota phase runs with Leadway's real quota).
+#: (the backlog phase runs with every vendor's documented quota).
 UNLIMITED = "1000000/second"
-#: HighLevel's documented quota, enforced by the quota phase's simulator.
-LEADWAY_QUOTA = (100, 10.0)
 #: Where the no-op ceiling's tasks wait (``worker/bench/ceilings.py`` publishes there; not
 #: imported, as it builds the Celery app from the service's environment).
 NOOP_QUEUE = "ingest"
@@ -59,8 +57,11 @@ class Plan:
     light_rate: float = 20.0
     latency_seconds: float = 30.0  # each latency phase
     soak_events: int = 100_000  # total events when memory is read the second time
-    quota_events: int = 2_000
-    quota_seconds: float = 60.0
+    quota_events: int = 2_000  # the backlog, at every vendor's documented quota
+    quota_seconds: float = 120.0  # how long the backlog is watched (it lasts longer)
+    scale_events: int = 5_000  # end to end with two worker processes, then compared
+    fault_events: int = 2_000
+    quiet_seconds: float = 15.0  # no vendor request this long: the stack is idle
     stall_seconds: float = 60.0  # no progress this long: what is missing is lost
 
     @classmethod
@@ -77,8 +78,11 @@ class Plan:
             events=200,
             latency_seconds=3.0,
             soak_events=0,
-            quota_events=200,
-            quota_seconds=20.0,
+            quota_events=100,
+            quota_seconds=15.0,
+            scale_events=200,
+            fault_events=100,
+            quiet_seconds=8.0,
             stall_seconds=20.0,
         )
 
@@ -117,10 +121,10 @@ class Rig:
         server = start_redis(directory=log_dir / "redis", appendonly=True)
         # The simulators first, while this process has no thread (they are forked).
         sims: dict[str, Any] = start_remote_simulators(latency=plan.latency_ms / 1000)
-        self.quota_sim = RemoteSimulator(
-            "leadway", latency=plan.latency_ms / 1000, rate_limit=LEADWAY_QUOTA, keep_requests=True
-        )
-        env = {k: v for k, v in stack_env(server.url, sims).items() if k not in TEST_TIMINGS}
+        full_env = stack_env(server.url, sims)
+        #: The stack's short test timings, for the fault phase (retries within seconds).
+        self.test_timings = {k: full_env[k] for k in TEST_TIMINGS if k in full_env}
+        env = {k: v for k, v in full_env.items() if k not in TEST_TIMINGS}
         env.update(
             {
                 "OPPSYNC_INGRESS_RATE_LIMIT": UNLIMITED,
@@ -218,7 +222,15 @@ class Rig:
         rss = {name: probe.rss_bytes(pids[name][0]) for name in ("web", "worker") if name in pids}
         return rss | {"events": len(self.e2e_events)}
 
+    def fresh(self, **configure: Any) -> None:
+        """Between phases: the service stopped, Redis emptied, every simulator emptied and
+        configured (``RemoteSimulator.configure``: quota, faults, requests kept)."""
+        self.stop_service()
+        self.client.flushall()
+        for sim in self.stack.sims.values():
+            sim.reset()
+            sim.configure(**configure)
+
     def close(self) -> None:
         self.stop_service()
         self.stack.stop()
-        self.quota_sim.stop()

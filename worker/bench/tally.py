@@ -9,11 +9,13 @@ every target: none is lost, more is a duplicate.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from worker.bench.sims import Drained, RemoteSimulator
+from worker.bench.lean import Seen
+from worker.bench.sims import RemoteSimulator
 
 
 class Tally:
@@ -29,6 +31,11 @@ class Tally:
         self.records: dict[str, Counter[int]] = {v: Counter() for v in self.targets}
         #: vendor -> (time, status) of every request (for simulators that keep them)
         self.requests: dict[str, list[tuple[float, int]]] = {v: [] for v in self.targets}
+        #: vendor -> (kind, status) -> requests; vendor -> fault -> injected
+        self.calls: dict[str, Counter[tuple[str, int]]] = {v: Counter() for v in self.targets}
+        self.faults: dict[str, Counter[str]] = {v: Counter() for v in self.targets}
+        #: When a round last found any request at any simulator (``time.monotonic``).
+        self.last_request = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-tally", daemon=True)
@@ -48,8 +55,12 @@ class Tally:
         for vendor, sim in self.sims.items():
             self._add(vendor, sim.drain(final=final))
 
-    def _add(self, vendor: str, drained: Drained) -> None:
+    def _add(self, vendor: str, drained: Seen) -> None:
         with self._lock:
+            if drained.calls:
+                self.last_request = time.monotonic()
+            self.calls[vendor].update(drained.calls)
+            self.faults[vendor].update(drained.faults)
             acks = self.acks[vendor]
             for number, at in drained.acks:
                 acks.setdefault(number, at)
@@ -69,6 +80,19 @@ class Tally:
     def acknowledged(self, vendor: str, numbers: Iterable[int]) -> int:
         with self._lock:
             return sum(1 for n in numbers if n in self.acks[vendor])
+
+    def quiet_for(self) -> float:
+        """Seconds since a simulator last saw a request."""
+        with self._lock:
+            return time.monotonic() - self.last_request
+
+    def calls_by_kind(self, vendor: str) -> dict[str, dict[str, int]]:
+        """Requests ``vendor`` got, by kind then status (JSON-ready)."""
+        with self._lock:
+            out: dict[str, dict[str, int]] = {}
+            for (kind, status), n in sorted(self.calls[vendor].items()):
+                out.setdefault(kind, {})[str(status)] = n
+            return out
 
     def first_request(self, vendor: str) -> float | None:
         with self._lock:
