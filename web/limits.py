@@ -27,6 +27,7 @@ password costs a minute per ten guesses. Signed-in requests never count.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -92,13 +93,16 @@ class IngressLimits:
         self._lock = threading.Lock()
         self._breached: dict[str, float] = {}  # window key -> time.monotonic() it ends
 
-    def windows(self) -> list[Window]:
+    def windows(self) -> tuple[Window, ...]:
         """This request's windows: its client on its vendor route, then the route."""
-        client, vendor = client_and_vendor(), vendor_only()
-        return [
+        return self._windows(client_and_vendor(), vendor_only())
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one instance per app, kept for good
+    def _windows(self, client: str, vendor: str) -> tuple[Window, ...]:
+        return (
             *(_window(client, item) for item in self.per_client),
             *(_window(vendor, item) for item in self.per_vendor),
-        ]
+        )
 
     def items(self) -> list[RateLimitItem]:
         """The limits in the order of ``windows``."""

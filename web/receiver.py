@@ -15,6 +15,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -212,18 +213,17 @@ def _deadline(seconds: float) -> AbstractContextManager[object]:
 
 def nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether a parsed JSON value nests more than ``limit`` levels (iteratively)."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
+    # Only containers are kept to visit: a record is mostly scalars, seen once each here.
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(value, dict | list):
+        pending.append((value, 1))
     while pending:
         item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        pending.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
     return False
 
 
@@ -250,7 +250,7 @@ def _limits() -> IngressLimits:
     return current_app.extensions["oppsync.ingress_limits"]  # type: ignore[no-any-return]
 
 
-def enqueue(vendor: str, verified: Verified, windows: list[Window]) -> Admission:
+def enqueue(vendor: str, verified: Verified, windows: Sequence[Window]) -> Admission:
     """Queue the event unless its delivery was queued before, counting the request in its
     ingress ``windows``: one Redis round trip. Raises on Redis loss."""
     if nested_deeper_than(verified.payload, MAX_JSON_DEPTH):
@@ -308,7 +308,7 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
     return answer
 
 
-def _answer(vendor: str, windows: list[Window]) -> tuple[Admission, str] | Response:
+def _answer(vendor: str, windows: Sequence[Window]) -> tuple[Admission, str] | Response:
     """A verified delivery's admission (queued, a duplicate, or over a limit) with its
     delivery id, or the answer to anything else."""
     if vendor not in VENDORS:
