@@ -742,6 +742,35 @@ def test_receiver_limits_each_client_per_vendor(env: dict[str, str], sns: Any) -
     assert limited.post("ivvy", *signed("ivvy"), client="10.0.0.1").status_code == 202
 
 
+def scripts_run(client: redis.Redis) -> int:
+    """Scripts Redis has run (INFO commandstats), whoever sent them."""
+    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+def test_receiver_refuses_a_client_over_its_limit_without_asking_redis_again(
+    env: dict[str, str], sns: Any
+) -> None:
+    # given a client that went over its 2 webhooks a minute
+    limited = build_edge(env, sns, OPPSYNC_INGRESS_RATE_LIMIT="2/minute")
+    limited.redis.flushdb()
+    answers = [limited.post("siro", *signed("siro"), client="10.0.0.7") for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    before = scripts_run(limited.redis)
+    # when it sends more, signed or not
+    flood = [limited.post("siro", b"{}", {}, client="10.0.0.7") for _ in range(5)]
+    # then each is refused (429, Retry-After within the window) before its body is looked
+    # at, and without a round trip to Redis
+    assert [a.status_code for a in flood] == [429] * 5
+    assert all(1 <= int(a.headers["Retry-After"]) <= 60 for a in flood)
+    assert scripts_run(limited.redis) == before
+    assert _received(limited, "siro", "rate_limited") == 6
+    # and another client of the same route is not refused
+    assert limited.post("siro", *signed("siro"), client="10.0.0.8").status_code == 202
+
+
 def test_receiver_limits_a_vendor_route_across_clients(env: dict[str, str], sns: Any) -> None:
     # given at most 4 webhooks a minute on one vendor route, whoever sends
     limited = build_edge(env, sns, OPPSYNC_INGRESS_VENDOR_RATE_LIMIT="4/minute")
