@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +111,12 @@ def test_ingest_a_delivery_is_one_redis_round_trip_and_the_worker_runs_it(
     # and the Procfile's worker runs every queued message: each deal lands in every target
     stack.start_procfile_worker()
     names = sorted(f"Round Trip Deal {n}" for n in range(10))
+
+    def has_every_deal(target: str) -> bool:
+        return sorted(str(o.name) for o in held(stack, target) if "Round" in str(o.name)) == names
+
     for target in TARGETS:
-        wait_for(
-            lambda t=target: (
-                sorted(str(o.name) for o in held(stack, t) if "Round" in str(o.name)) == names
-            ),
-            60,
-            f"{target} did not get the deals",
-        )
+        wait_for(partial(has_every_deal, target), 60, f"{target} did not get the deals")
 
 
 def test_ingest_a_delivery_sent_many_times_at_once_is_queued_once(web_only: Stack) -> None:
