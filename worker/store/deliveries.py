@@ -1,10 +1,11 @@
 """The edge's delivery ids: each vendor delivery queued once, however often it arrives.
 
 A webhook is admitted in one Redis round trip (``admit``): one script counts the request in
-its ingress windows, claims the delivery id, pushes the ready-made Celery message onto its
-queue and counts the outcome. A script runs whole or not at all and its writes reach the
-append-only file together, so a delivery is queued once or not at all, and no claim is left
-behind by a crash. ``queue_once`` (claim, queue by other means, confirm) serves callers that
+its ingress windows, pushes the ready-made Celery message onto its queue unless the delivery
+id was seen, remembers the id and counts the outcome. Nothing runs between a script's
+commands, and its writes reach the append-only file together (a crash of the web process or
+of Redis keeps all of them or none), so a delivery is queued once or not at all, and no claim
+is left behind. ``queue_once`` (claim, queue by other means, confirm) serves callers that
 queue through Celery itself (polling).
 """
 
@@ -49,6 +50,9 @@ RECEIVED = "oppsync_events_received_total"
 # (the ``limits`` library's fixed window: the first hit starts it); over any, nothing else
 # happens and the answer lists each breached window's position and the ms until it ends.
 # A delivery id seen before is a duplicate, or one ``queue_once`` claimed and has not queued.
+# Redis does not undo a script's writes when a later command fails, so the message is pushed
+# before its id is remembered: a failure between them can only queue a redelivery again
+# (the worker takes it as a no-op), never remember an event that was not queued.
 ADMIT = """
 local breached = {}
 for i = 4, #KEYS do
@@ -76,8 +80,8 @@ if seen then
   redis.call('HINCRBY', KEYS[3], pending and ARGV[5] or ARGV[4], 1)
   return {pending and 'delivery_pending' or 'duplicate', breached}
 end
-redis.call('SET', KEYS[1], ARGV[8], 'EX', ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[8], 'EX', ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 return {'queued', breached}
 """
