@@ -1,97 +1,106 @@
-"""``Publisher``: one web process's pool of kombu producers for ``oppsync.ingest_change``."""
+"""``Publisher``: ``oppsync.ingest_change`` messages, as kombu's Redis transport stores them.
+
+The receiver queues a delivery with one Redis script (``Deliveries.admit``) that pushes the
+message itself, in the same round trip as the delivery-id claim: a Celery publish
+(``apply_async`` over a kombu producer) cost a third of the receiver's CPU per delivery and
+a round trip of its own. So the message is built here, once per delivery, to be what
+``ingest_change.apply_async(kwargs={"envelope": …}, queue="ingest")`` pushes (Celery 5's
+``app/amqp.py`` ``as_task_v2``; kombu 5's ``transport/virtual/base.py`` and
+``transport/redis.py`` ``Channel._put``):
+
+* task protocol 2: the task's headers, and a JSON body ``[args, kwargs, embed]`` that the
+  virtual transport base64-encodes (``body_encoding``), in a JSON object with
+  ``content-type``, ``content-encoding``, ``headers`` and ``properties``;
+* where: Celery sends a queue named by its name through the default (anonymous) exchange
+  with the queue as routing key, so kombu ``LPUSH``es onto the list named after the queue,
+  with no priority-step suffix at priority 0, and reads no ``_kombu.binding.*`` set (only a
+  named exchange is looked up there). A message the worker restores after the visibility
+  timeout goes back the same way.
+
+The Procfile's worker runs it as any other task and Flower shows it (from the worker's
+events: no "sent" event is published, as ``task_send_sent_event`` is off anyway).
+``tests/unit/test_publisher.py`` holds the message against what ``apply_async`` pushes.
+"""
 
 from __future__ import annotations
 
-import threading
-
-import structlog
-from kombu import Producer
+import base64
+import json
+import os
+import socket
+import uuid
 
 from schemas.envelope import Envelope
 
-log = structlog.get_logger("oppsync.web")
+#: The task and its queue (worker/tasks.py, worker/queues.py); named here so the web
+#: process does not build the Celery app to publish.
+TASK = "oppsync.ingest_change"
+QUEUE = "ingest"
+#: Celery's body ``embed`` part for a task with no callbacks, chain or chord.
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+#: Marks a slot of the message template (no JSON text contains it).
+SLOT = "\x00%s\x00"
 
 
 class Publisher:
-    """Publishes ``oppsync.ingest_change`` for one web process over a pool of kombu producers.
-
-    ``apply_async`` without a producer borrows one from Celery's pool and returns it on every
-    call, and declares the queue on every call: measured, a tenth of the receiver's CPU per
-    delivery. The receiver keeps producers of its own instead, each on its own broker
-    connection (kombu producers are not safe to share between concurrent requests; a
-    connection of our own cannot exhaust Celery's pool), and a request takes an idle one for
-    the length of its publish. A pool rather than one per thread: the gevent worker runs a
-    greenlet per connection, and a producer per greenlet would open a Redis connection per
-    client connection and keep it for good. The pool only grows to the number of publishes
-    in flight at once. The message is the one ``apply_async`` always sends, with kombu's
-    retry policy (``task_publish_retry_policy``): during a Redis outage ``publish`` raises
-    after it. A producer whose publish failed is dropped and a new one is built later:
-    kombu closes the channel of a connection that gave up, and a producer kept on it failed
-    every later publish with ``AttributeError`` (a 500 per webhook, for good, after one
-    Redis restart).
-    """
+    """Builds ``oppsync.ingest_change`` messages for one web process."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[Producer] = []
-        self._producers: list[Producer] = []
+        # Celery's ``origin`` (the publishing node, ``anon_nodename()``) and ``reply_to``
+        # (the app's ``thread_oid``; no result is kept) stay the same for a process, so the
+        # message is a template with a slot for each part that changes: serializing the
+        # headers, and scanning the 3 KB body for characters to escape, cost more than
+        # the rest of the message per delivery.
+        task_id, tag = SLOT % "id", SLOT % "tag"
+        shape = {
+            "body": SLOT % "body",
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": TASK,
+                "id": task_id,
+                "shadow": None,
+                "eta": None,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [None, None],
+                "root_id": task_id,
+                "parent_id": None,
+                "argsrepr": "()",
+                "kwargsrepr": SLOT % "kwargsrepr",
+                "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+                "ignore_result": True,
+                "replaced_task_nesting": 0,
+                "stamped_headers": None,
+                "stamps": {},
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": str(uuid.uuid4()),
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": tag,
+            },
+        }
+        self._template = json.dumps(shape).replace("%", "%%")
+        for name in ("id", "tag", "body", "kwargsrepr"):
+            self._template = self._template.replace(json.dumps(SLOT % name), f"%({name})s")
 
-    def _take(self) -> Producer:
-        """An idle producer, or a new one when every producer is busy."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        from worker.celery_app import app as celery
-
-        producer = celery.amqp.Producer(celery.connection_for_write())
-        with self._lock:
-            self._producers.append(producer)
-        return producer
-
-    def _give_back(self, producer: Producer) -> None:
-        with self._lock:
-            if producer in self._producers:
-                self._idle.append(producer)
-
-    def close(self) -> None:
-        """Close every producer's broker connection (tests; the publisher is done with)."""
-        with self._lock:
-            producers, self._producers, self._idle = self._producers, [], []
-        for producer in producers:
-            producer.connection.release()
-
-    def _drop(self, producer: Producer) -> None:
-        """Forget this producer and close its connection, whatever state it is in."""
-        with self._lock:
-            if producer in self._producers:
-                self._producers.remove(producer)
-        try:
-            producer.connection.release()
-        except Exception:  # a broken connection may fail to close; it is gone anyway
-            log.debug("publisher.release_failed", exc_info=True)
-
-    def publish(self, envelope: Envelope) -> None:
-        # Imported here: worker.celery_app reads the process environment at import.
-        from worker.tasks import ingest_change
-
-        producer = self._take()
-        try:
-            ingest_change.apply_async(
-                kwargs={"envelope": envelope.to_dict()},
-                queue="ingest",
-                producer=producer,
-                # The worker declares its queues; on Redis a queue is the list LPUSH creates
-                # and publishing by queue name needs no binding: declaring per call only cost
-                # CPU.
-                declare=[],
-                # What Flower and task events show instead of the arguments: Celery's
-                # saferepr of a 2 KB payload cost more than the rest of the message, and the
-                # payload is a vendor's record (names, emails) that has no business in task
-                # metadata.
-                argsrepr="()",
-                kwargsrepr=f"{{'envelope': '{envelope.vendor} {envelope.delivery_id}'}}",
-            )
-        except BaseException:
-            self._drop(producer)
-            raise
-        self._give_back(producer)
+    def message(self, envelope: Envelope) -> str:
+        """The message as the queue's list holds it (kombu's JSON)."""
+        body = json.dumps([[], {"envelope": envelope.to_dict()}, EMBED]).encode()
+        # What Flower and task events show instead of the arguments: Celery's saferepr of a
+        # 2 KB payload cost more than the rest of the message, and the payload is a vendor's
+        # record (names, emails) that has no business in task metadata.
+        kwargsrepr = f"{{'envelope': '{envelope.vendor} {envelope.delivery_id}'}}"
+        return self._template % {
+            "id": f'"{uuid.uuid4()}"',  # uuids, base64: nothing JSON escapes
+            "tag": f'"{uuid.uuid4()}"',
+            "body": f'"{base64.b64encode(body).decode()}"',
+            "kwargsrepr": json.dumps(kwargsrepr),
+        }

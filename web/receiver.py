@@ -11,19 +11,20 @@ event cannot be queued. A 2xx is never given for an event that was not queued.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.monkey
 import structlog
 from flask import Blueprint, Response, current_app, jsonify, request
 from gunicorn.http.errors import ParseException
-from kombu.exceptions import OperationalError
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -32,7 +33,7 @@ from werkzeug.wsgi import get_input_stream
 from schemas import vendorids
 from schemas.envelope import Envelope, is_thin
 from schemas.mapping import VENDORS
-from web.publisher import Publisher
+from web.publisher import QUEUE, Publisher
 from web.signatures import (
     HIGHLEVEL_ED25519_PEM,
     HIGHLEVEL_RSA_PEM,
@@ -46,8 +47,11 @@ from worker.errors import DeliveryPending, Rejected
 from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.store import metrics
-from worker.store.deliveries import Claim
+from worker.store.deliveries import Admission, Delivery, Window
 from worker.vendors.registry import FACTS
+
+if TYPE_CHECKING:
+    from web.limits import IngressLimits
 
 log = structlog.get_logger("oppsync.web")
 bp = Blueprint("receiver", __name__)
@@ -209,18 +213,17 @@ def _deadline(seconds: float) -> AbstractContextManager[object]:
 
 def nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether a parsed JSON value nests more than ``limit`` levels (iteratively)."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
+    # Only containers are kept to visit: a record is mostly scalars, seen once each here.
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(value, dict | list):
+        pending.append((value, 1))
     while pending:
         item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        pending.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
     return False
 
 
@@ -243,8 +246,13 @@ def _publisher() -> Publisher:
     return current_app.extensions["oppsync.publisher"]  # type: ignore[no-any-return]
 
 
-def enqueue(vendor: str, verified: Verified) -> bool:
-    """Queue the event; False when the delivery was already queued. Raises on Redis loss."""
+def _limits() -> IngressLimits:
+    return current_app.extensions["oppsync.ingress_limits"]  # type: ignore[no-any-return]
+
+
+def enqueue(vendor: str, verified: Verified, windows: Sequence[Window]) -> Admission:
+    """Queue the event unless its delivery was queued before, counting the request in its
+    ingress ``windows``: one Redis round trip. Raises on Redis loss."""
     if nested_deeper_than(verified.payload, MAX_JSON_DEPTH):
         raise Rejected(
             f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.",
@@ -261,20 +269,48 @@ def enqueue(vendor: str, verified: Verified) -> bool:
         correlation_id=uuid.uuid4().hex,
         payload=verified.payload,
     )
-    ttl = rt.settings.dedup_ttl_seconds
-    claim = rt.store.queue_once(
-        vendor, verified.delivery_id, ttl, lambda: _publisher().publish(envelope)
+    delivery = Delivery(
+        verified.delivery_id, rt.settings.dedup_ttl_seconds, QUEUE, _publisher().message(envelope)
     )
-    if claim is Claim.QUEUED:
-        return False
-    if claim is Claim.PENDING:
+    admission = rt.store.admit(vendor, windows, delivery)
+    if admission.outcome == "delivery_pending":
         raise DeliveryPending(verified.delivery_id)
-    structlog.contextvars.bind_contextvars(correlation_id=envelope.correlation_id)
-    return True
+    if admission.outcome == "queued":
+        structlog.contextvars.bind_contextvars(correlation_id=envelope.correlation_id)
+    return admission
 
 
 @bp.post("/webhooks/<vendor>")
 def receive(vendor: str) -> Response | tuple[Any, int]:
+    limits = _limits()
+    windows = limits.windows()
+    label = vendor if vendor in VENDORS else "unknown"
+    breached = limits.known_breach(windows)
+    if breached:
+        # Over a limit this process saw breached: refused before reading or verifying.
+        metrics_safe(_runtime().redis, label, "rate_limited")
+        return limits.refusal(breached)
+    answer = _answer(vendor, windows)
+    if isinstance(answer, tuple):
+        admission, delivery_id = answer
+        if admission.outcome == "rate_limited":
+            limits.remember(windows, admission)
+            return limits.refusal(admission.breached)
+        return _accepted(vendor, delivery_id, admission.outcome)
+    # Any other answer counts against the limits too, before it is given.
+    try:
+        counted = _runtime().store.admit(label, windows)
+    except (RedisError, OSError):
+        return answer  # fail open: the limits never decide an answer Redis cannot give
+    if counted.outcome == "rate_limited":
+        limits.remember(windows, counted)
+        return limits.refusal(counted.breached)
+    return answer
+
+
+def _answer(vendor: str, windows: Sequence[Window]) -> tuple[Admission, str] | Response:
+    """A verified delivery's admission (queued, a duplicate, or over a limit) with its
+    delivery id, or the answer to anything else."""
     if vendor not in VENDORS:
         return problem(
             404, f"Unknown vendor {vendor!r}; known: {', '.join(VENDORS)}.", "unknown_vendor"
@@ -297,7 +333,7 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
         verified = verify(vendor, body)
         if isinstance(verified, Response):
             return verified
-        queued = enqueue(vendor, verified)
+        return enqueue(vendor, verified, windows), verified.delivery_id
     except Rejected as exc:
         metrics_safe(redis_client, vendor, exc.reason)
         log.info("webhook.rejected", vendor=vendor, reason=exc.reason)
@@ -307,19 +343,21 @@ def receive(vendor: str) -> Response | tuple[Any, int]:
         metrics_safe(redis_client, vendor, "too_deep")
         return problem(400, "The JSON body is nested too deeply.", "too_deep")
     except DeliveryPending as exc:
-        # Not an outage: another request is queueing this delivery, or died doing so.
-        metrics_safe(redis_client, vendor, exc.reason)
+        # Not an outage: a claim ``queue_once`` has not confirmed (counted by the script).
         log.warning("webhook.pending", vendor=vendor, delivery=exc.delivery_id)
         return retry_later(vendor, str(exc).capitalize() + ".", exc.reason)
-    except (RedisError, OperationalError, OSError) as exc:
+    except (RedisError, OSError) as exc:
         log.error("webhook.unavailable", vendor=vendor, error=type(exc).__name__)
         return retry_later(vendor, "Cannot queue the event right now; retry later.", "unavailable")
-    outcome = "queued" if queued else "duplicate"
-    metrics_safe(redis_client, vendor, outcome)
-    log.info("webhook.accepted", vendor=vendor, delivery=verified.delivery_id, outcome=outcome)
-    if not queued:
-        return jsonify({"status": "duplicate", "id": verified.delivery_id}), 200
-    return jsonify({"status": "queued", "id": verified.delivery_id}), 202
+
+
+def _accepted(vendor: str, delivery_id: str, outcome: str) -> tuple[Response, int]:
+    """202 for a delivery queued now, 200 for one queued before (counted by the script)."""
+    log.info("webhook.accepted", vendor=vendor, delivery=delivery_id, outcome=outcome)
+    # Not jsonify: Flask's JSON provider cost more than the answer is worth, per delivery.
+    status = "queued" if outcome == "queued" else "duplicate"
+    answer = json.dumps({"status": status, "id": delivery_id})
+    return Response(answer, mimetype="application/json"), 202 if status == "queued" else 200
 
 
 def retry_later(vendor: str, message: str, reason: str) -> Response:

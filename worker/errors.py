@@ -3,8 +3,8 @@
     OppsyncError                 .reason: short text used in logs, metrics and dead letters
     ├── ConfigError              startup stops and names the variable
     ├── Rejected                 edge: bad signature, stale, unknown vendor (never queued)
-    ├── DeliveryPending          edge: the delivery id is being queued by another request,
-    │                            or by one that died doing so: answer "retry later"
+    ├── DeliveryPending          edge: the delivery id is being queued by a poll (claimed,
+    │                            not yet confirmed): answer "retry later"
     ├── InvalidPayload           worker: schema-invalid input -> dead letter, no retry
     ├── DeadLettered             worker: the job ended in a dead letter (recorded); raised
     │                            so Celery (and Flower) mark the task failed, never retried

@@ -34,11 +34,9 @@ from flower.utils.broker import Broker as FlowerBroker
 from flower.utils.broker import Redis as FlowerRedis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from kombu.exceptions import OperationalError
 from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
 from schemas.envelope import Envelope
-from tests.strategies import envelope
 from web.app import create_app
 from web.publisher import Publisher
 from web.receiver import (
@@ -50,9 +48,10 @@ from worker.sandbox.embedded_redis import EmbeddedRedis, start_redis
 from worker.sandbox.simulators import tls
 from worker.sandbox.simulators.ivvy import IvvySimulator
 from worker.sandbox.simulators.leadwayhooks import iso, signing_keys
-from worker.sandbox.stack import wait_for, whsec
+from worker.sandbox.stack import whsec
 from worker.settings import Settings, from_env, get_settings
 from worker.store import metrics
+from worker.store.deliveries import Claim
 from worker.store.keys import delivery_key
 from worker.vendors.registry import FACTS
 
@@ -202,7 +201,6 @@ def _close_apps() -> Iterator[None]:
     while _built:
         built = _built.pop()
         built.app.extensions["oppsync.sns"].close()
-        built.app.extensions["oppsync.publisher"].close()
         built.redis.close()
 
 
@@ -744,6 +742,35 @@ def test_receiver_limits_each_client_per_vendor(env: dict[str, str], sns: Any) -
     assert limited.post("ivvy", *signed("ivvy"), client="10.0.0.1").status_code == 202
 
 
+def scripts_run(client: redis.Redis) -> int:
+    """Scripts Redis has run (INFO commandstats), whoever sent them."""
+    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval")
+    )
+
+
+def test_receiver_refuses_a_client_over_its_limit_without_asking_redis_again(
+    env: dict[str, str], sns: Any
+) -> None:
+    # given a client that went over its 2 webhooks a minute
+    limited = build_edge(env, sns, OPPSYNC_INGRESS_RATE_LIMIT="2/minute")
+    limited.redis.flushdb()
+    answers = [limited.post("siro", *signed("siro"), client="10.0.0.7") for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    before = scripts_run(limited.redis)
+    # when it sends more, signed or not
+    flood = [limited.post("siro", b"{}", {}, client="10.0.0.7") for _ in range(5)]
+    # then each is refused (429, Retry-After within the window) before its body is looked
+    # at, and without a round trip to Redis
+    assert [a.status_code for a in flood] == [429] * 5
+    assert all(1 <= int(a.headers["Retry-After"]) <= 60 for a in flood)
+    assert scripts_run(limited.redis) == before
+    assert _received(limited, "siro", "rate_limited") == 6
+    # and another client of the same route is not refused
+    assert limited.post("siro", *signed("siro"), client="10.0.0.8").status_code == 202
+
+
 def test_receiver_limits_a_vendor_route_across_clients(env: dict[str, str], sns: Any) -> None:
     # given at most 4 webhooks a minute on one vendor route, whoever sends
     limited = build_edge(env, sns, OPPSYNC_INGRESS_VENDOR_RATE_LIMIT="4/minute")
@@ -857,35 +884,9 @@ def test_receiver_answers_503_while_redis_is_down_and_queues_again_once_it_is_ba
             assert edge.post("siro", body, headers).status_code == 202
             assert edge.queued_envelopes()[-1]["delivery_id"] == headers["webhook-id"]
             # every client the app opened to this Redis, closed before it goes
-            edge.app.extensions["oppsync.publisher"].close()
             edge.app.extensions["oppsync.runtime"].redis.close()
             edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
     finally:
-        own.stop()
-
-
-def test_receiver_publishes_again_after_a_publish_failed(
-    env: dict[str, str], sns: Any, tmp_path: Any
-) -> None:
-    # given a web thread whose broker connection has published once
-    own = start_redis(directory=tmp_path)
-    own_env = {**env, "REDIS_URL": own.url}
-    publisher = Publisher()
-    try:
-        with celery_publishing_to(own_env):
-            publisher.publish(envelope("siro", {"id": "before"}))
-            # when a publish fails because Redis went away (kombu gives up on the connection)
-            own.stop()
-            with pytest.raises(OperationalError):
-                publisher.publish(envelope("siro", {"id": "during"}))
-            own = start_redis(port=own.port, directory=tmp_path)
-            # then the next publishes from the same thread are queued (kombu's closed
-            # channel is not kept: it failed every later publish with AttributeError)
-            publisher.publish(envelope("siro", {"id": "after"}))
-            publisher.publish(envelope("siro", {"id": "later"}))
-            assert redis.Redis.from_url(own.url).llen("ingest") == 2
-    finally:
-        publisher.close()
         own.stop()
 
 
@@ -895,75 +896,85 @@ def connections(client: redis.Redis) -> int:
     return int(info["connected_clients"])
 
 
-def test_receiver_publisher_opens_no_connection_per_client_connection(
+def test_receiver_opens_no_connection_per_client_connection(
     env: dict[str, str], sns: Any, tmp_path: Any
 ) -> None:
-    # given a publisher on a Redis of its own, and the gevent worker's way of serving: every
+    # given a receiver on a Redis of its own, and the gevent worker's way of serving: every
     # client connection handled by a greenlet of its own that ends with the connection
     # (threads stand in for greenlets: under gevent threading.local is per greenlet)
     own = start_redis(directory=tmp_path)
-    publisher = Publisher()
     watcher = redis.Redis.from_url(own.url)
     try:
-        with celery_publishing_to({**env, "REDIS_URL": own.url}):
-            before = connections(watcher)
-            # when 40 client connections each deliver one event
-            for n in range(40):
-                event = envelope("siro", {"id": f"c{n}"})
-                connection = threading.Thread(target=publisher.publish, args=(event,))
-                connection.start()
-                connection.join(timeout=10)
-            # then every event was queued over one broker connection, not one per client
-            assert watcher.llen("ingest") == 40
-            assert connections(watcher) - before <= 2
+        edge = build_edge({**env, "REDIS_URL": own.url}, sns)
+        assert edge.post("siro", *signed("siro")).status_code == 202
+        before = connections(watcher)
+        # when 40 client connections each deliver one event
+        for _ in range(40):
+            connection = threading.Thread(target=edge.post, args=("siro", *signed("siro")))
+            connection.start()
+            connection.join(timeout=10)
+        # then every event was queued over the connection the first one opened
+        assert watcher.llen("ingest") == 41
+        assert connections(watcher) == before
     finally:
-        publisher.close()
+        edge.app.extensions["oppsync.runtime"].redis.close()
         watcher.close()
         own.stop()
 
 
-def test_receiver_takes_a_redelivery_whose_first_claim_could_not_be_released(
+def test_receiver_redis_lost_mid_delivery_leaves_no_claim_behind(
     env: dict[str, str], sns: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given a receiver on a Redis of its own, with unconfirmed claims that expire in 1 s
-    monkeypatch.setattr("worker.store.deliveries.PENDING_CLAIM_SECONDS", 1)
+    # given a receiver on a Redis of its own (append-only, as production runs it)
     own = start_redis(directory=tmp_path, appendonly=True)
     own_env = {**env, "REDIS_URL": own.url}
     try:
-        with celery_publishing_to(own_env):
-            edge = build_edge(own_env, sns)
-            publisher: Publisher = edge.app.extensions["oppsync.publisher"]
-            publish = publisher.publish
+        edge = build_edge(own_env, sns)
+        publisher: Publisher = edge.app.extensions["oppsync.publisher"]
+        message = publisher.message
 
-            def redis_dies_first(event: Envelope) -> None:
-                own.stop()
-                publish(event)
+        def redis_dies_first(event: Envelope) -> str:
+            own.stop()
+            return message(event)
 
-            # when Redis goes away after the delivery id was claimed and before the event
-            # was queued, so the claim can be neither released nor confirmed
-            body, headers = signed("siro")
-            monkeypatch.setattr(publisher, "publish", redis_dies_first)
-            first = edge.post("siro", body, headers)
-            monkeypatch.setattr(publisher, "publish", publish)
-            own = start_redis(port=own.port, directory=tmp_path, appendonly=True)
-            # then the delivery was refused, and a redelivery while the claim stands is
-            # refused too (retry later), never answered "duplicate"
-            assert first.status_code == 503
-            assert edge.redis.get(delivery_key("siro", headers["webhook-id"])) == "pending"
-            again = edge.post("siro", body, headers)
-            assert (again.status_code, again.get_json()["error"]) == (503, "delivery_pending")
-            assert again.headers["Retry-After"]
-            assert _received(edge, "siro", "delivery_pending") == 1
-            # and once the claim expired, the redelivery is queued, and only once
-            wait_for(lambda: not edge.redis.exists(delivery_key("siro", headers["webhook-id"])), 5)
-            assert edge.post("siro", body, headers).status_code == 202
-            assert edge.post("siro", body, headers).status_code == 200
-            assert [e["delivery_id"] for e in edge.queued_envelopes()] == [headers["webhook-id"]]
-            edge.app.extensions["oppsync.publisher"].close()
-            edge.app.extensions["oppsync.runtime"].redis.close()
-            edge.app.extensions["oppsync.limiter"].storage.storage.connection_pool.disconnect()
+        # when Redis goes away while a verified delivery is being queued
+        body, headers = signed("siro")
+        monkeypatch.setattr(publisher, "message", redis_dies_first)
+        first = edge.post("siro", body, headers)
+        monkeypatch.setattr(publisher, "message", message)
+        own = start_redis(port=own.port, directory=tmp_path, appendonly=True)
+        # then the delivery was refused (retry later), and nothing of it was kept: the
+        # sender's redelivery is queued at once, and only once
+        assert (first.status_code, first.get_json()["error"]) == (503, "unavailable")
+        assert first.headers["Retry-After"]
+        assert not edge.redis.exists(delivery_key("siro", headers["webhook-id"]))
+        assert edge.post("siro", body, headers).status_code == 202
+        assert edge.post("siro", body, headers).status_code == 200
+        assert [e["delivery_id"] for e in edge.queued_envelopes()] == [headers["webhook-id"]]
+        edge.app.extensions["oppsync.runtime"].redis.close()
     finally:
         own.stop()
+
+
+def test_receiver_answers_retry_later_while_a_poll_is_queueing_the_same_delivery(
+    clean: Edge,
+) -> None:
+    # given a delivery id claimed and not yet confirmed by ``queue_once`` (polling queues
+    # through Celery: claim, publish, confirm)
+    body, headers = signed("siro")
+    store = clean.app.extensions["oppsync.runtime"].store
+    assert store.claim_delivery("siro", headers["webhook-id"]) is Claim.NEW
+    # when the same delivery arrives as a webhook, then it is neither queued nor taken
+    # for a duplicate: retry later, counted as such
+    again = clean.post("siro", body, headers)
+    assert (again.status_code, again.get_json()["error"]) == (503, "delivery_pending")
+    assert again.headers["Retry-After"]
+    assert _received(clean, "siro", "delivery_pending") == 1
+    assert clean.queued() == 0
+    # and once the claim is confirmed, it is a duplicate
+    store.confirm_delivery("siro", headers["webhook-id"], 3600)
+    assert clean.post("siro", body, headers).status_code == 200
+    assert clean.queued() == 0
 
 
 def _received(edge: Edge, vendor: str, outcome: str) -> int:

@@ -128,6 +128,12 @@ STATUS_CSRF_SECRET = f"{PREFIX}:status:csrf-secret"
 INGRESS_LIMITER_PREFIX = f"{PREFIX}-ingress"
 
 
+def ingress_window_key(who: str, amount: int, seconds: int) -> str:
+    """One fixed window of an ingress limit: ``who`` is ``client:<address>:<vendor>`` or
+    ``vendor:<vendor>`` (``unknown`` for a name that is no vendor's)."""
+    return f"{PREFIX}:ingress:{who}:{amount}/{seconds}"
+
+
 def health_key(vendor: str) -> str:
     """Hash: last_success, last_error, last_error_reason."""
     return f"{PREFIX}:health:{vendor}"

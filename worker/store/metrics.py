@@ -107,9 +107,13 @@ def flush() -> None:
     batch.flush()
 
 
+def counter_field(name: str, **labels: str) -> str:
+    """The field of ``METRIC_COUNTERS`` that holds counter ``name`` with ``labels``."""
+    return f"{name}|{json.dumps(labels, sort_keys=True)}"
+
+
 def count(client: redis.Redis, name: str, amount: int = 1, **labels: str) -> None:
-    field = f"{name}|{json.dumps(labels, sort_keys=True)}"
-    batch.incr(client, METRIC_COUNTERS, field, amount)
+    batch.incr(client, METRIC_COUNTERS, counter_field(name, **labels), amount)
 
 
 def observe_latency(client: redis.Redis, seconds: float) -> None:
