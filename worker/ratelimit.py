@@ -11,13 +11,18 @@ inside one window and get refused. A busy process takes several slots in one cal
 the window is at least half free (a lease, usable for ``LEASE_SECONDS``), so the quota costs
 a fraction of a Redis call per request; near the limit slots are taken one at a time.
 
-A call waits for room up to ``max_wait`` seconds; past that it raises ``RateLimited`` so the
-job is retried later instead of holding a worker. Waiting is rationed, because a thread
-waiting for one vendor's quota is a thread not serving the others: a push straight from
-ingest never waits (``no_waiting``: it goes to its vendor's queue and the event's other
-pushes finish), and at most ``WAITERS`` threads per process wait for one vendor at a time,
-enough to use the whole quota; any other call is retried later, with the retry policy's
-growing, jittered delays, so a backlog spreads out instead of waking at once.
+A call that finds no room takes its place in a line instead of polling for it: the same
+script keeps it the next free slot (the earliest time the window has room after every slot
+already kept) and answers when that is, so a backlog of N writes costs N reservations, not N
+times as many wake-ups racing for each slot. A push keeps its place across its retry (it is
+scheduled for exactly that moment, ``Reservation``) and, once there, sends without asking
+again; a slot kept by a push that crashed or no longer needs it is simply wasted (it leaves
+the window like any other). Other callers may wait in the thread for a place up to
+``max_wait`` seconds; past that they raise ``RateLimited`` so the job is retried later.
+Waiting in a thread is rationed, because a thread waiting for one vendor's quota is a thread
+not serving the others: a push straight from ingest never waits (``no_waiting``: it goes to
+its vendor's queue and the event's other pushes finish), and at most ``WAITERS`` threads per
+process wait for one vendor at a time.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from threading import BoundedSemaphore, Lock
+
+from typing import Any
 
 import redis
 from limits import parse_many
@@ -37,47 +45,69 @@ from worker.errors import OwnQuota, RateLimited
 from worker.store.keys import quota_key
 
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
-# holds more than the limit allows; a PEXPIRE per call would cost a command per request).
-# ARGV: margin_ms, lease_ms, wanted, then (window_ms, amount) per limit, then a unique
-# member prefix. Returns {granted, wait_ms}: granted slots were taken in every limit; when
-# none could be, wait_ms says when one may be free. More than one slot is granted only while
-# every window stays at least half free after the grant: near a limit, one at a time. A
-# lease of several slots is scored at its expiry (now + lease_ms), the latest a slot of it
-# may be sent, so each slot leaves the window no earlier than its request does.
+# holds more than the limit allows plus the places kept in line; a PEXPIRE per call would
+# cost a command per request).
+# ARGV: margin_ms, lease_ms, wanted, places, within_ms, hold_ms, then (window_ms, amount)
+# per limit, then a unique member prefix. Returns {granted, wait_ms, kept}: granted slots
+# were taken in every limit; when none could be, wait_ms says when ``places`` slots are free
+# after every one already kept, and ``kept`` says they were kept for the caller (only when
+# that is at most within_ms away). More than one slot is granted only while every window
+# stays at least half free after the grant: near a limit, one at a time.
+# Every member is scored at the latest time its request may be sent (now; a lease's or a kept
+# place's expiry), and counted from the moment it is added: a request sent at t fits when
+# fewer than ``amount`` members score at or after t - window, whatever lies beyond t.
 ACQUIRE = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local margin = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[3])
-local wait = 0
+local places = tonumber(ARGV[4])
+local full = false
+local at = now_ms
+for i = 1, #KEYS do
+  places = math.min(places, tonumber(ARGV[2 * i + 6]))
+end
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[2 * i + 2]) + margin
-  local amount = tonumber(ARGV[2 * i + 3])
+  local window = tonumber(ARGV[2 * i + 5]) + margin
+  local amount = tonumber(ARGV[2 * i + 6])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
-  local free = amount - redis.call('ZCARD', key)
+  local held = redis.call('ZCARD', key)
+  local free = amount - held
   if free <= 0 then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    wait = math.max(wait, tonumber(oldest[2]) + window - now_ms + 1)
+    full = true
   elseif free - wanted < amount / 2 then
     wanted = 1
   end
-end
-if wait > 0 then
-  return {0, wait}
+  -- places fit at t once the member at this rank (oldest first) has left t's window
+  local rank = held - amount + math.max(1, places)
+  if rank >= 1 then
+    local member = redis.call('ZRANGE', key, rank - 1, rank - 1, 'WITHSCORES')
+    at = math.max(at, tonumber(member[2]) + window + 1)
+  end
 end
 local score = now_ms
-if wanted > 1 then
+local count = wanted
+if full then
+  if places < 1 or at - now_ms > tonumber(ARGV[5]) then
+    return {0, at - now_ms, 0}
+  end
+  score = at + tonumber(ARGV[6])
+  count = places
+elseif wanted > 1 then
   score = now_ms + tonumber(ARGV[2])
 end
 local entries = {}
-for j = 1, wanted do
+for j = 1, count do
   entries[2 * j - 1] = score
   entries[2 * j] = ARGV[#ARGV] .. ':' .. j
 end
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, unpack(entries))
 end
-return {wanted, 0}
+if full then
+  return {0, at - now_ms, count}
+end
+return {wanted, 0, 0}
 """
 
 #: How long slots taken ahead for this process stay usable. Short: a slot is counted in the
@@ -85,12 +115,63 @@ return {wanted, 0}
 LEASE_SECONDS = 0.2
 #: The most slots one call takes ahead.
 LEASE_MOST = 16
+#: How late after its time a kept place may still be used: a woken job starts a little late
+#: (broker timers, a busy pool). Each place in line costs the window this much.
+HOLD_SECONDS = 0.5
+#: A kept place is used no later than this before its hold ends: our clock read after the
+#: script answered, and the request's own start, come a little after the script's clock.
+HOLD_SLACK = 0.1
+#: How far ahead a push keeps its place (its retry is scheduled for then): any distance.
+IN_LINE_MS = 10**12
+
+
+@dataclass
+class Reservation:
+    """Places kept in one vendor's line: usable from ``at`` (our clock) for ``HOLD_SECONDS``.
+    Travels with a push's retry (``as_job``) so the woken push sends without asking."""
+
+    vendor: str
+    at: float
+    slots: int
+
+    def as_job(self) -> dict[str, Any]:
+        return {"vendor": self.vendor, "at": self.at, "slots": self.slots}
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any] | None) -> Reservation | None:
+        if not job:
+            return None
+        return cls(str(job["vendor"]), float(job["at"]), int(job["slots"]))
+
+    def use(self, vendor: str) -> bool:
+        """Spend one kept place, waiting for its time if the job woke a little early;
+        False when none is kept for ``vendor`` or its hold has passed."""
+        if vendor != self.vendor or self.slots <= 0:
+            return False
+        if time.time() > self.at + HOLD_SECONDS - HOLD_SLACK:
+            self.slots = 0  # too late: sending now could exceed a window
+            return False
+        if (early := self.at - time.time()) > 0:
+            time.sleep(early)
+        self.slots -= 1
+        return True
+
+
+@dataclass
+class Line:
+    """What a push brings to the quota: the places it kept last time, and how many requests
+    its write needs (``plan``), which is how many places it keeps when there is no room."""
+
+    held: Reservation | None = None
+    needs: int = 1
 
 
 #: Threads of one process that may wait for one vendor's quota at once.
 WAITERS = 4
 #: False while a call must not wait for quota (``no_waiting``).
 _may_wait: ContextVar[bool] = ContextVar("oppsync_quota_may_wait", default=True)
+#: Set while a push runs (``in_line``): it keeps its place in line when there is no room.
+_line: ContextVar[Line | None] = ContextVar("oppsync_quota_line", default=None)
 
 
 @contextmanager
@@ -102,6 +183,33 @@ def no_waiting() -> Iterator[None]:
         yield
     finally:
         _may_wait.reset(token)
+
+
+@contextmanager
+def in_line(held: Reservation | None = None) -> Iterator[Line]:
+    """Within this block (one push), a call that finds no room keeps places in line and
+    raises ``OwnQuota`` carrying them (``reserved``); ``held``: places kept by the push's
+    previous attempt, spent before asking Redis."""
+    token = _line.set(Line(held))
+    try:
+        yield _line.get()  # type: ignore[misc]
+    finally:
+        _line.reset(token)
+
+
+@contextmanager
+def plan(requests: int) -> Iterator[None]:
+    """The write in this block sends about ``requests`` requests: that many places are kept
+    for it should its vendor's quota be used up (so its retry is not refused halfway)."""
+    line = _line.get()
+    if line is None:
+        yield
+        return
+    before, line.needs = line.needs, max(1, requests)
+    try:
+        yield
+    finally:
+        line.needs = before
 
 
 class VendorQuota:
@@ -135,8 +243,14 @@ class VendorQuota:
 
         A busy process takes several slots per round trip while the quota has plenty of
         room (one Redis call per request would cost more than the request's own work)."""
+        wait, _ = self._take(places=0, within=0.0)
+        return wait
+
+    def _take(self, *, places: int, within: float) -> tuple[float, Reservation | None]:
+        """A slot now (0.0, None); else the seconds until ``places`` slots are free, and
+        those places kept in line when that is at most ``within`` seconds away."""
         if self.script is None:
-            return 0.0
+            return 0.0, None
         now = time.monotonic()
         with self._lease_lock:
             self._calls.append(now)
@@ -146,44 +260,58 @@ class VendorQuota:
                 self._leased.popleft()  # unused in time: its window outlives its use
             if self._leased:
                 self._leased.popleft()
-                return 0.0
+                return 0.0, None
             wanted = min(LEASE_MOST, len(self._calls))
-        args: list[int | str] = [self.margin_ms, int(LEASE_SECONDS * 1000), wanted]
+        args: list[int | str] = [self.margin_ms, int(LEASE_SECONDS * 1000), wanted, places]
+        args += [int(within * 1000), int(HOLD_SECONDS * 1000)]
         for window_ms, amount in self.limits:
             args += [window_ms, amount]
         args.append(uuid.uuid4().hex)
-        granted, wait_ms = self.script(keys=self.keys, args=args)
+        granted, wait_ms, kept = self.script(keys=self.keys, args=args)
         if granted:
             with self._lease_lock:
                 self._leased.extend([now + LEASE_SECONDS] * (int(granted) - 1))
-            return 0.0
-        return float(wait_ms) / 1000.0
+            return 0.0, None
+        wait = float(wait_ms) / 1000.0
+        return wait, Reservation(self.vendor, time.time() + wait, int(kept)) if kept else None
 
     def acquire(self) -> None:
-        """Take one request's worth of every limit, waiting for room when allowed to."""
-        wait = self.try_acquire()
-        if wait <= 0:
-            # Once a write has sent its first request, its next ones (Leadway's opportunity
-            # after its contact) may wait: giving up now would waste the request just made.
+        """Take one request's worth of every limit: now, from a place kept earlier, or from
+        a place in line (waited for here when allowed, else carried by ``OwnQuota``)."""
+        line = _line.get()
+        if line is not None and line.held is not None and line.held.use(self.vendor):
             _may_wait.set(True)
             return
-        if not _may_wait.get() or not self._waiters.acquire(blocking=False):
-            raise self._used_up(wait)
+        waits = _may_wait.get() and self._waiters.acquire(blocking=False)
         try:
-            deadline = time.monotonic() + self.max_wait
-            while wait > 0:
-                if time.monotonic() + wait > deadline:
-                    raise self._used_up(wait)
+            # A push keeps places for its whole write however far the line reaches; a
+            # caller that can wait keeps one place within ``max_wait``; others keep none.
+            places, within = (0, 0.0) if not waits else (1, self.max_wait)
+            if line is not None:
+                places, within = line.needs, IN_LINE_MS / 1000
+            wait, kept = self._take(places=places, within=within)
+            if wait <= 0:
+                # Once a write has sent its first request, its next ones (Leadway's
+                # opportunity after its contact) may wait: giving up now would waste it.
+                _may_wait.set(True)
+                return
+            if kept is not None and waits and wait <= self.max_wait:
+                kept.slots -= 1
                 time.sleep(wait)
-                wait = self.try_acquire()
+                if line is not None and kept.slots:
+                    line.held = kept  # the rest of the write's places
+                return
+            raise self._used_up(wait, kept)
         finally:
-            self._waiters.release()
+            if waits:
+                self._waiters.release()
 
-    def _used_up(self, wait: float) -> RateLimited:
+    def _used_up(self, wait: float, kept: Reservation | None = None) -> RateLimited:
         return OwnQuota(
             f"{self.vendor}: quota {self.spec} used up",
             vendor=self.vendor,
-            retry_after=max(1.0, wait),
+            retry_after=wait if kept is not None else max(1.0, wait),
+            reserved=kept.as_job() if kept is not None else None,
         )
 
     def headroom(self) -> list[tuple[str, int, int]]:
