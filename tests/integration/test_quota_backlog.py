@@ -8,6 +8,7 @@ and opportunity.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +38,20 @@ def backlog_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Waits up to the default: a write waits in one hop, not in many short ones.
         OPPSYNC_RETRY_MAX_SECONDS="20",
     )
+    # a second worker process on the same Redis: the line is shared, as the quota is
+    stack.start_procfile_worker()
     yield stack
     stack.stop()
+
+
+def cpu_seconds(stack: Stack) -> float:
+    """CPU the worker processes have spent (printed for the report, never asserted)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for worker in stack.workers:
+        fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 def reads(requests: list[LoggedRequest]) -> Counter[str]:
@@ -51,6 +64,7 @@ def test_a_quota_backlog_waits_once_per_write_and_calls_only_what_writes_need(
     stack = backlog_stack
     leadway = stack.sims["leadway"]
     names = {f"Backlog Deal {n:03}" for n in range(DEALS)}
+    cpu_before = cpu_seconds(stack)
     # given a burst of new deals in SIRO, far more than Leadway's quota takes at once
     for name in sorted(names):
         vendor_id = person_creates(stack, SOURCE, DEAL.replace(name=name))
@@ -82,6 +96,7 @@ def test_a_quota_backlog_waits_once_per_write_and_calls_only_what_writes_need(
             for name, labels, value in read_counters(client)
             if name == "oppsync_retries_total" and labels.get("vendor") == "leadway"
         )
+    print(f"\nworker CPU during the backlog: {cpu_seconds(stack) - cpu_before:.1f} s")
     print(f"\nSIRO reads: {reads(stack.sims[SOURCE].log)}")
     print(f"\nLeadway push retries for {DEALS} deals: {retries}; Leadway calls: {dict(sent)}")
     assert retries <= DEALS * 1.2, retries
