@@ -8,8 +8,17 @@ import time
 import pytest
 import redis
 
-from worker.errors import RateLimited
-from worker.ratelimit import LEASE_SECONDS, WAITERS, VendorQuota, no_waiting
+from worker.errors import OwnQuota, RateLimited
+from worker.ratelimit import (
+    HOLD_SECONDS,
+    LEASE_SECONDS,
+    WAITERS,
+    Reservation,
+    VendorQuota,
+    in_line,
+    no_waiting,
+    plan,
+)
 from worker.sandbox.embedded_redis import EmbeddedRedis
 
 
@@ -176,3 +185,88 @@ def test_slots_taken_ahead_expire_unused(redis_server: EmbeddedRedis) -> None:
     quota.acquire()
     # then it asks Redis again instead of sending on a stale slot
     assert _script_calls(client) - before == 1
+
+
+def _refused_in_line(quota: VendorQuota, places: int = 1) -> OwnQuota:
+    """A push straight from ingest (no waiting) that finds no room."""
+    with no_waiting(), in_line(), plan(places), pytest.raises(OwnQuota) as refused:
+        quota.acquire()
+    return refused.value
+
+
+def test_a_push_without_room_keeps_its_place_in_line(redis_server: EmbeddedRedis) -> None:
+    # given a 2/1 s quota used up
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-line-a", "2/1 second")
+    quota.acquire()
+    quota.acquire()
+    # when three pushes find no room, the first two needing one request, the last two
+    first, second, third = (_refused_in_line(quota, n) for n in (1, 1, 2))
+    # then each is told exactly when its places are kept, and carries them
+    kept = [Reservation.from_job(e.reserved) for e in (first, second, third)]
+    assert [k.slots if k else 0 for k in kept] == [1, 1, 2]
+    assert first.retry_after is not None and 0.9 < first.retry_after <= 1.26
+    assert first.reason == "own_quota"
+    # the two single places fit in the next window; two more only in the one after it
+    at = [k.at for k in kept if k]
+    assert abs(at[1] - at[0]) < 0.1
+    assert at[2] - at[0] >= 1.0 + HOLD_SECONDS
+
+
+def test_a_kept_place_is_spent_without_asking_redis_again(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-b", "1/1 second", margin=0.05)
+    quota.acquire()
+    kept = Reservation.from_job(_refused_in_line(quota).reserved)
+    assert kept is not None
+    # when the push's retry wakes at its time
+    time.sleep(max(0.0, kept.at - time.time()))
+    before = _script_calls(client)
+    with no_waiting(), in_line(kept):
+        quota.acquire()
+    # then its request goes at once, on the place it kept
+    assert _script_calls(client) == before
+    assert kept.slots == 0
+
+
+def test_a_place_kept_but_woken_too_late_is_not_spent(redis_server: EmbeddedRedis) -> None:
+    # a place is scored at the latest time it may be sent: later, it is not the caller's
+    late = Reservation("unit-line-c", time.time() - HOLD_SECONDS, 1)
+    assert not late.use("unit-line-c")
+    assert not Reservation("unit-line-c", time.time(), 1).use("another vendor")
+
+
+def test_a_line_of_pushes_never_exceeds_the_limit(redis_server: EmbeddedRedis) -> None:
+    # given more pushes than a 5/1 s quota takes in two seconds, each in its own "process"
+    stamps: list[float] = []
+    retries: list[int] = []
+    lock = threading.Lock()
+
+    def push() -> None:
+        quota = VendorQuota(
+            redis.Redis.from_url(redis_server.url), "unit-line-d", "5/1 second", margin=0.2
+        )
+        held: Reservation | None = None
+        for attempt in range(3):
+            try:
+                with no_waiting(), in_line(held):
+                    quota.acquire()
+                break
+            except OwnQuota as refused:  # its retry, scheduled for the place it kept
+                held = Reservation.from_job(refused.reserved)
+                assert held is not None
+                time.sleep(max(0.0, held.at - time.time()))
+        with lock:
+            stamps.append(time.time())
+            retries.append(attempt)
+
+    threads = [threading.Thread(target=push) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then every push sent, each after at most one wait in line, and no one-second window
+    # ever held more than five of them
+    stamps.sort()
+    assert len(stamps) == 20
+    assert max(retries) <= 1
+    assert all(stamps[i + 5] - stamps[i] >= 1.0 for i in range(len(stamps) - 5))
