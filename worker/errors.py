@@ -148,9 +148,7 @@ class OwnQuota(RateLimited, OurOwnWait):
 
     reason = "own_quota"
 
-    def __init__(
-        self, message: str, *, reserved: dict[str, Any] | None = None, **kw: Any
-    ) -> None:
+    def __init__(self, message: str, *, reserved: dict[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.reserved = reserved
 

@@ -35,7 +35,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from threading import BoundedSemaphore, Lock
-
 from typing import Any
 
 import redis

@@ -19,7 +19,6 @@ import redis
 from tests.integration.drive import DEAL, held, person_creates, wait_quiet
 from worker.sandbox.simulators.base import LoggedRequest
 from worker.sandbox.stack import VENDORS, Stack, start_stack, wait_for
-
 from worker.store.metrics import read_counters
 
 pytestmark = pytest.mark.integration
