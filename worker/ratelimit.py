@@ -147,10 +147,11 @@ class Reservation:
         False when none is kept for ``vendor`` or its hold has passed."""
         if vendor != self.vendor or self.slots <= 0:
             return False
-        if time.time() > self.at + HOLD_SECONDS - HOLD_SLACK:
-            self.slots = 0  # too late: sending now could exceed a window
+        early = self.at - time.time()
+        if early < HOLD_SLACK - HOLD_SECONDS or early > HOLD_SECONDS:
+            self.slots = 0  # too late (sending now could exceed a window) or far too early
             return False
-        if (early := self.at - time.time()) > 0:
+        if early > 0:
             time.sleep(early)
         self.slots -= 1
         return True
@@ -318,8 +319,9 @@ class VendorQuota:
         rows = []
         for key, (window_ms, amount) in zip(self.keys, self.limits, strict=True):
             now_ms = int(time.time() * 1000)
+            # sent in the window; places kept in line for later are not used yet
             used = self.script.registered_client.zcount(  # type: ignore[union-attr]
-                key, now_ms - window_ms - self.margin_ms, "+inf"
+                key, now_ms - window_ms - self.margin_ms, now_ms
             )
             rows.append((f"{amount}/{window_ms // 1000}s", int(used), amount))  # type: ignore[arg-type]
         return rows
