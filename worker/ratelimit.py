@@ -319,9 +319,9 @@ class VendorQuota:
         rows = []
         for key, (window_ms, amount) in zip(self.keys, self.limits, strict=True):
             now_ms = int(time.time() * 1000)
-            # sent in the window; places kept in line for later are not used yet
+            # sent in the window or leased; places kept further ahead in line are not
             used = self.script.registered_client.zcount(  # type: ignore[union-attr]
-                key, now_ms - window_ms - self.margin_ms, now_ms
+                key, now_ms - window_ms - self.margin_ms, now_ms + int(LEASE_SECONDS * 1000)
             )
             rows.append((f"{amount}/{window_ms // 1000}s", int(used), amount))  # type: ignore[arg-type]
         return rows
