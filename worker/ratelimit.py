@@ -46,12 +46,13 @@ from worker.store.keys import quota_key
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
 # holds more than the limit allows plus the places kept in line; a PEXPIRE per call would
 # cost a command per request).
-# ARGV: margin_ms, lease_ms, wanted, places, within_ms, hold_ms, then (window_ms, amount)
-# per limit, then a unique member prefix. Returns {granted, wait_ms, kept}: granted slots
+# ARGV: margin_ms, lease_ms, wanted, places, within_ms, hold_ms, together, then
+# (window_ms, amount) per limit, then a unique member prefix. Returns {granted, wait_ms, kept}: granted slots
 # were taken in every limit; when none could be, wait_ms says when ``places`` slots are free
 # after every one already kept, and ``kept`` says they were kept for the caller (only when
 # that is at most within_ms away). More than one slot is granted only while every window
-# stays at least half free after the grant: near a limit, one at a time.
+# stays at least half free after the grant: near a limit, one at a time. ``together`` (a
+# write's first request): all its ``places`` now or none, so a write is never cut in two.
 # Every member is scored at the latest time its request may be sent (now; a lease's or a kept
 # place's expiry), and counted from the moment it is added: a request sent at t fits when
 # fewer than ``amount`` members score at or after t - window, whatever lies beyond t.
@@ -61,18 +62,23 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local margin = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[3])
 local places = tonumber(ARGV[4])
+local together = tonumber(ARGV[7]) == 1
 local full = false
 local at = now_ms
 for i = 1, #KEYS do
-  places = math.min(places, tonumber(ARGV[2 * i + 6]))
+  places = math.min(places, tonumber(ARGV[2 * i + 7]))
+end
+local need = 1
+if together then
+  need = math.max(1, places)
 end
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[2 * i + 5]) + margin
-  local amount = tonumber(ARGV[2 * i + 6])
+  local window = tonumber(ARGV[2 * i + 6]) + margin
+  local amount = tonumber(ARGV[2 * i + 7])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
   local held = redis.call('ZCARD', key)
   local free = amount - held
-  if free <= 0 then
+  if free < need then
     full = true
   elseif free - wanted < amount / 2 then
     wanted = 1
@@ -92,6 +98,10 @@ if full then
   end
   score = at + tonumber(ARGV[6])
   count = places
+elseif together then
+  score = now_ms + tonumber(ARGV[6])
+  count = need
+  wanted = need
 elseif wanted > 1 then
   score = now_ms + tonumber(ARGV[2])
 end
@@ -115,8 +125,9 @@ LEASE_SECONDS = 0.2
 #: The most slots one call takes ahead.
 LEASE_MOST = 16
 #: How late after its time a kept place may still be used: a woken job starts a little late
-#: (broker timers, a busy pool). Each place in line costs the window this much.
-HOLD_SECONDS = 0.5
+#: (broker timers, a busy pool), and a write's next request waits for its first one's answer
+#: (Leadway's contact). Each place in line costs the window this much.
+HOLD_SECONDS = 1.0
 #: A kept place is used no later than this before its hold ends: our clock read after the
 #: script answered, and the request's own start, come a little after the script's clock.
 HOLD_SLACK = 0.1
@@ -164,6 +175,7 @@ class Line:
 
     held: Reservation | None = None
     needs: int = 1
+    started: bool = False  # a request of the write was sent
 
 
 #: Threads of one process that may wait for one vendor's quota at once.
@@ -246,28 +258,34 @@ class VendorQuota:
         wait, _ = self._take(places=0, within=0.0)
         return wait
 
-    def _take(self, *, places: int, within: float) -> tuple[float, Reservation | None]:
-        """A slot now (0.0, None); else the seconds until ``places`` slots are free, and
-        those places kept in line when that is at most ``within`` seconds away."""
+    def _take(
+        self, *, places: int, within: float, together: bool = False
+    ) -> tuple[float, Reservation | None]:
+        """A slot now (0.0, and with ``together`` the rest of ``places`` taken with it);
+        else the seconds until ``places`` slots are free, and those places kept in line
+        when that is at most ``within`` seconds away."""
         if self.script is None:
             return 0.0, None
         now = time.monotonic()
+        together = together and places > 1
         with self._lease_lock:
             self._calls.append(now)
             while self._calls[0] < now - LEASE_SECONDS:
                 self._calls.popleft()
             while self._leased and self._leased[0] <= now:
                 self._leased.popleft()  # unused in time: its window outlives its use
-            if self._leased:
+            if self._leased and not together:
                 self._leased.popleft()
                 return 0.0, None
             wanted = min(LEASE_MOST, len(self._calls))
         args: list[int | str] = [self.margin_ms, int(LEASE_SECONDS * 1000), wanted, places]
-        args += [int(within * 1000), int(HOLD_SECONDS * 1000)]
+        args += [int(within * 1000), int(HOLD_SECONDS * 1000), int(together)]
         for window_ms, amount in self.limits:
             args += [window_ms, amount]
         args.append(uuid.uuid4().hex)
         granted, wait_ms, kept = self.script(keys=self.keys, args=args)
+        if granted and together:
+            return 0.0, Reservation(self.vendor, time.time(), int(granted) - 1)
         if granted:
             with self._lease_lock:
                 self._leased.extend([now + LEASE_SECONDS] * (int(granted) - 1))
@@ -280,6 +298,7 @@ class VendorQuota:
         a place in line (waited for here when allowed, else carried by ``OwnQuota``)."""
         line = _line.get()
         if line is not None and line.held is not None and line.held.use(self.vendor):
+            line.started = True
             _may_wait.set(True)
             return
         waits = _may_wait.get() and self._waiters.acquire(blocking=False)
@@ -289,16 +308,22 @@ class VendorQuota:
             places, within = (0, 0.0) if not waits else (1, self.max_wait)
             if line is not None:
                 places, within = line.needs, IN_LINE_MS / 1000
-            wait, kept = self._take(places=places, within=within)
+            # A write's first request takes the places of its next ones with it.
+            together = line is not None and not line.started
+            wait, kept = self._take(places=places, within=within, together=together)
             if wait <= 0:
                 # Once a write has sent its first request, its next ones (Leadway's
                 # opportunity after its contact) may wait: giving up now would waste it.
                 _may_wait.set(True)
+                if line is not None:
+                    line.started = True
+                    line.held = kept or line.held
                 return
             if kept is not None and waits and wait <= self.max_wait:
                 kept.slots -= 1
                 time.sleep(wait)
-                if line is not None and kept.slots:
+                if line is not None:
+                    line.started = True
                     line.held = kept  # the rest of the write's places
                 return
             raise self._used_up(wait, kept)

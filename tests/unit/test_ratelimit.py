@@ -272,3 +272,24 @@ def test_a_line_of_pushes_never_exceeds_the_limit(redis_server: EmbeddedRedis) -
     assert len(stamps) == 20
     assert max(retries) <= 1
     assert all(stamps[i + 5] - stamps[i] >= 1.0 for i in range(len(stamps) - 5))
+
+
+def test_a_write_is_never_cut_in_two_by_the_quota(redis_server: EmbeddedRedis) -> None:
+    # given a 3/1 s quota with one slot left, and a write of two requests (Leadway's contact
+    # and opportunity)
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-e", "3/1 second")
+    quota.acquire()
+    quota.acquire()
+    # then its first request is not sent alone: both wait in line together
+    refused = _refused_in_line(quota, 2)
+    kept = Reservation.from_job(refused.reserved)
+    assert kept is not None and kept.slots == 2
+    # and where there is room for both, the first request takes the second's place with it
+    roomy = VendorQuota(client, "unit-line-f", "3/1 second")
+    roomy.acquire()
+    before = _script_calls(client)
+    with no_waiting(), in_line(), plan(2):
+        roomy.acquire()
+        roomy.acquire()
+    assert _script_calls(client) - before == 1
