@@ -47,15 +47,16 @@ from worker.store.keys import quota_key
 # holds more than the limit allows plus the places kept in line; a PEXPIRE per call would
 # cost a command per request).
 # ARGV: margin_ms, lease_ms, wanted, places, within_ms, hold_ms, together, then
-# (window_ms, amount) per limit, then a unique member prefix. Returns {granted, wait_ms, kept}: granted slots
-# were taken in every limit; when none could be, wait_ms says when ``places`` slots are free
-# after every one already kept, and ``kept`` says they were kept for the caller (only when
-# that is at most within_ms away). More than one slot is granted only while every window
-# stays at least half free after the grant: near a limit, one at a time. ``together`` (a
-# write's first request): all its ``places`` now or none, so a write is never cut in two.
-# Every member is scored at the latest time its request may be sent (now; a lease's or a kept
-# place's expiry), and counted from the moment it is added: a request sent at t fits when
-# fewer than ``amount`` members score at or after t - window, whatever lies beyond t.
+# (window_ms, amount) per limit, then a unique member prefix. Returns {granted, wait_ms,
+# kept}: granted slots were taken in every limit; when none could be, wait_ms says when
+# ``places`` slots are free after every one already kept, and ``kept`` says they were kept
+# for the caller (only when that is at most within_ms away). More than one slot is granted
+# only while every window stays at least half free after the grant: near a limit, one at a
+# time. ``together`` (a write's first request): all its ``places`` now or none, so a write
+# is never cut in two. Every member is scored at the latest time its request may be sent
+# (now; a lease's or a kept place's expiry), and counted from the moment it is added: a
+# request sent at t fits when fewer than ``amount`` members score at or after t - window,
+# whatever lies beyond t.
 ACQUIRE = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
