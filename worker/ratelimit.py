@@ -218,7 +218,8 @@ def plan(requests: int) -> Iterator[None]:
     if line is None:
         yield
         return
-    before, line.needs = line.needs, max(1, requests)
+    # a new write: its first request takes its next ones' places with it
+    before, line.needs, line.started = line.needs, max(1, requests), False
     try:
         yield
     finally:
