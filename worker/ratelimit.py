@@ -46,7 +46,7 @@ from worker.store.keys import quota_key
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
 # holds more than the limit allows plus the places kept in line; a PEXPIRE per call would
 # cost a command per request).
-# ARGV: margin_ms, lease_ms, wanted, places, within_ms, hold_ms, together, then
+# ARGV: margin_ms, lease_ms, wanted, places, within_ms, together, then
 # (window_ms, amount) per limit, then a unique member prefix. Returns {granted, wait_ms,
 # kept}: granted slots were taken in every limit; when none could be, wait_ms says when
 # ``places`` slots are free after every one already kept, and ``kept`` says they were kept
@@ -63,19 +63,19 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local margin = tonumber(ARGV[1])
 local wanted = tonumber(ARGV[3])
 local places = tonumber(ARGV[4])
-local together = tonumber(ARGV[7]) == 1
+local together = tonumber(ARGV[6]) == 1
 local full = false
 local at = now_ms
 for i = 1, #KEYS do
-  places = math.min(places, tonumber(ARGV[2 * i + 7]))
+  places = math.min(places, tonumber(ARGV[2 * i + 6]))
 end
 local need = 1
 if together then
   need = math.max(1, places)
 end
 for i, key in ipairs(KEYS) do
-  local window = tonumber(ARGV[2 * i + 6]) + margin
-  local amount = tonumber(ARGV[2 * i + 7])
+  local window = tonumber(ARGV[2 * i + 5]) + margin
+  local amount = tonumber(ARGV[2 * i + 6])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
   local held = redis.call('ZCARD', key)
   local free = amount - held
@@ -97,10 +97,9 @@ if full then
   if places < 1 or at - now_ms > tonumber(ARGV[5]) then
     return {0, at - now_ms, 0}
   end
-  score = at + tonumber(ARGV[6])
+  score = at
   count = places
 elseif together then
-  score = now_ms + tonumber(ARGV[6])
   count = need
   wanted = need
 elseif wanted > 1 then
@@ -120,6 +119,42 @@ end
 return {wanted, 0, 0}
 """
 
+# A kept place is spent when its request is sent, and only if the requests actually sent
+# leave room then: its member moves to the time it is sent. The places kept in line only
+# say when to come back; this check is what keeps the window. KEYS as above. ARGV:
+# margin_ms, lease_ms, member, then (window_ms, amount) per limit. Returns 0 when the member
+# now stands for a request sent now, else the ms until the window may have room.
+SPEND = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local margin = tonumber(ARGV[1])
+local until_ms = now_ms + tonumber(ARGV[2])
+local member = ARGV[3]
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local window = tonumber(ARGV[2 * i + 2]) + margin
+  local amount = tonumber(ARGV[2 * i + 3])
+  local sent = redis.call('ZRANGEBYSCORE', key, now_ms - window, until_ms, 'LIMIT', 0, amount + 1)
+  local others = {}
+  for _, m in ipairs(sent) do
+    if m ~= member then
+      others[#others + 1] = m
+    end
+  end
+  if #others >= amount then
+    local oldest = redis.call('ZSCORE', key, others[1])
+    wait = math.max(wait, tonumber(oldest) + window - now_ms + 1)
+  end
+end
+if wait > 0 then
+  return wait
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now_ms, member)
+end
+return 0
+"""
+
 #: How long slots taken ahead for this process stay usable. Short: a slot is counted in the
 #: window from when it is taken, so one left unused is wasted for a window.
 LEASE_SECONDS = 0.2
@@ -127,46 +162,52 @@ LEASE_SECONDS = 0.2
 LEASE_MOST = 16
 #: How late after its time a kept place may still be used: a woken job starts a little late
 #: (broker timers, a busy pool), and a write's next request waits for its first one's answer
-#: (Leadway's contact). Each place in line costs the window this much.
-HOLD_SECONDS = 1.0
-#: A kept place is used no later than this before its hold ends: our clock read after the
-#: script answered, and the request's own start, come a little after the script's clock.
-HOLD_SLACK = 0.1
+#: (Leadway's contact). Later, the job queues again (its place is wasted).
+HOLD_SECONDS = 2.0
 #: How far ahead a push keeps its place (its retry is scheduled for then): any distance.
 IN_LINE_MS = 10**12
 
 
 @dataclass
 class Reservation:
-    """Places kept in one vendor's line: usable from ``at`` (our clock) for ``HOLD_SECONDS``.
-    Travels with a push's retry (``as_job``) so the woken push sends without asking."""
+    """Places kept in one vendor's line (members ``<name>:1`` … ``<name>:<count>``), usable
+    from ``at`` (our clock) for ``HOLD_SECONDS``; ``used`` of them are spent. Travels with a
+    push's retry (``as_job``) so the woken push sends on them."""
 
     vendor: str
     at: float
-    slots: int
+    name: str
+    count: int
+    used: int = 0
+
+    @property
+    def slots(self) -> int:
+        return self.count - self.used
 
     def as_job(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "at": self.at, "slots": self.slots}
+        return {"vendor": self.vendor, "at": self.at, "name": self.name, "count": self.count,
+                "used": self.used}  # fmt: skip
 
     @classmethod
     def from_job(cls, job: dict[str, Any] | None) -> Reservation | None:
         if not job:
             return None
-        return cls(str(job["vendor"]), float(job["at"]), int(job["slots"]))
+        return cls(str(job["vendor"]), float(job["at"]), str(job["name"]), int(job["count"]),
+                   int(job.get("used", 0)))  # fmt: skip
 
-    def use(self, vendor: str) -> bool:
-        """Spend one kept place, waiting for its time if the job woke a little early;
-        False when none is kept for ``vendor`` or its hold has passed."""
+    def next_member(self, vendor: str) -> str | None:
+        """The place to spend next, once its time has come (a job woken a little early
+        waits); ``None`` when none is kept for ``vendor`` or the hold has passed."""
         if vendor != self.vendor or self.slots <= 0:
-            return False
+            return None
         early = self.at - time.time()
-        if early < HOLD_SLACK - HOLD_SECONDS or early > HOLD_SECONDS:
-            self.slots = 0  # too late (sending now could exceed a window) or far too early
-            return False
+        if early < -HOLD_SECONDS or early > HOLD_SECONDS:
+            self.used = self.count  # far too late (the line moved on) or far too early
+            return None
         if early > 0:
             time.sleep(early)
-        self.slots -= 1
-        return True
+        self.used += 1
+        return f"{self.name}:{self.used}"
 
 
 @dataclass
@@ -245,6 +286,7 @@ class VendorQuota:
         self.limits = [(i.get_expiry() * 1000, i.amount) for i in items]
         self.spec = spec
         self.script = client.register_script(ACQUIRE) if items else None
+        self.spend_script = client.register_script(SPEND) if items else None
         self._waiters = BoundedSemaphore(WAITERS)
         # Slots taken ahead (when each stops being usable) and this process's recent calls,
         # which say how many to take ahead: about as many as the last lease period used.
@@ -281,25 +323,26 @@ class VendorQuota:
                 return 0.0, None
             wanted = min(LEASE_MOST, len(self._calls))
         args: list[int | str] = [self.margin_ms, int(LEASE_SECONDS * 1000), wanted, places]
-        args += [int(within * 1000), int(HOLD_SECONDS * 1000), int(together)]
+        args += [int(within * 1000), int(together)]
         for window_ms, amount in self.limits:
             args += [window_ms, amount]
-        args.append(uuid.uuid4().hex)
+        name = uuid.uuid4().hex
+        args.append(name)
         granted, wait_ms, kept = self.script(keys=self.keys, args=args)
-        if granted and together:
-            return 0.0, Reservation(self.vendor, time.time(), int(granted) - 1)
+        if granted and together:  # the first place is this request's; the rest are kept
+            return 0.0, Reservation(self.vendor, time.time(), name, int(granted), used=1)
         if granted:
             with self._lease_lock:
                 self._leased.extend([now + LEASE_SECONDS] * (int(granted) - 1))
             return 0.0, None
         wait = float(wait_ms) / 1000.0
-        return wait, Reservation(self.vendor, time.time() + wait, int(kept)) if kept else None
+        return wait, Reservation(self.vendor, time.time() + wait, name, int(kept)) if kept else None
 
     def acquire(self) -> None:
-        """Take one request's worth of every limit: now, from a place kept earlier, or from
-        a place in line (waited for here when allowed, else carried by ``OwnQuota``)."""
+        """Take one request's worth of every limit: now, on a place kept earlier, or on a
+        place in line (waited for here when allowed, else carried by ``OwnQuota``)."""
         line = _line.get()
-        if line is not None and line.held is not None and line.held.use(self.vendor):
+        if line is not None and line.held is not None and self._spend(line.held):
             line.started = True
             _may_wait.set(True)
             return
@@ -322,8 +365,9 @@ class VendorQuota:
                     line.held = kept or line.held
                 return
             if kept is not None and waits and wait <= self.max_wait:
-                kept.slots -= 1
-                time.sleep(wait)
+                time.sleep(max(0.0, kept.at - time.time()))
+                if not self._spend(kept):
+                    raise self._used_up(wait)
                 if line is not None:
                     line.started = True
                     line.held = kept  # the rest of the write's places
@@ -332,6 +376,24 @@ class VendorQuota:
         finally:
             if waits:
                 self._waiters.release()
+
+    def _spend(self, held: Reservation) -> bool:
+        """Send on the next place kept in ``held``, once the requests actually sent leave
+        room (a moment's wait when some of the line ahead went late); False when no place
+        is usable: the caller asks again (and the place is wasted)."""
+        member = held.next_member(self.vendor)
+        if member is None or self.spend_script is None:
+            return member is not None
+        args: list[int | str] = [self.margin_ms, int(LEASE_SECONDS * 1000), member]
+        for window_ms, amount in self.limits:
+            args += [window_ms, amount]
+        deadline = time.monotonic() + HOLD_SECONDS
+        while wait_ms := int(self.spend_script(keys=self.keys, args=args)):  # type: ignore[arg-type]
+            if time.monotonic() + wait_ms / 1000 > deadline:
+                held.used = held.count
+                return False
+            time.sleep(wait_ms / 1000)
+        return True
 
     def _used_up(self, wait: float, kept: Reservation | None = None) -> RateLimited:
         return OwnQuota(
