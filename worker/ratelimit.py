@@ -15,12 +15,13 @@ A call that finds no room takes its place in a line instead of polling for it: t
 script keeps it the next free slot (the earliest time the window has room after every slot
 already kept) and answers when that is, so a backlog of N writes costs N reservations, not N
 times as many wake-ups racing for each slot. A push keeps its place across its retry (it is
-scheduled for exactly that moment, ``Reservation``) and, once there, sends without asking
-again; a slot kept by a push that crashed or no longer needs it is simply wasted (it leaves
-the window like any other). Other callers may wait in the thread for a place up to
-``max_wait`` seconds; past that they raise ``RateLimited`` so the job is retried later.
-Waiting in a thread is rationed, because a thread waiting for one vendor's quota is a thread
-not serving the others: a push straight from ingest never waits (``no_waiting``: it goes to
+scheduled for exactly that moment: ``worker/quotaline.py``) and, once there, spends it with
+one check that the requests actually sent leave room (``SPEND``): the line only says when to
+come back, the check at send time keeps the window. A place kept by a push that crashed or no
+longer needs it is simply wasted (it leaves the window like any other). Other callers may
+wait in the thread for a place up to ``max_wait`` seconds; past that they raise
+``RateLimited`` so the job is retried later. Waiting in a thread is rationed, because a
+thread waiting for one vendor's quota is a thread not serving the others: a push straight from ingest never waits (``no_waiting``: it goes to
 its vendor's queue and the event's other pushes finish), and at most ``WAITERS`` threads per
 process wait for one vendor at a time.
 """
@@ -33,14 +34,13 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from threading import BoundedSemaphore, Lock
-from typing import Any
 
 import redis
 from limits import parse_many
 
 from worker.errors import OwnQuota, RateLimited
+from worker.quotaline import HOLD_SECONDS, IN_LINE_MS, Reservation, current_line
 from worker.store.keys import quota_key
 
 # KEYS: one sorted set per limit (no expiry: each call trims it to one window, so it never
@@ -160,72 +160,12 @@ return 0
 LEASE_SECONDS = 0.2
 #: The most slots one call takes ahead.
 LEASE_MOST = 16
-#: How late after its time a kept place may still be used: a woken job starts a little late
-#: (broker timers, a busy pool), and a write's next request waits for its first one's answer
-#: (Leadway's contact). Later, the job queues again (its place is wasted).
-HOLD_SECONDS = 2.0
-#: How far ahead a push keeps its place (its retry is scheduled for then): any distance.
-IN_LINE_MS = 10**12
-
-
-@dataclass
-class Reservation:
-    """Places kept in one vendor's line (members ``<name>:1`` … ``<name>:<count>``), usable
-    from ``at`` (our clock) for ``HOLD_SECONDS``; ``used`` of them are spent. Travels with a
-    push's retry (``as_job``) so the woken push sends on them."""
-
-    vendor: str
-    at: float
-    name: str
-    count: int
-    used: int = 0
-
-    @property
-    def slots(self) -> int:
-        return self.count - self.used
-
-    def as_job(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "at": self.at, "name": self.name, "count": self.count,
-                "used": self.used}  # fmt: skip
-
-    @classmethod
-    def from_job(cls, job: dict[str, Any] | None) -> Reservation | None:
-        if not job:
-            return None
-        return cls(str(job["vendor"]), float(job["at"]), str(job["name"]), int(job["count"]),
-                   int(job.get("used", 0)))  # fmt: skip
-
-    def next_member(self, vendor: str) -> str | None:
-        """The place to spend next, once its time has come (a job woken a little early
-        waits); ``None`` when none is kept for ``vendor`` or the hold has passed."""
-        if vendor != self.vendor or self.slots <= 0:
-            return None
-        early = self.at - time.time()
-        if early < -HOLD_SECONDS or early > HOLD_SECONDS:
-            self.used = self.count  # far too late (the line moved on) or far too early
-            return None
-        if early > 0:
-            time.sleep(early)
-        self.used += 1
-        return f"{self.name}:{self.used}"
-
-
-@dataclass
-class Line:
-    """What a push brings to the quota: the places it kept last time, and how many requests
-    its write needs (``plan``), which is how many places it keeps when there is no room."""
-
-    held: Reservation | None = None
-    needs: int = 1
-    started: bool = False  # a request of the write was sent
 
 
 #: Threads of one process that may wait for one vendor's quota at once.
 WAITERS = 4
 #: False while a call must not wait for quota (``no_waiting``).
 _may_wait: ContextVar[bool] = ContextVar("oppsync_quota_may_wait", default=True)
-#: Set while a push runs (``in_line``): it keeps its place in line when there is no room.
-_line: ContextVar[Line | None] = ContextVar("oppsync_quota_line", default=None)
 
 
 @contextmanager
@@ -237,34 +177,6 @@ def no_waiting() -> Iterator[None]:
         yield
     finally:
         _may_wait.reset(token)
-
-
-@contextmanager
-def in_line(held: Reservation | None = None) -> Iterator[Line]:
-    """Within this block (one push), a call that finds no room keeps places in line and
-    raises ``OwnQuota`` carrying them (``reserved``); ``held``: places kept by the push's
-    previous attempt, spent before asking Redis."""
-    token = _line.set(Line(held))
-    try:
-        yield _line.get()  # type: ignore[misc]
-    finally:
-        _line.reset(token)
-
-
-@contextmanager
-def plan(requests: int) -> Iterator[None]:
-    """The write in this block sends about ``requests`` requests: that many places are kept
-    for it should its vendor's quota be used up (so its retry is not refused halfway)."""
-    line = _line.get()
-    if line is None:
-        yield
-        return
-    # a new write: its first request takes its next ones' places with it
-    before, line.needs, line.started = line.needs, max(1, requests), False
-    try:
-        yield
-    finally:
-        line.needs = before
 
 
 class VendorQuota:
@@ -341,7 +253,7 @@ class VendorQuota:
     def acquire(self) -> None:
         """Take one request's worth of every limit: now, on a place kept earlier, or on a
         place in line (waited for here when allowed, else carried by ``OwnQuota``)."""
-        line = _line.get()
+        line = current_line()
         if line is not None and line.held is not None and self._spend(line.held):
             line.started = True
             _may_wait.set(True)

@@ -9,16 +9,8 @@ import pytest
 import redis
 
 from worker.errors import OwnQuota, RateLimited
-from worker.ratelimit import (
-    HOLD_SECONDS,
-    LEASE_SECONDS,
-    WAITERS,
-    Reservation,
-    VendorQuota,
-    in_line,
-    no_waiting,
-    plan,
-)
+from worker.quotaline import HOLD_SECONDS, Reservation, in_line, plan
+from worker.ratelimit import LEASE_SECONDS, WAITERS, VendorQuota, no_waiting
 from worker.sandbox.embedded_redis import EmbeddedRedis
 
 

@@ -20,7 +20,8 @@ import structlog
 from worker import breaker, vendorhealth
 from worker.errors import REDIS_UNREACHABLE, OurOwnWait, OwnQuota, Transient
 from worker.logs import log
-from worker.ratelimit import Reservation, in_line, no_waiting
+from worker.quotaline import Reservation, in_line
+from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
 from worker.settings import Settings

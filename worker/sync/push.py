@@ -21,7 +21,7 @@ from typing import Any
 
 from schemas.opportunity import fingerprint
 from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
-from worker.ratelimit import plan
+from worker.quotaline import plan
 from worker.runtime import Runtime
 from worker.store.locks import LOCK_TIMEOUT_SECONDS
 from worker.store.records import HeldLock, Record
