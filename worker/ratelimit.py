@@ -21,9 +21,9 @@ come back, the check at send time keeps the window. A place kept by a push that 
 longer needs it is simply wasted (it leaves the window like any other). Other callers may
 wait in the thread for a place up to ``max_wait`` seconds; past that they raise
 ``RateLimited`` so the job is retried later. Waiting in a thread is rationed, because a
-thread waiting for one vendor's quota is a thread not serving the others: a push straight from ingest never waits (``no_waiting``: it goes to
-its vendor's queue and the event's other pushes finish), and at most ``WAITERS`` threads per
-process wait for one vendor at a time.
+thread waiting for one vendor's quota is a thread not serving the others: a push straight
+from ingest never waits (``no_waiting``: it goes to its vendor's queue and the event's other
+pushes finish), and at most ``WAITERS`` threads per process wait for one vendor at a time.
 """
 
 from __future__ import annotations
