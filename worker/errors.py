@@ -143,7 +143,14 @@ class Busy(OurOwnWait):
 
 
 class OwnQuota(RateLimited, OurOwnWait):
+    """``reserved``: the places kept for the job in the vendor's line
+    (``worker/ratelimit.Reservation.as_job``); its retry runs exactly ``retry_after`` later."""
+
     reason = "own_quota"
+
+    def __init__(self, message: str, *, reserved: dict[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reserved = reserved
 
 
 class CreateInFlight(OurOwnWait):

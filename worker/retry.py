@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from worker.errors import InvalidPayload, OppsyncError, Permanent, Transient
+from worker.errors import InvalidPayload, OppsyncError, OwnQuota, Permanent, Transient
 from worker.settings import Settings
 
 
@@ -65,6 +65,9 @@ def decide(
     left = first_attempt_at + settings.retry_horizon_hours * 3600 - now
     if left < 0:
         return Verdict(False, reason=f"gave up after {attempt} attempts: {reason}")
+    if isinstance(error, OwnQuota) and error.reserved and error.retry_after is not None:
+        # A place kept in the vendor's line: exactly then (jitter would miss its hold).
+        return Verdict(True, delay=max(0.0, min(error.retry_after, left)), reason=reason)
     delay = backoff(
         attempt,
         base=settings.retry_base_seconds,

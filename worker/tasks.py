@@ -77,6 +77,7 @@ def schedule_push_retry(
     first_attempt_at: float,
     attempt: int,
     delay: float,
+    reserved: dict[str, Any] | None = None,
 ) -> None:
     wait, not_before = countdown(delay)
     push_to_vendor.apply_async(
@@ -87,6 +88,7 @@ def schedule_push_retry(
             "first_attempt_at": first_attempt_at,
             "attempt": attempt,
             **({"not_before": not_before} if not_before is not None else {}),
+            **({"reserved": reserved} if reserved else {}),
         },
         queue=queue_for(vendor),
         countdown=wait,
@@ -213,18 +215,27 @@ def push_to_vendor(
     first_attempt_at: float,
     attempt: int,
     not_before: float | None = None,
+    reserved: dict[str, Any] | None = None,
 ) -> str:
     """Make one vendor hold the current state of one opportunity (a retry of a failed push).
 
     Idempotent: reads the state at run time and writes only if the vendor's record differs;
     a create whose answer was lost is looked up before creating again. Before
     ``not_before`` (a long wait's intermediate hop: ``countdown``) it only waits on.
+    ``reserved``: the places kept for it in the vendor's quota line (``worker/ratelimit``).
     """
     if not_before is not None and (left := not_before - time.time()) > 0:
-        schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left)
+        schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left, reserved)
         return IngestOutcome.WAITING
     with requeued_while_redis_is_unreachable():
-        result = _push_once(key, vendor, cause, attempt=attempt, first_attempt_at=first_attempt_at)
+        result = _push_once(
+            key,
+            vendor,
+            cause,
+            attempt=attempt,
+            first_attempt_at=first_attempt_at,
+            reserved=reserved,
+        )
         if result.outcome in WRITES and cause.get("received_at"):
             metrics.observe_latency(get_runtime().redis, time.time() - float(cause["received_at"]))
     if result.outcome is PushOutcome.DEAD_LETTER:
@@ -233,7 +244,13 @@ def push_to_vendor(
 
 
 def _push_once(
-    key: str, vendor: str, cause: dict[str, Any], *, attempt: int, first_attempt_at: float
+    key: str,
+    vendor: str,
+    cause: dict[str, Any],
+    *,
+    attempt: int,
+    first_attempt_at: float,
+    reserved: dict[str, Any] | None = None,
 ) -> fanout.PushResult:
     """One attempt at one vendor in this process; a failure is retried on its queue."""
     return fanout.push_once(
@@ -244,6 +261,7 @@ def _push_once(
         attempt=attempt,
         first_attempt_at=first_attempt_at,
         schedule_retry=schedule_push_retry,
+        reserved=reserved,
     )
 
 

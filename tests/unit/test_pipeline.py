@@ -86,6 +86,11 @@ class MemoryAdapter:
         self.records[vendor_id] = {"id": vendor_id, **{k: data[k] for k in self.synced_fields}}
         return UpsertResult(vendor_id, created)
 
+    def requests_for(
+        self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
+    ) -> int:
+        return 1
+
     def find_existing(self, opp: Opportunity, *, key: str, since: datetime) -> str | None:
         return None
 

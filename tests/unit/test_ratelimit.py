@@ -8,7 +8,8 @@ import time
 import pytest
 import redis
 
-from worker.errors import RateLimited
+from worker.errors import OwnQuota, RateLimited
+from worker.quotaline import HOLD_SECONDS, Reservation, in_line, plan
 from worker.ratelimit import LEASE_SECONDS, WAITERS, VendorQuota, no_waiting
 from worker.sandbox.embedded_redis import EmbeddedRedis
 
@@ -176,3 +177,130 @@ def test_slots_taken_ahead_expire_unused(redis_server: EmbeddedRedis) -> None:
     quota.acquire()
     # then it asks Redis again instead of sending on a stale slot
     assert _script_calls(client) - before == 1
+
+
+def _refused_in_line(quota: VendorQuota, places: int = 1) -> OwnQuota:
+    """A push straight from ingest (no waiting) that finds no room."""
+    with no_waiting(), in_line(), plan(places), pytest.raises(OwnQuota) as refused:
+        quota.acquire()
+    return refused.value
+
+
+def test_a_push_without_room_keeps_its_place_in_line(redis_server: EmbeddedRedis) -> None:
+    # given a 2/1 s quota used up
+    quota = VendorQuota(redis.Redis.from_url(redis_server.url), "unit-line-a", "2/1 second")
+    quota.acquire()
+    quota.acquire()
+    # when three pushes find no room, the first two needing one request, the last two
+    first, second, third = (_refused_in_line(quota, n) for n in (1, 1, 2))
+    # then each is told exactly when its places are kept, and carries them
+    kept = [Reservation.from_job(e.reserved) for e in (first, second, third)]
+    assert [k.slots if k else 0 for k in kept] == [1, 1, 2]
+    assert first.retry_after is not None and 0.9 < first.retry_after <= 1.26
+    assert first.reason == "own_quota"
+    # the two single places fit in the next window; two more only in the one after it
+    at = [k.at for k in kept if k]
+    assert abs(at[1] - at[0]) < 0.1
+    assert at[2] - at[0] >= 1.0
+
+
+def test_a_kept_place_is_spent_with_one_check(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-b", "1/1 second", margin=0.05)
+    quota.acquire()
+    kept = Reservation.from_job(_refused_in_line(quota).reserved)
+    assert kept is not None
+    # when the push's retry wakes at its time
+    time.sleep(max(0.0, kept.at - time.time()))
+    before = _script_calls(client)
+    with no_waiting(), in_line(kept):
+        quota.acquire()
+    # then its request goes at once, on the place it kept (one check that the requests
+    # actually sent leave room), without queueing again
+    assert _script_calls(client) - before == 1
+    assert kept.slots == 0
+
+
+def test_a_place_is_spent_only_while_the_requests_sent_leave_room(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a place kept in a 1/1 s line, and a request sent meanwhile on the place's slot
+    # (the line ahead went late)
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-c", "1/1 second", margin=0.05)
+    quota.acquire()
+    kept = Reservation.from_job(_refused_in_line(quota).reserved)
+    assert kept is not None
+    time.sleep(max(0.0, kept.at - time.time()))
+    other = VendorQuota(client, "unit-line-c", "1/1 second", margin=0.05)
+    stale = Reservation("unit-line-c", kept.at, "someone-late", 1)
+    with in_line(stale):
+        other.acquire()  # a late place of the line ahead, spent on the first one's slot
+    # then the place is spent only once that request has left the window
+    with no_waiting(), in_line(kept):
+        quota.acquire()
+    assert time.time() - kept.at >= 0.9
+    # and a place kept too long ago (its job woke far too late) is not spent at all
+    late = Reservation("unit-line-c", time.time() - 2 * HOLD_SECONDS, "late", 1)
+    assert late.next_member("unit-line-c") is None
+    assert Reservation("unit-line-c", time.time(), "x", 1).next_member("another") is None
+
+
+def test_a_line_of_pushes_never_exceeds_the_limit(redis_server: EmbeddedRedis) -> None:
+    # given more pushes than a 5/1 s quota takes in two seconds, each in its own "process"
+    stamps: list[float] = []
+    retries: list[int] = []
+    lock = threading.Lock()
+
+    def push() -> None:
+        quota = VendorQuota(
+            redis.Redis.from_url(redis_server.url), "unit-line-d", "5/1 second", margin=0.2
+        )
+        held: Reservation | None = None
+        waits = 0
+        while waits < 3:
+            try:
+                with no_waiting(), in_line(held):
+                    quota.acquire()
+                break
+            except OwnQuota as refused:  # its retry, scheduled for the place it kept
+                waits += 1
+                held = Reservation.from_job(refused.reserved)
+                assert held is not None
+                time.sleep(max(0.0, held.at - time.time()))
+        with lock:
+            stamps.append(time.time())
+            retries.append(waits)
+
+    threads = [threading.Thread(target=push) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then every push sent, each after at most one wait in line, and no one-second window
+    # ever held more than five of them
+    stamps.sort()
+    assert len(stamps) == 20
+    assert max(retries) <= 1
+    assert all(stamps[i + 5] - stamps[i] >= 1.0 for i in range(len(stamps) - 5))
+
+
+def test_a_write_is_never_cut_in_two_by_the_quota(redis_server: EmbeddedRedis) -> None:
+    # given a 3/1 s quota with one slot left, and a write of two requests (Leadway's contact
+    # and opportunity)
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-e", "3/1 second")
+    quota.acquire()
+    quota.acquire()
+    # then its first request is not sent alone: both wait in line together
+    refused = _refused_in_line(quota, 2)
+    kept = Reservation.from_job(refused.reserved)
+    assert kept is not None and kept.slots == 2
+    # and where there is room for both, the first request takes the second's place with it
+    roomy = VendorQuota(client, "unit-line-f", "3/1 second")
+    roomy.acquire()
+    before = _script_calls(client)
+    with no_waiting(), in_line(), plan(2):
+        roomy.acquire()
+        roomy.acquire()
+    assert _script_calls(client) - before == 2  # both taken, then the second one spent

@@ -263,7 +263,7 @@ def test_validation_canonical_ranges_are_checked_before_any_vendor_call(
     assert vendor_requests(sims) == before
 
 
-def no_retry(*_args: Any) -> None:
+def no_retry(*_args: Any, **_kwargs: Any) -> None:
     raise AssertionError("a vendor's refusal of a field must not be retried")
 
 

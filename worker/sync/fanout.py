@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from worker import breaker, vendorhealth
-from worker.errors import REDIS_UNREACHABLE, OurOwnWait, Transient
+from worker.errors import REDIS_UNREACHABLE, OurOwnWait, OwnQuota, Transient
 from worker.logs import log
+from worker.quotaline import Reservation, in_line
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
@@ -48,7 +48,20 @@ def _executor(settings: Settings) -> ThreadPoolExecutor:
         return _pool
 
 
-RetryScheduler = Callable[[str, str, dict[str, Any], float, int, float], None]
+class RetryScheduler(Protocol):
+    """Queues the next attempt ``delay`` seconds away; ``reserved``: the places the push
+    keeps in its vendor's line for then (``worker/ratelimit.Reservation``)."""
+
+    def __call__(
+        self,
+        key: str,
+        vendor: str,
+        cause: dict[str, Any],
+        first_attempt_at: float,
+        attempt: int,
+        delay: float,
+        reserved: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,9 +82,11 @@ def push_once(
     schedule_retry: RetryScheduler,
     journal: list[dict[str, Any]] | None = None,
     taken: tuple[HeldLock, Record] | None = None,
+    reserved: dict[str, Any] | None = None,
 ) -> PushResult:
     """One attempt at one vendor; failures are routed to a retry or a dead letter. With
-    ``taken``, the push starts with its lock held and the record read under it."""
+    ``taken``, the push starts with its lock held and the record read under it;
+    ``reserved``: the places its previous attempt kept in the vendor's line."""
     with structlog.contextvars.bound_contextvars(correlation_id=cause.get("correlation_id")):
         return _attempt(
             rt,
@@ -83,6 +98,7 @@ def push_once(
             schedule_retry=schedule_retry,
             journal=journal,
             taken=taken,
+            reserved=reserved,
         )
 
 
@@ -97,15 +113,20 @@ def _attempt(
     schedule_retry: RetryScheduler,
     journal: list[dict[str, Any]] | None,
     taken: tuple[HeldLock, Record] | None,
+    reserved: dict[str, Any] | None = None,
 ) -> PushResult:
     if attempt == 1 and (wait := breaker.open_for(rt.redis, vendor)) > 0:
         # The vendor keeps failing: don't hold this worker on it, queue the push for later.
         schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, wait)
         return PushResult(vendor, PushOutcome.RETRYING, "circuit open")
     try:
-        # Straight from ingest, a push never waits for its vendor's quota: it goes to that
-        # vendor's queue, so a vendor at its quota delays none of the event's other writes.
-        with no_waiting() if attempt == 1 else nullcontext():
+        # Straight from ingest, a push never waits for its vendor's quota: it keeps its place
+        # in that vendor's line and is queued for then, so a vendor at its quota delays
+        # none of the event's other writes. A retry spends the place it kept.
+        with (
+            no_waiting() if attempt == 1 else nullcontext(),
+            in_line(Reservation.from_job(reserved)),
+        ):
             outcome = pushing.push(rt, key, vendor, cause=cause, journal=journal, taken=taken)
     except REDIS_UNREACHABLE:
         # Our own Redis, not the vendor: no verdict (it would be "unexpected", a dead
@@ -128,7 +149,10 @@ def _attempt(
             metrics.count(
                 rt.redis, "oppsync_upserts_total", vendor=vendor, outcome=PushOutcome.RETRYING
             )
-            schedule_retry(key, vendor, cause, first_attempt_at, attempt + 1, verdict.delay)
+            kept = error.reserved if isinstance(error, OwnQuota) else None
+            schedule_retry(
+                key, vendor, cause, first_attempt_at, attempt + 1, verdict.delay, reserved=kept
+            )
             log.warning(
                 "push.retry",
                 key=key,

@@ -21,6 +21,7 @@ from typing import Any
 
 from schemas.opportunity import fingerprint
 from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
+from worker.quotaline import plan
 from worker.runtime import Runtime
 from worker.store.locks import LOCK_TIMEOUT_SECONDS
 from worker.store.records import HeldLock, Record
@@ -149,10 +150,10 @@ def _push_now(
     create = vendor_id is None
     sent = time.time()
     rt.store.before_write(key, vendor, wanted, create=create, name=record.state.name)
+    extra = record.extra.get(vendor, {})
     try:
-        result = adapter.upsert(
-            record.state, key=key, vendor_id=vendor_id, extra=record.extra.get(vendor, {})
-        )
+        with plan(adapter.requests_for(record.state, key=key, vendor_id=vendor_id, extra=extra)):
+            result = adapter.upsert(record.state, key=key, vendor_id=vendor_id, extra=extra)
         # The id goes into this vendor's URLs from now on: only one of its id forms is kept.
         result = replace(result, vendor_id=adapter.checked_id(result.vendor_id))
     except Permanent as exc:

@@ -64,6 +64,13 @@ class VendorAdapter(Protocol):
         """A record as the vendor's API returns it; raises ``InvalidPayload``."""
         ...
 
+    def requests_for(
+        self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
+    ) -> int:
+        """How many requests ``upsert`` with these arguments will send (the places a write
+        keeps in its vendor's quota line when the quota is used up)."""
+        ...
+
     def project(self, opp: Opportunity) -> Opportunity:
         """What this vendor would hold (and give back) if ``opp`` were written to it."""
         ...
@@ -150,6 +157,12 @@ class SchemaTranslation:
         except ValidationError as exc:
             raise invalid_payload(self.name, "record", exc) from None
         return opp
+
+    def requests_for(
+        self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
+    ) -> int:
+        """One: most vendors write a record in one request."""
+        return 1
 
     def project(self, opp: Opportunity) -> Opportunity:
         projected: Opportunity = self.schema.project(opp, self.mapping)

@@ -123,6 +123,22 @@ class LeadwayAdapter(SchemaTranslation):
             extra={"contact": contact_id, "contact_fp": fingerprint},
         )
 
+    def requests_for(
+        self, opp: Opportunity, *, key: str, vendor_id: str | None, extra: dict[str, str]
+    ) -> int:
+        """The opportunity, its contact unless known, and the pipeline's stages when a new
+        deal needs the first stage and this process has not read it yet."""
+        fingerprint = schema.contact_fingerprint(
+            schema.contact_body(opp, location_id=self.location_id)
+        )
+        contact = self._known_contact(key, extra, fingerprint) is None
+        stages = (
+            vendor_id is None
+            and self._first_stage_id is None
+            and schema.stage_to_send(opp, self.mapping) is None
+        )
+        return 1 + int(contact) + int(stages)
+
     def find_existing(self, opp: Opportunity, *, key: str, since: datetime) -> str | None:
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
         params: dict[str, Any] = {"pipeline_id": self.pipeline_id}
