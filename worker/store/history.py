@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
-from worker.store.keys import EVENTS, opp_key, writes_key
+from worker.store.keys import EVENTS, field, opp_key, writes_key
 from worker.store.locks import Locks
-from worker.store.packing import pack, unpack
+from worker.store.packing import millis, pack, unpack
 
 RECENT_EVENTS = 200
 
@@ -27,7 +27,7 @@ class History(Locks):
     def note_write(self, key: str, vendor: str, history: dict[str, Any]) -> None:
         """Keep what caused one write (or delete) in ``vendor`` in the history list."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(opp_key(key), f"wrote_at:{vendor}", str(time.time()))
+        pipe.hset(opp_key(key), field("t", vendor), millis(time.time()))
         at = self._add_history(pipe, key, history)
         self._trim(writes_key(key), pipe.execute()[at], WRITES_KEPT)
 

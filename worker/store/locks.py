@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from worker.store.keys import doc_key, lock_name, opp_key, pushing_key
+from worker.store.keys import lock_name, opp_key, pushing_key
 from worker.store.records import HeldLock, Record, record_from
 
 #: How long a per-record lock is held at most (a crashed holder frees it by then).
@@ -19,12 +19,11 @@ LOCK_TIMEOUT_SECONDS = 60
 PUSH_PENDING_SECONDS = 30  # longer than a push waits for its lock (runtime.LOCK_WAIT_SECONDS)
 
 
-# KEYS: the lock, the opportunity's hash, its document. ARGV: token, lock time in ms. The
-# hash's fields and the document when the lock was free (taken now), else false: one round
-# trip for the common case.
+# KEYS: the lock, the opportunity's hash. ARGV: token, lock time in ms. The hash's fields
+# when the lock was free (taken now), else false: one round trip for the common case.
 LOCK_AND_READ = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}
+  return redis.call('HGETALL', KEYS[2])
 end
 return false
 """
@@ -71,14 +70,13 @@ class Locks:
         """Take the record's lock (or its lock for one vendor) and read the record in one
         round trip; None when the lock is held."""
         lock = HeldLock(lock_name(key, vendor), uuid.uuid4().hex)
-        read = self._lock_and_read(
-            keys=[lock.name, opp_key(key), doc_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
+        fields = self._lock_and_read(
+            keys=[lock.name, opp_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
         )
-        if read is None:
+        if fields is None:
             return None
-        fields, doc = read  # type: ignore[misc]
-        pairs = iter(fields)
-        return lock, record_from(key, dict(zip(pairs, pairs, strict=True)), doc)
+        pairs = iter(fields)  # type: ignore[call-overload]
+        return lock, record_from(key, dict(zip(pairs, pairs, strict=True)))
 
     def unlock(self, lock: HeldLock, pipe: redis.client.Pipeline | None = None) -> None:
         """Free ``lock``; within ``pipe`` when given (no round trip of its own: run the

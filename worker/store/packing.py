@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import zlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 #: The words oppsync's documents and history entries are made of (zlib prefers the most
@@ -40,6 +43,7 @@ DICTIONARY_V1 = (
 )
 #: The mark of a value compressed with ``DICTIONARY_V1``.
 MARK_V1 = "z1:"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def pack(value: Any) -> str:
@@ -56,3 +60,63 @@ def unpack(stored: str) -> Any:
         decompressor = zlib.decompressobj(zdict=DICTIONARY_V1)
         return json.loads(decompressor.decompress(base64.b64decode(stored[len(MARK_V1) :])))
     return json.loads(stored)
+
+
+# -- values in an opportunity's hash: short, so the hash stays in its compact encoding ------
+#: A hash field's value longer than this makes Redis convert the whole hash to its big
+#: encoding (``hash-max-listpack-value``, 64 by default).
+PIECE = 64
+
+
+def pieces(stored: str) -> dict[str, str]:
+    """A stored document as hash fields ``d0``, ``d1``, … of at most ``PIECE`` characters."""
+    return {f"d{n}": stored[at : at + PIECE] for n, at in enumerate(range(0, len(stored), PIECE))}
+
+
+def joined(fields: dict[str, str]) -> tuple[str | None, int]:
+    """The document a hash's ``pieces`` spell (None: none stored), and how many there are."""
+    count = 0
+    while f"d{count}" in fields:
+        count += 1
+    return ("".join(fields[f"d{n}"] for n in range(count)) if count else None), count
+
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
+_SHORT_DIGEST = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+def short_digest(fingerprint: str) -> str:
+    """A 32-hex-digit fingerprint in 22 characters (base64url); any other value as it is."""
+    if _HEX_DIGEST.fullmatch(fingerprint):
+        return base64.urlsafe_b64encode(bytes.fromhex(fingerprint)).decode().rstrip("=")
+    return fingerprint
+
+
+def full_digest(stored: str) -> str:
+    """What ``short_digest`` stored, as it was given."""
+    if _SHORT_DIGEST.fullmatch(stored):
+        return base64.urlsafe_b64decode(stored + "==").hex()
+    return stored
+
+
+def millis(at: float) -> str:
+    """Epoch seconds as whole milliseconds, rounded up (a time compared as "after it" never
+    moves earlier), which Redis keeps as an 8-byte integer."""
+    return str(math.ceil(at * 1000))
+
+
+def from_millis(stored: str) -> float:
+    """What ``millis`` stored (or epoch seconds as the previous release stored them)."""
+    return float(stored) if "." in stored else int(stored) / 1000
+
+
+def micros(at: datetime) -> str:
+    """A time as epoch microseconds (exact for what vendors send; naive means UTC)."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return str((at - EPOCH) // timedelta(microseconds=1))
+
+
+def from_micros(stored: str) -> str:
+    """What ``micros`` stored, as an ISO 8601 time in UTC."""
+    return (EPOCH + timedelta(microseconds=int(stored))).isoformat()
