@@ -15,7 +15,15 @@ import redis
 from tests.integration.conftest import emptied
 from tests.integration.drive import DEAL, announce, person_creates, wait_quiet
 from worker.sandbox.stack import VENDORS, Stack, wait_for
-from worker.store.keys import KEPT_FOR_GOOD, LAYOUT, OPPS_INDEX, links_prefix, opp_key, writes_key
+from worker.store.keys import (
+    KEPT_FOR_GOOD,
+    LAYOUT,
+    LINK_BUCKETS,
+    OPPS_INDEX,
+    links_prefix,
+    opp_key,
+    writes_key,
+)
 from worker.store.state import Store
 
 pytestmark = pytest.mark.integration
@@ -66,14 +74,15 @@ def test_footprint_a_linked_deal_keeps_one_hash_one_history_and_shared_links(
         f"\n{DEALS} deals linked in {len(VENDORS)} vendors: {kept / DEALS:,.0f} B kept per deal "
         f"(MEMORY USAGE of {len(keys)} keys), used_memory +{grown / DEALS:,.0f} B per deal"
     )
-    # then each deal keeps its hash and its history list; its links are fields of shared
-    # hashes, far fewer than one key per vendor record
+    # then each deal keeps its hash and its history; its links are fields of shared hashes,
+    # as many as there are buckets at most, however many deals there are
     deals = store.all_keys()
     own = {opp_key(k) for k in deals} | {writes_key(k) for k in deals}
     shared = [k for k in keys if k not in own]
     assert own <= set(keys)
     assert all(k in (OPPS_INDEX, LAYOUT) or k.startswith(links_prefix()) for k in shared), shared
-    assert len(shared) < DEALS * len(VENDORS) / 4
+    assert len(shared) <= 2 + LINK_BUCKETS * len(VENDORS)
+    assert all(client.type(k) == "hash" for k in shared if k.startswith(links_prefix()))
     # and each vendor record still leads to its deal
     for key in deals:
         for vendor, vendor_id in store.load(key).ids.items():

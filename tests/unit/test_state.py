@@ -4,6 +4,7 @@ records stored before the document, and the history list."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ import redis
 from schemas.opportunity import Opportunity, Status, dump
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.store.deliveries import PENDING_CLAIM_SECONDS, QUEUED_MARK, Claim
+from worker.store.history import HISTORY_BYTES, WRITES_KEPT
 from worker.store.keys import delivery_key, doc_key, intents_key, lock_name, opp_key, writes_key
 from worker.store.packing import joined
 from worker.store.records import HandedOver, HeldLock, Record
@@ -94,7 +96,7 @@ def test_history_keeps_an_events_cause_once_and_lists_each_write(store: Store) -
         {"target": "ivvy", "at": "2026-01-01T00:00:02.000", "action": "created"},
     ]
     store.add_history("opp_1", {"cause": cause, "writes": writes})
-    assert store.redis.llen(writes_key("opp_1")) == 1
+    assert len(store.writes("opp_1")) == 2
     listed = store.writes("opp_1")
     assert [w["target"] for w in listed] == ["ivvy", "leadway"]  # newest first
     assert all(w["delivery"] == "d1" and w["vendor"] == "siro" for w in listed)
@@ -106,9 +108,25 @@ def test_history_is_cut_back_to_its_cap(store: Store) -> None:
         store.add_history(
             "opp_1", {"cause": cause, "writes": [{"target": "ivvy", "at": f"{n:03}"}]}
         )
-    length: int = store.redis.llen(writes_key("opp_1"))  # type: ignore[assignment]
-    assert length <= 30
+    assert store.redis.strlen(writes_key("opp_1")) <= HISTORY_BYTES
+    assert len(store.writes("opp_1")) == WRITES_KEPT
     assert store.writes("opp_1", count=1)[0]["at"] == "059"
+
+
+def test_history_is_capped_by_bytes_and_keeps_the_newest_entry(store: Store) -> None:
+    # given events whose fan-outs each carry a long, incompressible id
+    cause = {"vendor": "siro", "delivery": "d"}
+    for n in range(12):
+        note = {"target": "ivvy", "at": f"{n:03}", "target_id": secrets.token_hex(300)}
+        store.add_history("opp_1", {"cause": cause, "writes": [note]})
+    # then the history stays within its bytes, and the newest entry is there even when it
+    # alone is larger than the cap
+    kept: int = store.redis.strlen(writes_key("opp_1"))  # type: ignore[assignment]
+    assert kept <= HISTORY_BYTES
+    assert [w["at"] for w in store.writes("opp_1")][:2] == ["011", "010"]
+    huge = {"target": "ivvy", "at": "big", "target_id": secrets.token_hex(2 * HISTORY_BYTES)}
+    store.add_history("opp_1", {"cause": cause, "writes": [huge]})
+    assert [w["at"] for w in store.writes("opp_1")] == ["big"]
 
 
 def _save_handing_over(store: Store, record: Record, lock: HeldLock) -> HandedOver | None:

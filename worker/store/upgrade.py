@@ -1,10 +1,11 @@
 """Moves the previous release's opportunity keys into today's layout, once per Redis.
 
-The previous release kept each opportunity in three kinds of keys: a hash of long field
+The previous release kept each opportunity in four kinds of keys: a hash of long field
 names (``id:siro``, ``written:siro``, ``wrote_at:siro`` …, times as epoch seconds with
-decimals, ``seen`` as ISO 8601), its document in a string key ``oppsync:doc:k``, and one key
-per linked vendor record ``oppsync:link:<v>:<id>``. Today's layout (``worker/store/keys.py``)
-holds the document and short fields in the one hash and the links in bucketed hashes. The
+decimals, ``seen`` as ISO 8601), its document in a string key ``oppsync:doc:k``, its history
+as a list (newest first), and one key per linked vendor record ``oppsync:link:<v>:<id>``.
+Today's layout (``worker/store/keys.py``) holds the document and short fields in the one
+hash, the history in one string and the links in bucketed hashes. The
 worker runs ``upgrade`` before it takes any job (``worker/celery_factory.py``): the first
 worker of the new release moves every opportunity, the others wait for it, and ``oppsync:layout``
 records that it is done so later starts cost one ``GET``. Stop the previous release's workers
@@ -28,6 +29,7 @@ from worker.store.keys import (
     doc_key,
     link_key,
     opp_key,
+    writes_key,
 )
 from worker.store.links import link_bucket
 from worker.store.packing import micros, millis, pack, pieces, short_digest, unpack
@@ -100,17 +102,22 @@ def _move_opportunities(client: redis.Redis, keys: list[str]) -> int:
     for key in keys:
         pipe.hgetall(opp_key(key))
         pipe.get(doc_key(key))
-    read: list[Any] = pipe.execute()
+        pipe.lrange(writes_key(key), 0, -1)  # an error once it is today's string
+    read: list[Any] = pipe.execute(raise_on_error=False)
     pipe = client.pipeline(transaction=True)
     moved = 0
     for at, key in enumerate(keys):
-        raw, doc = read[2 * at], read[2 * at + 1]
-        if doc is None and not any(_old_kind(name) for name in raw):
+        raw, doc, entries = read[3 * at : 3 * at + 3]
+        old_history = isinstance(entries, list) and entries
+        if doc is None and not old_history and not any(_old_kind(name) for name in raw):
             continue  # nothing of the previous release's (already moved)
         values = converted(raw, doc)
         pipe.delete(opp_key(key), doc_key(key))
         if values:
             pipe.hset(opp_key(key), mapping=values)
+        if old_history:  # newest first in the list; oldest first, one per line, today
+            pipe.delete(writes_key(key))
+            pipe.set(writes_key(key), "".join(pack(unpack(e)) + "\n" for e in reversed(entries)))
         moved += 1
     pipe.execute()
     return moved

@@ -7,8 +7,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from schemas.mapping import VENDORS
-from worker.store.history import WRITES_KEPT, History
-from worker.store.keys import HEARTBEAT, field, intents_key, opp_key, writes_key, wrote_key
+from worker.store.history import History
+from worker.store.keys import HEARTBEAT, field, intents_key, opp_key, wrote_key
 from worker.store.links import link_bucket
 from worker.store.packing import millis, short_digest
 from worker.store.records import HeldLock
@@ -73,7 +73,7 @@ class Writes(History):
             self.unlock(lock, pipe)
         results = self.run(pipe, self._unlock_again(lock))
         if at is not None:
-            self._trim(writes_key(key), results[at], WRITES_KEPT)
+            self._cap_history(key, results[at])
 
     def end_write(
         self,
