@@ -7,6 +7,7 @@ the bytes per deal are printed (``MEMORY USAGE`` of everything kept, over the de
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -68,11 +69,15 @@ def test_footprint_a_linked_deal_keeps_one_hash_one_history_and_shared_links(
     )
     wait_quiet(clean)
     keys = kept_keys(client)
-    kept = sum(usage(client, k) for k in keys)
+    parts: Counter[str] = Counter()
+    for k in keys:
+        parts[k.split(":")[1]] += usage(client, k)
     grown = used_memory(client) - before
     print(
-        f"\n{DEALS} deals linked in {len(VENDORS)} vendors: {kept / DEALS:,.0f} B kept per deal "
-        f"(MEMORY USAGE of {len(keys)} keys), used_memory +{grown / DEALS:,.0f} B per deal"
+        f"\n{DEALS} deals linked in {len(VENDORS)} vendors: "
+        f"{sum(parts.values()) / DEALS:,.0f} B kept per deal (MEMORY USAGE of {len(keys)} keys: "
+        + ", ".join(f"{family} {total / DEALS:,.0f}" for family, total in sorted(parts.items()))
+        + f"), used_memory +{grown / DEALS:,.0f} B per deal"
     )
     # then each deal keeps its hash and its history; its links are fields of shared hashes,
     # as many as there are buckets at most, however many deals there are

@@ -9,7 +9,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.store import sevenbit
 from worker.store.packing import (
+    MARK_DENSE,
     MARK_V1,
     PIECE,
     from_micros,
@@ -19,6 +21,7 @@ from worker.store.packing import (
     micros,
     millis,
     pack,
+    pack_dense,
     pieces,
     short_digest,
     unpack,
@@ -87,3 +90,17 @@ def test_other_written_marks_are_kept_as_they_are() -> None:
 def test_times_read_back_exactly(at: datetime) -> None:
     assert datetime.fromisoformat(from_micros(micros(at))) == at
     assert 0 <= from_millis(millis(at.timestamp())) - at.timestamp() < 0.001 + 1e-6
+
+
+@given(st.binary(max_size=2000))
+def test_sevenbit_text_is_ascii_an_eighth_longer_and_reads_back(data: bytes) -> None:
+    text = sevenbit.encode(data)
+    assert text.isascii() and len(text) == len(data) + -(-len(data) // 7)
+    assert sevenbit.decode(text) == data
+
+
+@given(json_values)
+def test_dense_values_read_back_and_are_shorter_than_base64(value: Any) -> None:
+    stored = pack_dense(value)
+    assert stored.startswith(MARK_DENSE) and unpack(stored) == value
+    assert len(stored) <= len(pack(value))

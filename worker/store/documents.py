@@ -9,7 +9,7 @@ from typing import Any
 from schemas.opportunity import dump
 from worker.store.keys import OPPS_INDEX, field, lock_name, opp_key
 from worker.store.locks import LOCK_TIMEOUT_SECONDS, Locks
-from worker.store.packing import joined, micros, pack, pieces, short_digest, unpack
+from worker.store.packing import joined, micros, pack_dense, pieces, short_digest, unpack
 from worker.store.records import SAME_AS_CHANGE, HandedOver, HeldLock, Record, record_from
 
 
@@ -46,7 +46,7 @@ class Documents(Locks):
         }
         if record.unmapped:
             doc["unmapped"] = record.unmapped
-        stored = pieces(pack(doc))
+        stored = pieces(pack_dense(doc))
         values = {**stored, field("w", source): short_digest(source_holds)}
         if record.deleted:
             values["deleted"] = "1"

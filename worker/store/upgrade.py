@@ -32,7 +32,7 @@ from worker.store.keys import (
     writes_key,
 )
 from worker.store.links import link_bucket
-from worker.store.packing import micros, millis, pack, pieces, short_digest, unpack
+from worker.store.packing import micros, millis, pack, pack_dense, pieces, short_digest, unpack
 
 #: The layout this release reads and writes.
 CURRENT = "2"
@@ -125,7 +125,7 @@ def _move_opportunities(client: redis.Redis, keys: list[str]) -> int:
 
 def converted(raw: dict[str, str], doc: str | None) -> dict[str, str]:
     """An opportunity's hash in today's layout from the previous release's hash and document."""
-    values: dict[str, str] = pieces(pack(unpack(doc))) if doc is not None else {}
+    values: dict[str, str] = pieces(pack_dense(unpack(doc))) if doc is not None else {}
     for name, value in raw.items():
         old_kind = _old_kind(name)
         if old_kind is None:
