@@ -189,6 +189,25 @@ def test_handing_over_works_on_a_redis_that_lost_its_scripts(store: Store) -> No
     assert store.redis.get(lock_name("opp_1")) is None
 
 
+def test_a_write_frees_its_lock_and_keeps_its_history_on_a_redis_that_lost_its_scripts(
+    store: Store,
+) -> None:
+    # given a push holding its (record, vendor) lock, and a Redis restarted since
+    saved(store)
+    lock, _ = store.lock_and_read("opp_1", "ivvy", 60) or pytest.fail("lock busy")
+    store.redis.script_flush()
+    # when its write is recorded with its history entry
+    note = {"target": "ivvy", "at": "2026-01-01T00:00:02.000", "action": "created"}
+    store.record_write(
+        "opp_1", "ivvy", vendor_id="I1", fingerprint="b" * 32, extra={},
+        history={"cause": EVENT, "writes": [note]}, new_link=True, lock=lock,
+    )  # fmt: skip
+    # then both scripts ran: the lock is free and the entry kept
+    assert store.redis.get(lock_name("opp_1", "ivvy")) is None
+    assert [w["target"] for w in store.writes("opp_1")] == ["ivvy"]
+    assert store.load("opp_1").written["ivvy"] == "b" * 32
+
+
 def test_the_heartbeat_sweeps_creates_intents_too_old_to_matter(store: Store) -> None:
     now = time.time()
     store.redis.zadd(intents_key("leadway"), {"opp_stale": now - 3600, "opp_fresh": now})

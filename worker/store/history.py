@@ -1,15 +1,17 @@
 """Provenance: the writes each event caused, per opportunity, and the recent events list.
 
 An opportunity's history is one string of packed entries, oldest first, each ended by a
-newline (``packing.pack`` never writes one): a write appends its entry in one command, and
-a string costs Redis less than a list. It is capped by bytes and by count (``HISTORY_BYTES``,
-``WRITES_KEPT``): the oldest entries are cut once it grows past ``HISTORY_BYTES``.
+newline (``packing.pack`` never writes one): a write adds its entry with one script call
+(in the pipeline of its other commands), and a string costs Redis less than a list. It is
+capped by bytes and by count (``HISTORY_BYTES``, ``WRITES_KEPT``): the oldest entries are
+cut once it grows past ``HISTORY_BYTES``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -29,21 +31,25 @@ WRITES_KEPT = 20  # history entries (an event and the writes it caused) kept per
 HISTORY_BYTES = 2048
 
 
-# KEYS: the history. ARGV: bytes kept, entries kept. Cuts the oldest entries (whole ones,
-# at newlines) until both caps hold, keeping the newest in any case; how many were cut.
-CAP_HISTORY = """
-local s = redis.call('GET', KEYS[1])
-if not s then return 0 end
-local starts = {1}
-for at in string.gmatch(s, '()\\n') do starts[#starts + 1] = at + 1 end
-local n = #starts - 1
-local first = 1
-local function too_big(from)
-  return n - from + 1 > tonumber(ARGV[2]) or #s - starts[from] + 1 > tonumber(ARGV[1])
+# KEYS: the history. ARGV: the entry (newline-ended), bytes kept, entries kept. Appends the
+# entry, then cuts the oldest entries (whole ones, at newlines) until both caps hold, keeping
+# the newest in any case; how many were cut. (APPEND would do the first part, but Redis then
+# reserves as much again for the next one: the string would cost twice its bytes.)
+ADD_HISTORY = """
+local s = (redis.call('GET', KEYS[1]) or '') .. ARGV[1]
+local cut = 0
+if #s > tonumber(ARGV[2]) then
+  local starts = {1}
+  for at in string.gmatch(s, '()\\n') do starts[#starts + 1] = at + 1 end
+  local n = #starts - 1
+  local function too_big(from)
+    return n - from + 1 > tonumber(ARGV[3]) or #s - starts[from] + 1 > tonumber(ARGV[2])
+  end
+  while cut + 1 < n and too_big(cut + 1) do cut = cut + 1 end
+  s = string.sub(s, starts[cut + 1])
 end
-while first < n and too_big(first) do first = first + 1 end
-if first > 1 then redis.call('SET', KEYS[1], string.sub(s, starts[first])) end
-return first - 1
+redis.call('SET', KEYS[1], s)
+return cut
 """
 
 
@@ -55,30 +61,32 @@ class History(Locks):
 
     def __init__(self, client: redis.Redis) -> None:
         super().__init__(client)
-        self._cap = client.register_script(CAP_HISTORY)
+        self._add = client.register_script(ADD_HISTORY)
 
     def note_write(self, key: str, vendor: str, history: dict[str, Any]) -> None:
-        """Keep what caused one write (or delete) in ``vendor`` in the history list."""
+        """Keep what caused one write (or delete) in ``vendor`` in the history."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(opp_key(key), field("t", vendor), millis(time.time()))
-        at = self._add_history(pipe, key, history)
-        self._cap_history(key, pipe.execute()[at])
+        at, again = self._add_history(pipe, key, history)
+        self.run(pipe, {at: again})
 
     def add_history(self, key: str, history: dict[str, Any]) -> None:
         """Keep one history entry: an event and the writes it caused (``history_entry``)."""
-        length: int = self.redis.append(writes_key(key), pack(history) + "\n")  # type: ignore[assignment]
-        self._cap_history(key, length)
+        self._add(keys=[writes_key(key)], args=self._entry(history))
+
+    def _add_history(
+        self, pipe: redis.client.Pipeline, key: str, entry: dict[str, Any]
+    ) -> tuple[int, Callable[[], Any]]:
+        """Queue the entry on ``pipe`` (run it with ``run``); its position, and what adds it
+        when Redis lacked the script."""
+        args = self._entry(entry)
+        # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
+        pipe.evalsha(self._add.sha, 1, writes_key(key), *args)
+        return len(pipe.command_stack) - 1, lambda: self._add(keys=[writes_key(key)], args=args)
 
     @staticmethod
-    def _add_history(pipe: redis.client.Pipeline, key: str, entry: dict[str, Any]) -> int:
-        """Queue the entry on ``pipe``; the position of its answer (the history's length)."""
-        pipe.append(writes_key(key), pack(entry) + "\n")
-        return len(pipe.command_stack) - 1
-
-    def _cap_history(self, key: str, length: int) -> None:
-        """Cut ``key``'s history back to its caps once it has grown past its bytes."""
-        if length > HISTORY_BYTES:
-            self._cap(keys=[writes_key(key)], args=[HISTORY_BYTES, WRITES_KEPT])
+    def _entry(entry: dict[str, Any]) -> list[Any]:
+        return [pack(entry) + "\n", HISTORY_BYTES, WRITES_KEPT]
 
     def _trim(self, name: str, length: int, kept: int) -> None:
         """Cut list ``name`` back to ``kept`` entries once it is ``TRIM_SLACK`` past that:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -90,14 +90,20 @@ class Locks:
             # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
             pipe.evalsha(self._unlock.sha, 1, lock.name, lock.token)
 
-    def run(self, pipe: redis.client.Pipeline, again: Callable[[], Any] | None = None) -> list[Any]:
-        """Execute ``pipe``, whose script (at most one) is called by its hash; when Redis
-        lacks the script (a new or restarted Redis), ``again`` runs it through the loading
-        path and its answer takes the script's place. The results."""
+    def run(
+        self,
+        pipe: redis.client.Pipeline,
+        again: Callable[[], Any] | Mapping[int, Callable[[], Any] | None] | None = None,
+    ) -> list[Any]:
+        """Execute ``pipe``, whose scripts are called by their hash; when Redis lacks a
+        script (a new or restarted Redis), its ``again`` (the one, or the one at its
+        position) runs it through the loading path and its answer takes the script's
+        place. The results."""
         results: list[Any] = pipe.execute(raise_on_error=False)
         for at, result in enumerate(results):
-            if isinstance(result, NoScriptError) and again is not None:
-                results[at] = again()
+            fix = again.get(at) if isinstance(again, Mapping) else again
+            if isinstance(result, NoScriptError) and fix is not None:
+                results[at] = fix()
             elif isinstance(result, Exception):
                 raise result
         return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -68,12 +69,14 @@ class Writes(History):
         if new_link:
             pipe.hset(link_bucket(vendor, vendor_id), vendor_id, key)
             pipe.zrem(intents_key(vendor), key)
-        at = self._add_history(pipe, key, history) if history is not None else None
-        if lock is not None:
+        scripts: dict[int, Callable[[], Any] | None] = {}
+        if history is not None:
+            at, again = self._add_history(pipe, key, history)
+            scripts[at] = again
+        if lock is not None and lock.held:
             self.unlock(lock, pipe)
-        results = self.run(pipe, self._unlock_again(lock))
-        if at is not None:
-            self._cap_history(key, results[at])
+            scripts[len(pipe.command_stack) - 1] = self._unlock_again(lock)
+        self.run(pipe, scripts)
 
     def end_write(
         self,
