@@ -1,7 +1,9 @@
 """Provenance: the writes each event caused, per opportunity, and the recent events list.
 
-An opportunity's history is one string of packed entries, oldest first, each ended by a
-newline (``packing.pack`` never writes one): a write adds its entry with one script call
+An opportunity's history is one string of packed entries (``packing.pack_dense``: ASCII),
+oldest first, each ended by ``SEPARATOR``, the one character outside ASCII (two bytes in
+UTF-8, neither of them ASCII, so never part of an entry): a write adds its entry with one
+script call
 (in the pipeline of its other commands), and a string costs Redis less than a list. It is
 capped by bytes and by count (``HISTORY_BYTES``, ``WRITES_KEPT``): the oldest entries are
 cut once it grows past ``HISTORY_BYTES``.
@@ -18,7 +20,7 @@ import redis
 
 from worker.store.keys import EVENTS, field, opp_key, writes_key
 from worker.store.locks import Locks
-from worker.store.packing import millis, pack, unpack
+from worker.store.packing import millis, pack_dense, unpack
 
 RECENT_EVENTS = 200
 
@@ -31,8 +33,12 @@ WRITES_KEPT = 20  # history entries (an event and the writes it caused) kept per
 HISTORY_BYTES = 2048
 
 
-# KEYS: the history. ARGV: the entry (newline-ended), bytes kept, entries kept. Appends the
-# entry, then cuts the oldest entries (whole ones, at newlines) until both caps hold, keeping
+#: What ends each history entry (U+0080, bytes C2 80 in UTF-8).
+SEPARATOR = "\x80"
+
+
+# KEYS: the history. ARGV: the entry (with its SEPARATOR), bytes kept, entries kept. Appends
+# the entry, then cuts the oldest entries (whole ones) until both caps hold, keeping
 # the newest in any case; how many were cut. (APPEND would do the first part, but Redis then
 # reserves as much again for the next one: the string would cost twice its bytes.)
 ADD_HISTORY = """
@@ -40,7 +46,7 @@ local s = (redis.call('GET', KEYS[1]) or '') .. ARGV[1]
 local cut = 0
 if #s > tonumber(ARGV[2]) then
   local starts = {1}
-  for at in string.gmatch(s, '()\\n') do starts[#starts + 1] = at + 1 end
+  for at in string.gmatch(s, '()\\194\\128') do starts[#starts + 1] = at + 2 end
   local n = #starts - 1
   local function too_big(from)
     return n - from + 1 > tonumber(ARGV[3]) or #s - starts[from] + 1 > tonumber(ARGV[2])
@@ -86,7 +92,7 @@ class History(Locks):
 
     @staticmethod
     def _entry(entry: dict[str, Any]) -> list[Any]:
-        return [pack(entry) + "\n", HISTORY_BYTES, WRITES_KEPT]
+        return [pack_dense(entry) + SEPARATOR, HISTORY_BYTES, WRITES_KEPT]
 
     def _trim(self, name: str, length: int, kept: int) -> None:
         """Cut list ``name`` back to ``kept`` entries once it is ``TRIM_SLACK`` past that:
@@ -98,7 +104,7 @@ class History(Locks):
         """The latest writes to vendors for ``key``, newest first, each with its cause."""
         flat: list[dict[str, Any]] = []
         kept: str = self.redis.get(writes_key(key)) or ""  # type: ignore[assignment]
-        for raw in reversed(kept.split("\n")[:-1][-count:]):
+        for raw in reversed(kept.split(SEPARATOR)[:-1][-count:]):
             entry = unpack(raw)
             notes = sorted(entry["writes"], key=lambda n: n.get("at", ""), reverse=True)
             flat.extend({**entry["cause"], **note} for note in notes)

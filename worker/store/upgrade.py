@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from worker.logs import log
+from worker.store.history import SEPARATOR
 from worker.store.keys import (
     LAYOUT,
     LAYOUT_LOCK,
@@ -32,7 +33,7 @@ from worker.store.keys import (
     writes_key,
 )
 from worker.store.links import link_bucket
-from worker.store.packing import micros, millis, pack, pack_dense, pieces, short_digest, unpack
+from worker.store.packing import micros, millis, pack_dense, pieces, short_digest, unpack
 
 #: The layout this release reads and writes.
 CURRENT = "2"
@@ -115,9 +116,10 @@ def _move_opportunities(client: redis.Redis, keys: list[str]) -> int:
         pipe.delete(opp_key(key), doc_key(key))
         if values:
             pipe.hset(opp_key(key), mapping=values)
-        if old_history:  # newest first in the list; oldest first, one per line, today
+        if old_history:  # newest first in the list; oldest first, each ended, today
             pipe.delete(writes_key(key))
-            pipe.set(writes_key(key), "".join(pack(unpack(e)) + "\n" for e in reversed(entries)))
+            text = "".join(pack_dense(unpack(e)) + SEPARATOR for e in reversed(entries))
+            pipe.set(writes_key(key), text)
         moved += 1
     pipe.execute()
     return moved
