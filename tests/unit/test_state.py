@@ -108,7 +108,7 @@ def test_history_is_cut_back_to_its_cap(store: Store) -> None:
         store.add_history(
             "opp_1", {"cause": cause, "writes": [{"target": "ivvy", "at": f"{n:03}"}]}
         )
-    assert store.redis.strlen(writes_key("opp_1")) <= HISTORY_BYTES
+    assert store.redis.strlen(writes_key("opp_1")) <= HISTORY_BYTES  # type: ignore[operator]
     assert len(store.writes("opp_1")) == WRITES_KEPT
     assert store.writes("opp_1", count=1)[0]["at"] == "059"
 
