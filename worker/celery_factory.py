@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 
 from worker.settings import POLLED_VENDORS, Settings
 
@@ -56,6 +56,7 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
     )
     app.conf.beat_schedule = beat_schedule(settings)
+    worker_init.connect(_upgrade_store, dispatch_uid="oppsync-upgrade-store")
     worker_ready.connect(_start_heartbeat, dispatch_uid="oppsync-heartbeat-start")
     worker_shutting_down.connect(_stop_heartbeat, dispatch_uid="oppsync-heartbeat-stop")
     return app
@@ -94,6 +95,14 @@ def _beat_forever() -> None:
         except Exception:  # noqa: BLE001 - Redis down: readiness will say so
             pass
         _stop_beating.wait(HEARTBEAT_SECONDS)
+
+
+def _upgrade_store(**_: object) -> None:
+    """Before any job: the previous release's data moved into today's layout (once)."""
+    from worker.runtime import get_runtime
+    from worker.store.upgrade import upgrade
+
+    upgrade(get_runtime().redis)
 
 
 def _start_heartbeat(**_: object) -> None:

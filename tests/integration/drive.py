@@ -266,7 +266,7 @@ def synced_from(stack: Stack, source: str) -> str:
     wait_names(stack, DEAL.name or "")
     settle(stack)
     client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    key = client.get(f"oppsync:link:{source}:{vendor_id}")
+    key = Store(client).key_for(source, vendor_id)
     assert key
     return str(key)
 

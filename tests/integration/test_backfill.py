@@ -29,6 +29,7 @@ from tests.integration.drive import (
     writes,
 )
 from worker.sandbox.stack import VENDORS, Stack, wait_for
+from worker.store.keys import links_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +131,7 @@ def test_backfill_dry_run_changes_nothing_and_says_what_it_would_do(live: Stack)
     assert result.returncode == 0, result.stdout + result.stderr
     assert writes(live) == before
     client = redis.Redis.from_url(live.redis.url)
-    assert list(client.scan_iter("oppsync:link:*")) == []
+    assert list(client.scan_iter(links_prefix() + "*")) == []
     # and it says what it would do: Harbour would be linked to the leadway record with the
     # same contact, Twin Deal is left alone as ambiguous
     out = result.stdout

@@ -25,7 +25,8 @@ import redis
 from tests.integration.drive import DEAL, held, held_by_id, person_creates
 from worker.sandbox.simulators.base import sign_standard_webhook
 from worker.sandbox.stack import Stack, start_stack, wait_for
-from worker.store.keys import link_key
+from worker.store.keys import field
+from worker.store.state import Store
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,7 @@ def test_crash_redis_restart_mid_push_keeps_the_write_it_made(crash_stack: Stack
     # then the job came back and oppsync knows iCloudReady's record (so a later change or
     # delete in SIRO reaches it), and iCloudReady holds the deal once
     wait_for(
-        lambda: store.exists(link_key("icloudready", created[0])),
+        lambda: Store(store).key_for("icloudready", created[0]) is not None,
         120,
         "the create made while Redis was down was never recorded",
     )
@@ -119,7 +120,7 @@ def _named(stack: Stack, vendor: str, name: str) -> list[str]:
 def _creating_in(store: redis.Redis, vendor: str) -> bool:
     """Whether a create in ``vendor`` was sent and has no answer yet (its in-flight mark)."""
     for name in store.scan_iter("oppsync:opp:*"):
-        marks = store.hmget(name, [f"writing:{vendor}", f"id:{vendor}"])
+        marks = store.hmget(name, [field("g", vendor), field("i", vendor)])
         if marks[0] and not marks[1]:  # type: ignore[index]
             return True
     return False

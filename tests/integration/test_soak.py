@@ -75,10 +75,10 @@ def created(stack: Stack, source: str, number: int) -> Deal:
     if source not in ("leadway",):  # a seeded Leadway deal announces itself in the storm
         assert announce(stack, source, vendor_id) == 202
     client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-    key = wait_for(lambda: client.get(f"oppsync:link:{source}:{vendor_id}"), 30, "no key")
-    hash_ = f"oppsync:opp:{key}"
-    wait_for(lambda: all(client.hget(hash_, f"id:{v}") for v in VENDORS), 30, "not linked")
-    return Deal(str(key), {v: str(client.hget(hash_, f"id:{v}")) for v in VENDORS})
+    store = Store(client)
+    key = wait_for(lambda: store.key_for(source, vendor_id), 30, "no key")
+    wait_for(lambda: len(store.load(str(key)).ids) == len(VENDORS), 30, "not linked")
+    return Deal(str(key), store.load(str(key)).ids)
 
 
 def delete_in(stack: Stack, vendor: str, vendor_id: str) -> None:

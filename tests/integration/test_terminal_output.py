@@ -18,7 +18,7 @@ from tests.integration.test_cli import oppsync
 from worker.errors import Permanent
 from worker.sandbox.stack import Stack
 from worker.store.deadletters import DeadLetters
-from worker.store.keys import opp_key
+from worker.store.keys import field, opp_key
 from worker.store.state import Store
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def test_terminal_show_prints_a_hostile_vendor_id_escaped(live: Stack) -> None:
     wait_converged(live, others("salescaling"), as_held_by("salescaling", DEAL))
     key = Store(client).key_for("salescaling", vendor_id)
     assert key is not None
-    client.hset(opp_key(key), "id:siro", HOSTILE)
+    client.hset(opp_key(key), field("i", "siro"), HOSTILE)
     # when an operator shows it
     result = oppsync(live.env, "show", key)
     # then the id is printed with its escapes written out, none of them raw

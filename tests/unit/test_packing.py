@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.store.packing import MARK_V1, pack, unpack
+from worker.store import sevenbit
+from worker.store.packing import (
+    MARK_DENSE,
+    MARK_V1,
+    PIECE,
+    from_micros,
+    from_millis,
+    full_digest,
+    joined,
+    micros,
+    millis,
+    pack,
+    pack_dense,
+    pieces,
+    short_digest,
+    unpack,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False) | st.text() | st.integers(),
@@ -48,3 +65,42 @@ def test_a_document_is_stored_in_under_half_its_json_size() -> None:
 
 def test_a_value_stored_as_plain_json_before_compression_still_reads() -> None:
     assert unpack(json.dumps(DOCUMENT)) == DOCUMENT
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=1000))
+def test_pieces_fit_a_compact_hash_and_join_back(stored: str) -> None:
+    fields = pieces(stored)
+    assert all(len(v) <= PIECE for v in fields.values())
+    assert joined({**fields, "i:s": "S1"}) == ((stored or None), len(fields))
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_a_fingerprint_is_kept_in_22_characters_and_read_back_whole(digest: bytes) -> None:
+    fingerprint = digest.hex()
+    assert len(short_digest(fingerprint)) == 22
+    assert full_digest(short_digest(fingerprint)) == fingerprint
+
+
+def test_other_written_marks_are_kept_as_they_are() -> None:
+    for mark in ("gone", "unsure", "invalid-0123456789abcdef", "a" * 16):
+        assert full_digest(short_digest(mark)) == mark
+
+
+@given(st.datetimes(timezones=st.just(UTC), min_value=datetime(1971, 1, 1)))
+def test_times_read_back_exactly(at: datetime) -> None:
+    assert datetime.fromisoformat(from_micros(micros(at))) == at
+    assert 0 <= from_millis(millis(at.timestamp())) - at.timestamp() < 0.001 + 1e-6
+
+
+@given(st.binary(max_size=2000))
+def test_sevenbit_text_is_ascii_an_eighth_longer_and_reads_back(data: bytes) -> None:
+    text = sevenbit.encode(data)
+    assert text.isascii() and len(text) == len(data) + -(-len(data) // 7)
+    assert sevenbit.decode(text) == data
+
+
+@given(json_values)
+def test_dense_values_read_back_and_are_shorter_than_base64(value: Any) -> None:
+    stored = pack_dense(value)
+    assert stored.startswith(MARK_DENSE) and unpack(stored) == value
+    assert len(stored) <= len(pack(value))

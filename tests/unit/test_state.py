@@ -4,6 +4,7 @@ records stored before the document, and the history list."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,9 +15,12 @@ import redis
 from schemas.opportunity import Opportunity, Status, dump
 from worker.sandbox.embedded_redis import EmbeddedRedis
 from worker.store.deliveries import PENDING_CLAIM_SECONDS, QUEUED_MARK, Claim
+from worker.store.history import HISTORY_BYTES, WRITES_KEPT
 from worker.store.keys import delivery_key, doc_key, intents_key, lock_name, opp_key, writes_key
+from worker.store.packing import joined
 from worker.store.records import HandedOver, HeldLock, Record
 from worker.store.state import Store
+from worker.store.upgrade import upgrade
 
 
 @pytest.fixture
@@ -72,14 +76,16 @@ def test_a_document_and_history_stored_as_plain_json_still_read(store: Store) ->
     store.redis.hset(opp_key("opp_2"), "written:siro", "fp")
     entry = {"cause": EVENT, "writes": [{"target": "ivvy", "at": "2026-01-01T00:00:02.000"}]}
     store.redis.lpush(writes_key("opp_2"), json.dumps(entry))
+    # when the new release's worker starts (the upgrade moves it into today's layout)
+    upgrade(store.redis)
     # then it reads as it did, and its next save stores it compressed
     record = store.load("opp_2")
     assert record.state == DEAL and record.last_change == EVENT
     assert store.last_change("opp_2") == EVENT
     assert store.writes("opp_2")[0]["target"] == "ivvy"
     store.save_state(record, source="siro", source_seen=None, source_holds="fp", event=EVENT)
-    stored: str = store.redis.get(doc_key("opp_2"))  # type: ignore[assignment]
-    assert len(stored) < len(json.dumps(plain)) / 2
+    stored, _ = joined(store.redis.hgetall(opp_key("opp_2")))  # type: ignore[arg-type]
+    assert stored is not None and len(stored) < len(json.dumps(plain)) / 2
     assert store.load("opp_2").state == DEAL
 
 
@@ -90,7 +96,7 @@ def test_history_keeps_an_events_cause_once_and_lists_each_write(store: Store) -
         {"target": "ivvy", "at": "2026-01-01T00:00:02.000", "action": "created"},
     ]
     store.add_history("opp_1", {"cause": cause, "writes": writes})
-    assert store.redis.llen(writes_key("opp_1")) == 1
+    assert len(store.writes("opp_1")) == 2
     listed = store.writes("opp_1")
     assert [w["target"] for w in listed] == ["ivvy", "leadway"]  # newest first
     assert all(w["delivery"] == "d1" and w["vendor"] == "siro" for w in listed)
@@ -102,9 +108,25 @@ def test_history_is_cut_back_to_its_cap(store: Store) -> None:
         store.add_history(
             "opp_1", {"cause": cause, "writes": [{"target": "ivvy", "at": f"{n:03}"}]}
         )
-    length: int = store.redis.llen(writes_key("opp_1"))  # type: ignore[assignment]
-    assert length <= 30
+    assert store.redis.strlen(writes_key("opp_1")) <= HISTORY_BYTES  # type: ignore[operator]
+    assert len(store.writes("opp_1")) == WRITES_KEPT
     assert store.writes("opp_1", count=1)[0]["at"] == "059"
+
+
+def test_history_is_capped_by_bytes_and_keeps_the_newest_entry(store: Store) -> None:
+    # given events whose fan-outs each carry a long, incompressible id
+    cause = {"vendor": "siro", "delivery": "d"}
+    for n in range(12):
+        note = {"target": "ivvy", "at": f"{n:03}", "target_id": secrets.token_hex(300)}
+        store.add_history("opp_1", {"cause": cause, "writes": [note]})
+    # then the history stays within its bytes, and the newest entry is there even when it
+    # alone is larger than the cap
+    kept: int = store.redis.strlen(writes_key("opp_1"))  # type: ignore[assignment]
+    assert kept <= HISTORY_BYTES
+    assert [w["at"] for w in store.writes("opp_1")][:2] == ["011", "010"]
+    huge = {"target": "ivvy", "at": "big", "target_id": secrets.token_hex(2 * HISTORY_BYTES)}
+    store.add_history("opp_1", {"cause": cause, "writes": [huge]})
+    assert [w["at"] for w in store.writes("opp_1")] == ["big"]
 
 
 def _save_handing_over(store: Store, record: Record, lock: HeldLock) -> HandedOver | None:
@@ -165,6 +187,25 @@ def test_handing_over_works_on_a_redis_that_lost_its_scripts(store: Store) -> No
     handed = _save_handing_over(store, record, lock)
     assert handed is not None and set(handed.locks) == {"leadway", "ivvy"}
     assert store.redis.get(lock_name("opp_1")) is None
+
+
+def test_a_write_frees_its_lock_and_keeps_its_history_on_a_redis_that_lost_its_scripts(
+    store: Store,
+) -> None:
+    # given a push holding its (record, vendor) lock, and a Redis restarted since
+    saved(store)
+    lock, _ = store.lock_and_read("opp_1", "ivvy", 60) or pytest.fail("lock busy")
+    store.redis.script_flush()
+    # when its write is recorded with its history entry
+    note = {"target": "ivvy", "at": "2026-01-01T00:00:02.000", "action": "created"}
+    store.record_write(
+        "opp_1", "ivvy", vendor_id="I1", fingerprint="b" * 32, extra={},
+        history={"cause": EVENT, "writes": [note]}, new_link=True, lock=lock,
+    )  # fmt: skip
+    # then both scripts ran: the lock is free and the entry kept
+    assert store.redis.get(lock_name("opp_1", "ivvy")) is None
+    assert [w["target"] for w in store.writes("opp_1")] == ["ivvy"]
+    assert store.load("opp_1").written["ivvy"] == "b" * 32
 
 
 def test_the_heartbeat_sweeps_creates_intents_too_old_to_matter(store: Store) -> None:

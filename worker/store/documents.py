@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from schemas.opportunity import dump
-from worker.store.keys import OPPS_INDEX, doc_key, lock_name, opp_key
+from worker.store.keys import OPPS_INDEX, field, lock_name, opp_key
 from worker.store.locks import LOCK_TIMEOUT_SECONDS, Locks
-from worker.store.packing import pack, unpack
+from worker.store.packing import joined, micros, pack_dense, pieces, short_digest, unpack
 from worker.store.records import SAME_AS_CHANGE, HandedOver, HeldLock, Record, record_from
 
 
@@ -17,11 +17,7 @@ class Documents(Locks):
     """Load and save the merged state; the index of every opportunity."""
 
     def load(self, key: str) -> Record:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(opp_key(key))
-        pipe.get(doc_key(key))
-        raw, doc = pipe.execute()
-        return record_from(key, raw, doc)
+        return record_from(key, self.redis.hgetall(opp_key(key)))  # type: ignore[arg-type]
 
     def save_state(
         self,
@@ -50,15 +46,19 @@ class Documents(Locks):
         }
         if record.unmapped:
             doc["unmapped"] = record.unmapped
-        values: dict[str, str] = {f"written:{source}": source_holds}
+        stored = pieces(pack_dense(doc))
+        values = {**stored, field("w", source): short_digest(source_holds)}
         if record.deleted:
             values["deleted"] = "1"
         if source_seen is not None:
-            values[f"seen:{source}"] = source_seen.isoformat()
-        stored = pack(doc)
+            values[field("n", source)] = micros(source_seen)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(doc_key(record.key), stored)
         pipe.hset(opp_key(record.key), mapping=values)
+        # The document ends at its first missing piece: delete the one after it (and any
+        # left from a longer one), in the same round trip.
+        after = range(len(stored), max(len(stored), record.pieces) + 1)
+        pipe.hdel(opp_key(record.key), *(f"d{n}" for n in after))
+        record.pieces = len(stored)
         if not record.exists:
             pipe.sadd(OPPS_INDEX, record.key)
         if unlock is None or not unlock.held or not hand_over:
@@ -79,12 +79,12 @@ class Documents(Locks):
         taken, fields = answer
         pairs = iter(fields)
         return HandedOver(
-            record=record_from(record.key, dict(zip(pairs, pairs, strict=True)), stored),
+            record=record_from(record.key, dict(zip(pairs, pairs, strict=True))),
             locks={v: lock for (v, lock), won in zip(locks.items(), taken, strict=True) if won},
         )
 
     def last_change(self, key: str) -> dict[str, Any] | None:
-        doc = self.redis.get(doc_key(key))
+        doc, _ = joined(self.redis.hgetall(opp_key(key)))  # type: ignore[arg-type]
         if doc is None:  # not stored yet
             return None
         return unpack(doc).get("last_change")  # type: ignore[arg-type,no-any-return]

@@ -1,7 +1,11 @@
 """Every Redis key name oppsync uses: one place, so a reader sees the whole keyspace.
 
-Per opportunity (canonical key ``k``), the document ``oppsync:doc:k`` (JSON, compressed by
-``worker/store/packing.py``, written whole by ingest under the record's lock) holds:
+Per opportunity (canonical key ``k``), one hash ``oppsync:opp:k`` holds everything kept for
+good but its history, in short fields so Redis keeps it in its compact (listpack/ziplist)
+encoding (at most 128 fields of at most 64 bytes: a key of its own costs more than its data).
+
+``d0``, ``d1``, …: the document in 64-character pieces (``packing.pieces``): JSON,
+compressed by ``worker/store/packing.py``, written whole by ingest under the record's lock:
 
     state            canonical value                  times   per-field source time (epoch s)
     rules            a rule that decided a field, when it is not "last writer wins: from
@@ -9,27 +13,34 @@ Per opportunity (canonical key ``k``), the document ``oppsync:doc:k`` (JSON, com
     sources          which vendor set each field
     last_change      the last event that changed it    last_event the last event ("=": last_change)
 
-and the hash ``oppsync:opp:k`` the small per-vendor fields, each written on its own by the
-push to that vendor (all values short, so Redis keeps the hash in its compact encoding):
+``<kind>:<vendor code>`` (``field``): the small per-vendor fields, each written on its own by
+the push to that vendor; times are epoch milliseconds (integers: Redis stores them in 8 bytes):
 
-    id:<v>           the record's id in vendor v       extra:<v>   ids v needed (URL-encoded)
-    written:<v>      fingerprint of what v holds       seen:<v>    newest source time from v
-    intent:<v>       time a create in v was started    wrote_at:<v> when our last write to v ended
-    writing:<v>      time a write to v was sent, until it is acknowledged
-    unanswered:<v>   when a create in v last went unanswered (a second record may appear)
-    recheck:<v>      v deleted it while we wrote there: check it is still gone
-    deleted          "1" once deleted (tombstone)
+    i:<v>   the record's id in vendor v              x:<v>  ids v needed (URL-encoded)
+    w:<v>   fingerprint of what v holds (``packing.short_digest``)
+    n:<v>   newest source time seen from v (epoch microseconds)
+    p:<v>   when a create in v was started           q:<v>  the name that create carried
+    t:<v>   when our last write to v ended           g:<v>  a write sent to v, not yet answered
+    u:<v>   when a create in v last went unanswered (a second record may appear)
+    r:<v>   v deleted it while we wrote there: check it is still gone
+    deleted "1" once deleted (tombstone)
 
-plus ``oppsync:link:<v>:<vendor id>`` -> ``k`` (the link map, both directions with ``id:<v>``),
-``oppsync:wrote:<v>:<fingerprint>`` -> ``k`` (short-lived: recognises our own echo even before
-the link is stored), and the edge's delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
+The link map (vendor record -> ``k``) is bucketed: ``oppsync:links:<v>:<n>`` is a small hash
+of vendor id -> ``k`` for the ids whose CRC-32 falls in bucket ``n`` of ``LINK_BUCKETS``
+(the other direction is ``i:<v>``). ``oppsync:wrote:<v>:<fingerprint>`` -> ``k``
+(short-lived: recognises our own echo even before the link is stored), and the edge's
+delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
 ``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance):
-one entry per event's fan-out (its cause once, then each write; compressed too), newest first;
+one entry per event's fan-out (its cause once, then each write; compressed too), newest first,
+capped by count and bytes (``worker/store/history.py``);
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v
 (members older than ``INTENT_FRESH_SECONDS`` are swept by the workers' heartbeat).
 ``oppsync:duplicate:<v>:<vendor id>`` -> ``k``: a second record of k in v, deleted or marked
 (``worker/sync/duplicates.py``); its later events are dropped.
+``oppsync:layout`` names the layout the data is in (``worker/store/upgrade.py`` moves the
+previous release's ``oppsync:doc:k`` documents, long field names and one-key-per-record
+``oppsync:link:<v>:<id>`` links into this one, once).
 
 Polling keeps, per polled vendor, ``oppsync:poll:<v>`` (hash: ``mark``, the newest
 ``updatedAt`` seen; ``full_at``, when the last complete full scan ended) and
@@ -46,6 +57,36 @@ def opp_key(key: str) -> str:
     return f"{PREFIX}:opp:{key}"
 
 
+#: Links buckets per vendor: a million deals put about 61 ids in each, well inside the
+#: 128 fields a hash keeps compact (``hash-max-listpack-entries``). Part of the stored
+#: layout: changing it moves every link.
+LINK_BUCKETS = 16384
+
+
+def links_key(vendor: str, bucket: int) -> str:
+    """One bucket of ``vendor``'s link map: a hash of vendor id -> canonical key."""
+    return f"{PREFIX}:links:{vendor}:{bucket}"
+
+
+def links_prefix(vendor: str = "") -> str:
+    return f"{PREFIX}:links:{vendor}"
+
+
+#: The short code of each vendor in the opportunity hash's field names.
+VENDOR_CODES = {"siro": "s", "leadway": "l", "ivvy": "v", "salescaling": "c", "icloudready": "r"}
+CODE_VENDORS = {code: vendor for vendor, code in VENDOR_CODES.items()}
+
+
+def field(kind: str, vendor: str) -> str:
+    """The opportunity hash's field ``kind`` (one letter, see above) for ``vendor``."""
+    return f"{kind}:{VENDOR_CODES.get(vendor, vendor)}"
+
+
+LAYOUT = f"{PREFIX}:layout"  # the layout version the data is in
+LAYOUT_LOCK = f"{PREFIX}:lock:layout"  # one upgrade at a time
+
+
+# -- the previous release's layout (read only by ``worker/store/upgrade.py``) ---------------
 def doc_key(key: str) -> str:
     return f"{PREFIX}:doc:{key}"
 
@@ -111,10 +152,10 @@ def poll_lock_name(vendor: str) -> str:
 #: everything else that grows with events must expire (the benchmark checks).
 KEPT_FOR_GOOD = (
     opp_key("*"),
-    doc_key("*"),
-    f"{PREFIX}:link:*",
+    f"{PREFIX}:links:*",
     writes_key("*"),
     OPPS_INDEX,
+    LAYOUT,
 )
 
 # -- outside the opportunity store ----------------------------------------------------------

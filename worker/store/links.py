@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from worker.store.keys import duplicate_key, link_key, opp_key, wrote_key
+import zlib
+
+from worker.store.keys import LINK_BUCKETS, duplicate_key, field, links_key, opp_key, wrote_key
 from worker.store.locks import Locks
+from worker.store.packing import from_micros, full_digest
 from worker.store.records import Linked
+
+
+def link_bucket(vendor: str, vendor_id: str) -> str:
+    """The hash that holds ``vendor_id``'s link: small hashes of many ids each, since a key
+    per id costs Redis more than the id and its deal's key (the keys module's layout)."""
+    return links_key(vendor, zlib.crc32(vendor_id.encode()) % LINK_BUCKETS)
 
 
 class Links(Locks):
     """(vendor, id) to canonical key and back."""
 
     def key_for(self, vendor: str, vendor_id: str) -> str | None:
-        return self.redis.get(link_key(vendor, vendor_id))  # type: ignore[return-value]
+        return self.redis.hget(link_bucket(vendor, vendor_id), vendor_id)  # type: ignore[return-value]
 
     def link(self, key: str, vendor: str, vendor_id: str) -> str:
         """Link (vendor, id) to ``key`` unless it is already linked; returns the winner.
         (The key joins ``OPPS_INDEX`` with its first saved state: ``save_state``.)"""
-        if self.redis.set(link_key(vendor, vendor_id), key, nx=True):
-            self.redis.hset(opp_key(key), f"id:{vendor}", vendor_id)
+        if self.redis.hsetnx(link_bucket(vendor, vendor_id), vendor_id, key):
+            self.redis.hset(opp_key(key), field("i", vendor), vendor_id)
             return key
         return self.key_for(vendor, vendor_id) or key
 
@@ -36,14 +45,18 @@ class Links(Locks):
         trips for any number of ids (polling decides on every record of a scan)."""
         pipe = self.redis.pipeline(transaction=False)
         for vendor_id in vendor_ids:
-            pipe.get(link_key(vendor, vendor_id))
+            pipe.hget(link_bucket(vendor, vendor_id), vendor_id)
         keys: list[str | None] = pipe.execute()
         known = [(i, k) for i, k in zip(vendor_ids, keys, strict=True) if k]
         pipe = self.redis.pipeline(transaction=False)
         for _, key in known:
-            pipe.hmget(opp_key(key), [f"written:{vendor}", f"seen:{vendor}"])
+            pipe.hmget(opp_key(key), [field("w", vendor), field("n", vendor)])
         views: list[list[str | None]] = pipe.execute()
         return {
-            vendor_id: Linked(key=key, written=written, seen=seen)
+            vendor_id: Linked(
+                key=key,
+                written=full_digest(written) if written is not None else None,
+                seen=from_micros(seen) if seen is not None else None,
+            )
             for (vendor_id, key), (written, seen) in zip(known, views, strict=True)
         }

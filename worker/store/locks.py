@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
 
-from worker.store.keys import doc_key, lock_name, opp_key, pushing_key
+from worker.store.keys import lock_name, opp_key, pushing_key
 from worker.store.records import HeldLock, Record, record_from
 
 #: How long a per-record lock is held at most (a crashed holder frees it by then).
@@ -19,12 +19,11 @@ LOCK_TIMEOUT_SECONDS = 60
 PUSH_PENDING_SECONDS = 30  # longer than a push waits for its lock (runtime.LOCK_WAIT_SECONDS)
 
 
-# KEYS: the lock, the opportunity's hash, its document. ARGV: token, lock time in ms. The
-# hash's fields and the document when the lock was free (taken now), else false: one round
-# trip for the common case.
+# KEYS: the lock, the opportunity's hash. ARGV: token, lock time in ms. The hash's fields
+# when the lock was free (taken now), else false: one round trip for the common case.
 LOCK_AND_READ = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3])}
+  return redis.call('HGETALL', KEYS[2])
 end
 return false
 """
@@ -71,14 +70,13 @@ class Locks:
         """Take the record's lock (or its lock for one vendor) and read the record in one
         round trip; None when the lock is held."""
         lock = HeldLock(lock_name(key, vendor), uuid.uuid4().hex)
-        read = self._lock_and_read(
-            keys=[lock.name, opp_key(key), doc_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
+        fields = self._lock_and_read(
+            keys=[lock.name, opp_key(key)], args=[lock.token, int(ttl_seconds * 1000)]
         )
-        if read is None:
+        if fields is None:
             return None
-        fields, doc = read  # type: ignore[misc]
-        pairs = iter(fields)
-        return lock, record_from(key, dict(zip(pairs, pairs, strict=True)), doc)
+        pairs = iter(fields)  # type: ignore[call-overload]
+        return lock, record_from(key, dict(zip(pairs, pairs, strict=True)))
 
     def unlock(self, lock: HeldLock, pipe: redis.client.Pipeline | None = None) -> None:
         """Free ``lock``; within ``pipe`` when given (no round trip of its own: run the
@@ -92,14 +90,20 @@ class Locks:
             # evalsha directly: a Script in a pipeline costs a SCRIPT EXISTS round trip.
             pipe.evalsha(self._unlock.sha, 1, lock.name, lock.token)
 
-    def run(self, pipe: redis.client.Pipeline, again: Callable[[], Any] | None = None) -> list[Any]:
-        """Execute ``pipe``, whose script (at most one) is called by its hash; when Redis
-        lacks the script (a new or restarted Redis), ``again`` runs it through the loading
-        path and its answer takes the script's place. The results."""
+    def run(
+        self,
+        pipe: redis.client.Pipeline,
+        again: Callable[[], Any] | Mapping[int, Callable[[], Any] | None] | None = None,
+    ) -> list[Any]:
+        """Execute ``pipe``, whose scripts are called by their hash; when Redis lacks a
+        script (a new or restarted Redis), its ``again`` (the one, or the one at its
+        position) runs it through the loading path and its answer takes the script's
+        place. The results."""
         results: list[Any] = pipe.execute(raise_on_error=False)
         for at, result in enumerate(results):
-            if isinstance(result, NoScriptError) and again is not None:
-                results[at] = again()
+            fix = again.get(at) if isinstance(again, Mapping) else again
+            if isinstance(result, NoScriptError) and fix is not None:
+                results[at] = fix()
             elif isinstance(result, Exception):
                 raise result
         return results

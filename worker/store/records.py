@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from schemas.opportunity import Opportunity, load
-from worker.store.packing import unpack
+from worker.store.keys import CODE_VENDORS
+from worker.store.packing import from_micros, from_millis, full_digest, joined, unpack
 
 #: ``last_event`` when the last event is also the last change (stored once, not twice).
 SAME_AS_CHANGE = "="
@@ -45,6 +46,8 @@ class Record:
     rechecks: set[str] = field(default_factory=set)
     #: Values the mapping could not read, by vendor: {vendor field: value} (``oppsync show``).
     unmapped: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: How many pieces the stored document was in (a shorter one deletes the rest).
+    pieces: int = 0
 
     def rule(self, name: str) -> str:
         """The rule that decided field ``name``: a stored one, else the default."""
@@ -91,39 +94,52 @@ class HandedOver:
     locks: dict[str, HeldLock]
 
 
-def _per_vendor(raw: dict[str, str], prefix: str) -> dict[str, str]:
-    return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
+def _per_vendor(raw: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The hash's per-vendor fields by kind: {kind: {vendor: value}} (``keys.field``)."""
+    found: dict[str, dict[str, str]] = {}
+    for name, value in raw.items():
+        kind, colon, code = name.partition(":")
+        if colon and code in CODE_VENDORS:
+            found.setdefault(kind, {})[CODE_VENDORS[code]] = value
+    return found
 
 
-def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record:
-    """A ``Record`` from its hash's fields and its document (neither: not stored yet)."""
-    if not raw and doc is None:
+def record_from(key: str, raw: dict[str, str]) -> Record:
+    """A ``Record`` from its hash's fields (none: not stored yet)."""
+    if not raw:
         return Record(key=key)
+    doc, count = joined(raw)
     parts: dict[str, Any] = unpack(doc) if doc is not None else {}
     last_change = parts.get("last_change")
     last_event = parts.get("last_event")
     if last_event == SAME_AS_CHANGE:
         last_event = last_change
+    per = _per_vendor(raw)
+
+    def times(kind: str) -> dict[str, float]:
+        return {v: from_millis(t) for v, t in per.get(kind, {}).items()}
+
     return Record(
         key=key,
         state=_state(doc) if doc is not None else Opportunity(),
         times=parts.get("times", {}),
         rules=parts.get("rules", {}),
         deleted=raw.get("deleted") == "1",
-        ids=_per_vendor(raw, "id:"),
-        extra={v: dict(parse_qsl(x)) for v, x in _per_vendor(raw, "extra:").items()},
-        written=_per_vendor(raw, "written:"),
-        seen=_per_vendor(raw, "seen:"),
-        intents={v: float(t) for v, t in _per_vendor(raw, "intent:").items()},
-        intent_names=_per_vendor(raw, "intent_name:"),
-        wrote_at={v: float(t) for v, t in _per_vendor(raw, "wrote_at:").items()},
+        ids=per.get("i", {}),
+        extra={v: dict(parse_qsl(x)) for v, x in per.get("x", {}).items()},
+        written={v: full_digest(w) for v, w in per.get("w", {}).items()},
+        seen={v: from_micros(n) for v, n in per.get("n", {}).items()},
+        intents=times("p"),
+        intent_names=per.get("q", {}),
+        wrote_at=times("t"),
         last_event=last_event,
         exists=doc is not None,
         sources=parts.get("sources", {}),
         last_change=last_change,
-        writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
-        rechecks=set(_per_vendor(raw, "recheck:")),
+        writing=times("g"),
+        rechecks=set(per.get("r", {})),
         unmapped=parts.get("unmapped", {}),
+        pieces=count,
     )
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 from schemas.mapping import VENDORS
-from worker.store.history import WRITES_KEPT, History
-from worker.store.keys import HEARTBEAT, intents_key, link_key, opp_key, writes_key, wrote_key
+from worker.store.history import History
+from worker.store.keys import HEARTBEAT, field, intents_key, opp_key, wrote_key
+from worker.store.links import link_bucket
+from worker.store.packing import millis, short_digest
 from worker.store.records import HeldLock
 
 WROTE_TTL_SECONDS = 3600
@@ -28,11 +31,11 @@ class Writes(History):
         it carries (a look-up after its answer was lost searches by that name, which a later
         change may have replaced)."""
         now = time.time()
-        values = {f"writing:{vendor}": str(now)}
+        values = {field("g", vendor): millis(now)}
         pipe = self.redis.pipeline(transaction=False)
         if create:
-            values[f"intent:{vendor}"] = str(now)
-            values[f"intent_name:{vendor}"] = name or ""
+            values[field("p", vendor)] = millis(now)
+            values[field("q", vendor)] = name or ""
             pipe.zadd(intents_key(vendor), {key: now})
         pipe.hset(opp_key(key), mapping=values)
         pipe.set(wrote_key(vendor, fingerprint), key, ex=WROTE_TTL_SECONDS)
@@ -55,23 +58,25 @@ class Writes(History):
         mark done; ``lock`` freed."""
         pipe = self.redis.pipeline(transaction=False)
         values = {
-            f"id:{vendor}": vendor_id,
-            f"written:{vendor}": fingerprint,
-            f"wrote_at:{vendor}": str(time.time()),
+            field("i", vendor): vendor_id,
+            field("w", vendor): short_digest(fingerprint),
+            field("t", vendor): millis(time.time()),
         }
         if extra:
-            values[f"extra:{vendor}"] = urlencode(extra)
+            values[field("x", vendor)] = urlencode(extra)
         pipe.hset(opp_key(key), mapping=values)
-        pipe.hdel(opp_key(key), f"intent:{vendor}", f"intent_name:{vendor}", f"writing:{vendor}")
+        pipe.hdel(opp_key(key), field("p", vendor), field("q", vendor), field("g", vendor))
         if new_link:
-            pipe.set(link_key(vendor, vendor_id), key)
+            pipe.hset(link_bucket(vendor, vendor_id), vendor_id, key)
             pipe.zrem(intents_key(vendor), key)
-        at = self._add_history(pipe, key, history) if history is not None else None
-        if lock is not None:
+        scripts: dict[int, Callable[[], Any] | None] = {}
+        if history is not None:
+            at, again = self._add_history(pipe, key, history)
+            scripts[at] = again
+        if lock is not None and lock.held:
             self.unlock(lock, pipe)
-        results = self.run(pipe, self._unlock_again(lock))
-        if at is not None:
-            self._trim(writes_key(key), results[at], WRITES_KEPT)
+            scripts[len(pipe.command_stack) - 1] = self._unlock_again(lock)
+        self.run(pipe, scripts)
 
     def end_write(
         self,
@@ -85,8 +90,8 @@ class Writes(History):
         A create that surely made nothing (``not_created``: refused, never sent) leaves no
         intent: the next attempt creates at once instead of waiting for it to settle."""
         pipe = self.redis.pipeline(transaction=False)
-        intent = [f"intent:{vendor}", f"intent_name:{vendor}"] if not_created else []
-        pipe.hdel(opp_key(key), f"writing:{vendor}", *intent)
+        intent = [field("p", vendor), field("q", vendor)] if not_created else []
+        pipe.hdel(opp_key(key), field("g", vendor), *intent)
         if not_created:
             pipe.zrem(intents_key(vendor), key)
 
@@ -95,32 +100,32 @@ class Writes(History):
         self.run(pipe, self._unlock_again(lock))
 
     def mark_written(self, key: str, vendor: str, fingerprint: str) -> None:
-        self.redis.hset(opp_key(key), f"written:{vendor}", fingerprint)
+        self.redis.hset(opp_key(key), field("w", vendor), short_digest(fingerprint))
 
     def mark_recheck(self, key: str, vendor: str) -> None:
         """The deal was deleted in ``vendor`` while we wrote there: look once more."""
-        self.redis.hset(opp_key(key), f"recheck:{vendor}", "1")
+        self.redis.hset(opp_key(key), field("r", vendor), "1")
 
     def clear_recheck(self, key: str, vendor: str) -> None:
-        self.redis.hdel(opp_key(key), f"recheck:{vendor}")
+        self.redis.hdel(opp_key(key), field("r", vendor))
 
     def forget_vendor_record(self, key: str, vendor: str, vendor_id: str) -> None:
         """The vendor's record is gone (deleted there): unlink it."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hdel(opp_key(key), f"id:{vendor}", f"written:{vendor}", f"extra:{vendor}")
-        pipe.delete(link_key(vendor, vendor_id))
+        pipe.hdel(opp_key(key), field("i", vendor), field("w", vendor), field("x", vendor))
+        pipe.hdel(link_bucket(vendor, vendor_id), vendor_id)
         pipe.execute()
 
     def note_unanswered(self, key: str, vendor: str) -> None:
         """A create of ``key`` in ``vendor`` got no answer (timed out, or its worker died):
         remembered for good, since only then can a second record appear there."""
-        self.redis.hset(opp_key(key), f"unanswered:{vendor}", str(time.time()))
+        self.redis.hset(opp_key(key), field("u", vendor), millis(time.time()))
 
     def linked_after_unanswered(self, key: str, vendor: str) -> str | None:
         """The id of the record ``key`` is linked to in ``vendor``, when a create of it
         there once went unanswered (else ``None``: no second record can be ours)."""
         linked, unanswered = self.redis.hmget(
-            opp_key(key), [f"id:{vendor}", f"unanswered:{vendor}"]
+            opp_key(key), [field("i", vendor), field("u", vendor)]
         )  # type: ignore[misc]
         return linked if unanswered else None  # type: ignore[no-any-return]
 
