@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from worker.store.keys import KEPT_FOR_GOOD, OPPS_INDEX, doc_key, link_key, opp_key, writes_key
+from worker.store.keys import CODE_VENDORS, KEPT_FOR_GOOD, OPPS_INDEX, opp_key, writes_key
+from worker.store.links import link_bucket
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -224,21 +225,23 @@ def _text(value: Any) -> str:
 
 
 def bytes_per_opportunity(client: redis.Redis, sample: int = 200) -> dict[str, float]:
-    """Redis memory one linked opportunity keeps for good (``MEMORY USAGE`` of its hash and
-    document, provenance list, link-map entries and index member), averaged over a sample."""
+    """Redis memory one linked opportunity keeps for good (``MEMORY USAGE`` of its hash,
+    its history, its share of each link-map bucket and its index member), averaged over a
+    sample. A bucket is shared by many ids: each is charged the bucket's size over its ids."""
     members: list[Any] = client.srandmember(OPPS_INDEX, sample) or []  # type: ignore[assignment]
     keys = [_text(k) for k in members]
     if not keys:
         return {"opportunities_sampled": 0}
-    parts: Counter[str] = Counter()
+    parts: dict[str, float] = {"state": 0.0, "provenance": 0.0, "link map": 0.0}
     for key in keys:
-        parts["state"] += _usage(client, opp_key(key)) + _usage(client, doc_key(key))
-        parts["provenance list"] += _usage(client, writes_key(key))
+        parts["state"] += _usage(client, opp_key(key))
+        parts["provenance"] += _usage(client, writes_key(key))
         fields: dict[Any, Any] = client.hgetall(opp_key(key))  # type: ignore[assignment]
         for name, value in fields.items():
-            if _text(name).startswith("id:"):
-                link = link_key(_text(name)[3:], _text(value))
-                parts["link map"] += _usage(client, link)
+            kind, _, code = _text(name).partition(":")
+            if kind == "i" and code in CODE_VENDORS:
+                bucket = link_bucket(CODE_VENDORS[code], _text(value))
+                parts["link map"] += _usage(client, bucket) / max(1, number(client.hlen(bucket)))
     indexed = number(client.scard(OPPS_INDEX))
     result: dict[str, float] = {n: round(total / len(keys)) for n, total in parts.items()}
     result["index member"] = round(_usage(client, OPPS_INDEX) / max(1, indexed))

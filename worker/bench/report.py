@@ -153,7 +153,7 @@ def _memory_rows(r: dict[str, Any]) -> list[Row]:
         Row(
             "Redis bytes per linked opportunity (5 vendors)",
             f"{per_opp.get('total', 0):,} B kept (state {per_opp.get('state', 0):,}, links "
-            f"{per_opp.get('link map', 0):,}, provenance {per_opp.get('provenance list', 0):,})",
+            f"{per_opp.get('link map', 0):,}, provenance {per_opp.get('provenance', 0):,})",
             "",
             "",
             "≤ 1,024 B",
