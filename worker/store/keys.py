@@ -31,7 +31,7 @@ of vendor id -> ``k`` for the ids whose CRC-32 falls in bucket ``n`` of ``LINK_B
 (short-lived: recognises our own echo even before the link is stored), and the edge's
 delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
 ``oppsync:writes:k`` lists the latest writes to vendors with what caused each (provenance):
-one entry per event's fan-out (its cause once, then each write; compressed too), newest first,
+one entry per event's fan-out (its cause once, then each write; compressed too), oldest first,
 capped by count and bytes (``worker/store/history.py``);
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v
@@ -95,6 +95,7 @@ def link_key(vendor: str, vendor_id: str) -> str:
     return f"{PREFIX}:link:{vendor}:{vendor_id}"
 
 
+# -- beside each opportunity's hash --------------------------------------------------------
 def duplicate_key(vendor: str, vendor_id: str) -> str:
     return f"{PREFIX}:duplicate:{vendor}:{vendor_id}"
 
