@@ -17,6 +17,8 @@ push to that vendor (all values short, so Redis keeps the hash in its compact en
     intent:<v>       time a create in v was started    wrote_at:<v> when our last write to v ended
     writing:<v>      time a write to v was sent, until it is acknowledged
     unanswered:<v>   when a create in v last went unanswered (a second record may appear)
+    unsettled:<v>    "<sent> <fingerprint>" of the last write to v whose answer was lost
+                     (it may commit late: the next write waits, its echo is ours)
     recheck:<v>      v deleted it while we wrote there: check it is still gone
     deleted          "1" once deleted (tombstone)
 

@@ -43,6 +43,9 @@ class Record:
     last_change: dict[str, Any] | None = None
     writing: dict[str, float] = field(default_factory=dict)
     rechecks: set[str] = field(default_factory=set)
+    #: The last write to each vendor whose answer was lost: (when it was sent, its
+    #: fingerprint). It may commit late, after a newer write of ours.
+    unsettled: dict[str, tuple[float, str]] = field(default_factory=dict)
     #: Values the mapping could not read, by vendor: {vendor field: value} (``oppsync show``).
     unmapped: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -95,6 +98,11 @@ def _per_vendor(raw: dict[str, str], prefix: str) -> dict[str, str]:
     return {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
 
 
+def _unsettled(raw: str) -> tuple[float, str]:
+    sent, _, written = raw.partition(" ")
+    return float(sent), written
+
+
 def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record:
     """A ``Record`` from its hash's fields and its document (neither: not stored yet)."""
     if not raw and doc is None:
@@ -123,6 +131,7 @@ def record_from(key: str, raw: dict[str, str], doc: str | None = None) -> Record
         last_change=last_change,
         writing={v: float(t) for v, t in _per_vendor(raw, "writing:").items()},
         rechecks=set(_per_vendor(raw, "recheck:")),
+        unsettled={v: _unsettled(x) for v, x in _per_vendor(raw, "unsettled:").items()},
         unmapped=parts.get("unmapped", {}),
     )
 

@@ -80,13 +80,19 @@ class Writes(History):
         lock: HeldLock | None = None,
         *,
         not_created: bool = False,
+        unanswered: tuple[float, str] | None = None,
     ) -> None:
         """A write that failed is no longer in flight (``record_write`` ends the others).
         A create that surely made nothing (``not_created``: refused, never sent) leaves no
-        intent: the next attempt creates at once instead of waiting for it to settle."""
+        intent: the next attempt creates at once instead of waiting for it to settle. A
+        write whose answer was lost (``unanswered``: when it was sent, its fingerprint) is
+        remembered as unsettled: it may still commit."""
         pipe = self.redis.pipeline(transaction=False)
         intent = [f"intent:{vendor}", f"intent_name:{vendor}"] if not_created else []
         pipe.hdel(opp_key(key), f"writing:{vendor}", *intent)
+        if unanswered is not None:
+            sent, fingerprint = unanswered
+            pipe.hset(opp_key(key), f"unsettled:{vendor}", f"{sent} {fingerprint}")
         if not_created:
             pipe.zrem(intents_key(vendor), key)
 
@@ -96,6 +102,14 @@ class Writes(History):
 
     def mark_written(self, key: str, vendor: str, fingerprint: str) -> None:
         self.redis.hset(opp_key(key), f"written:{vendor}", fingerprint)
+
+    def late_commit_seen(self, key: str, vendor: str, fingerprint: str) -> None:
+        """``vendor`` committed our unanswered write late: it holds ``fingerprint``, and
+        that write can no longer commit."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(opp_key(key), f"written:{vendor}", fingerprint)
+        pipe.hdel(opp_key(key), f"unsettled:{vendor}")
+        pipe.execute()
 
     def mark_recheck(self, key: str, vendor: str) -> None:
         """The deal was deleted in ``vendor`` while we wrote there: look once more."""

@@ -7,7 +7,9 @@ waits for its turn, later ones for that vendor are dropped ("coalesced"), and du
 of edits it waits for the deal to go quiet, so a burst ends in a few writes carrying the
 final state. Creates leave an intent first; a create left without an answer is neither
 repeated nor looked for until it can no longer commit (``OPPSYNC_CREATE_SETTLE_SECONDS``
-after it was sent), then looked up before creating again. A write's fingerprint is
+after it was sent), then looked up before creating again. Any write left without an answer (a create or an
+update) may still commit: the next write to that vendor waits as long, then sends the current
+state, so the last write the vendor commits is ours and current. A write's fingerprint is
 remembered before it is sent, so the vendor's echo is recognised even when it beats the
 answer.
 """
@@ -20,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.opportunity import fingerprint
-from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
+from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError, WriteSettling
 from worker.runtime import Runtime
 from worker.store.locks import LOCK_TIMEOUT_SECONDS
 from worker.store.records import HeldLock, Record
@@ -140,8 +142,9 @@ def _push_now(
         return _push_delete(rt, record, vendor, cause)
     target = adapter.project(record.state)
     wanted = fingerprint(target, adapter.synced_fields)
-    if record.written.get(vendor) == wanted:
+    if record.written.get(vendor) == wanted and not _unanswered_since_written(record, vendor):
         return PushOutcome.UNCHANGED
+    _wait_for_unanswered(rt, record, vendor)
     known_id = record.ids.get(vendor)
     vendor_id = known_id
     if vendor_id is None and vendor in record.intents:
@@ -163,12 +166,14 @@ def _push_now(
             return PushOutcome.VANISHED
         raise
     except BaseException as exc:
-        # A create that may have committed keeps its intent, and is retried once it has
-        # settled (no sooner: the retry would only wait again).
-        uncertain = create and isinstance(exc, OutcomeUnknown) and not adapter.upserts_by_key
-        not_created = create and isinstance(exc, VendorError) and not uncertain
-        rt.store.end_write(key, vendor, lock, not_created=not_created)
-        if uncertain and isinstance(exc, OutcomeUnknown):
+        # A write that may have committed is remembered as unsettled (and a create keeps its
+        # intent); it is retried once it has settled (no sooner: the retry would only wait).
+        lost = isinstance(exc, OutcomeUnknown)
+        uncertain_create = create and lost and not adapter.upserts_by_key
+        not_created = create and isinstance(exc, VendorError) and not uncertain_create
+        unanswered = (sent, wanted) if lost else None
+        rt.store.end_write(key, vendor, lock, not_created=not_created, unanswered=unanswered)
+        if isinstance(exc, OutcomeUnknown):
             settled_in = sent + rt.settings.create_settle_seconds - time.time()
             exc.retry_after = max(exc.retry_after or 0.0, settled_in)
         raise
@@ -187,6 +192,31 @@ def _push_now(
         lock=lock,
     )
     return outcome
+
+
+def _unanswered_since_written(record: Record, vendor: str) -> bool:
+    """Whether a write to ``vendor`` lost its answer after our last acknowledged one: what
+    the vendor holds is then unknown (that write may yet commit), whatever ``written`` says."""
+    unsettled = record.unsettled.get(vendor)
+    return unsettled is not None and unsettled[0] > record.wrote_at.get(vendor, 0.0)
+
+
+def _wait_for_unanswered(rt: Runtime, record: Record, vendor: str) -> None:
+    """Wait (``WriteSettling``: a scheduled retry, no worker sleeps, no request is spent)
+    until the last write to ``vendor`` whose answer was lost can no longer commit
+    (``OPPSYNC_CREATE_SETTLE_SECONDS`` after it was sent): sent sooner, a newer write could
+    land before it, and the vendor would be left holding the older values."""
+    unsettled = record.unsettled.get(vendor)
+    if unsettled is None or (vendor not in record.ids and vendor in record.intents):
+        return  # a create's intent: its look-up waits as long (``CreateSettling``)
+    sent = unsettled[0]
+    if (wait := sent + rt.settings.create_settle_seconds - time.time()) > 0:
+        raise WriteSettling(
+            f"{vendor}: a write sent {time.time() - sent:.1f} s ago got no answer and may "
+            "still commit",
+            vendor=vendor,
+            retry_after=wait,
+        )
 
 
 def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | None:
