@@ -112,7 +112,7 @@ def test_write_after_a_lost_answer_is_sent_even_when_the_vendor_seems_to_hold_it
         rt,
         "salescaling",
         {"id": sid, "name": "Salescaling's name", "status": "open",
-         "updated_at": T0 + timedelta(minutes=2)},
+         "updated_at": datetime.now(UTC) + timedelta(minutes=5)},
     )  # fmt: skip
     # when the unanswered write commits after all, then the retry runs
     commit()
