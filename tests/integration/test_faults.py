@@ -3,7 +3,8 @@
 For each vendor as the target of a sync, its simulator fails the first writes in one way —
 bursts of 5xx, 429 with Retry-After, a create held past our timeout and committed afterwards,
 a response lost after it committed — and afterwards every vendor must hold exactly one record
-with the deal's values. Records are counted only once every simulator has answered every
+with the deal's values. An update held past our timeout and committed after a newer change
+must not leave its older values anywhere. Records are counted only once every simulator has answered every
 request it held and the stack is idle (``wait_quiet``): a held create counted too early is
 the duplicate a test would miss.
 """
