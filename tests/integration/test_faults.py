@@ -4,9 +4,9 @@ For each vendor as the target of a sync, its simulator fails the first writes in
 bursts of 5xx, 429 with Retry-After, a create held past our timeout and committed afterwards,
 a response lost after it committed — and afterwards every vendor must hold exactly one record
 with the deal's values. An update held past our timeout and committed after a newer change
-must not leave its older values anywhere. Records are counted only once every simulator has answered every
-request it held and the stack is idle (``wait_quiet``): a held create counted too early is
-the duplicate a test would miss.
+must not leave its older values anywhere. Records are counted only once every simulator has
+answered every request it held and the stack is idle (``wait_quiet``): a held create counted
+too early is the duplicate a test would miss.
 """
 
 from __future__ import annotations

@@ -49,11 +49,14 @@ class Writes(History):
         history: dict[str, Any] | None,
         new_link: bool,
         lock: HeldLock | None = None,
-    ) -> None:
+    ) -> str | None:
         """After a vendor acknowledged a write, in one round trip: link, fingerprint, when,
         the history entry (unless the fan-out keeps one for the event); intent and in-flight
-        mark done; ``lock`` freed."""
-        pipe = self.redis.pipeline(transaction=False)
+        mark done; ``lock`` freed. Returns what ``written:<v>`` said just before, read in
+        the same transaction: an ingest of the vendor's own change may have set it while
+        we wrote there."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(opp_key(key), f"written:{vendor}")
         values = {
             f"id:{vendor}": vendor_id,
             f"written:{vendor}": fingerprint,
@@ -72,6 +75,7 @@ class Writes(History):
         results = self.run(pipe, self._unlock_again(lock))
         if at is not None:
             self._trim(writes_key(key), results[at], WRITES_KEPT)
+        return results[0]  # type: ignore[no-any-return]
 
     def end_write(
         self,

@@ -7,11 +7,12 @@ waits for its turn, later ones for that vendor are dropped ("coalesced"), and du
 of edits it waits for the deal to go quiet, so a burst ends in a few writes carrying the
 final state. Creates leave an intent first; a create left without an answer is neither
 repeated nor looked for until it can no longer commit (``OPPSYNC_CREATE_SETTLE_SECONDS``
-after it was sent), then looked up before creating again. Any write left without an answer (a create or an
-update) may still commit: the next write to that vendor waits as long, then sends the current
-state, so the last write the vendor commits is ours and current. A write's fingerprint is
-remembered before it is sent, so the vendor's echo is recognised even when it beats the
-answer.
+after it was sent), then looked up before creating again. Any write left without an answer
+(a create or an update) may still commit: the next write to that vendor waits as long, then
+sends the current state, so the last write the vendor commits is ours and current. A change
+made in a vendor while we wrote there is followed by another write of the current state.
+A write's fingerprint is remembered before it is sent, so the vendor's echo is recognised
+even when it beats the answer.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def _push_now(
     note = _write_note(record, cause, vendor, outcome, result.vendor_id)
     if journal is not None:
         journal.append(note)
-    rt.store.record_write(
+    before = rt.store.record_write(
         key,
         vendor,
         vendor_id=result.vendor_id,
@@ -191,6 +192,11 @@ def _push_now(
         new_link=result.vendor_id != known_id,
         lock=lock,
     )
+    if before not in (record.written.get(vendor), GONE):
+        # A change made in this vendor was applied while we wrote there (read before it, our
+        # write may carry older values over it), and its ingest does not write back to its
+        # source: write the current state now.
+        push(rt, key, vendor, cause=cause, journal=journal)
     return outcome
 
 
