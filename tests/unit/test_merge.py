@@ -1,7 +1,7 @@
 """The pipeline's finer rules on a real Redis with in-memory vendors: ties, which rule decided
 a field, stages following statuses, echoes told from a person putting a value back, records
-our write may have replaced, deletes crossing our writes, a push crossing its vendor's own change, coalesced pushes,
-provenance."""
+our write may have replaced, deletes crossing our writes, a push crossing its vendor's own
+change, coalesced pushes, provenance."""
 
 from __future__ import annotations
 
