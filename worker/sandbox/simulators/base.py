@@ -48,6 +48,9 @@ class LoggedRequest:
     body: Any
     status: int
     at: float
+    #: Held past the client's timeout before it was handled (a late commit): the client saw
+    #: no answer, and writes again once that write can no longer commit.
+    late: bool = False
 
 
 class SlidingWindow:
@@ -341,6 +344,7 @@ class Simulator:
         fault = self.faults.take(request.method, request.full_path)
         if fault is None:
             if self._late_variant():
+                request.environ["sim.late"] = True
                 time.sleep(self.variants.late_commit_delay)  # type: ignore[union-attr]
             return None
         request.environ["sim.fault"] = fault
@@ -352,6 +356,7 @@ class Simulator:
                 {"message": f"simulated {fault.status}"}, fault.status, headers
             )
         if fault.kind in ("timeout", "late_commit"):
+            request.environ["sim.late"] = fault.kind == "late_commit"
             time.sleep(fault.delay)
         if fault.kind == "reset":
             _drop_connection()
@@ -380,6 +385,7 @@ class Simulator:
                 body,
                 response.status_code,
                 time.time(),
+                late=bool(request.environ.get("sim.late")),
             )
         )
         if fault is not None and fault.kind == "lost_response":
