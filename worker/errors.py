@@ -17,8 +17,10 @@
         │       ├── Busy             the record's lock stays held by another job
         │       ├── OwnQuota         our count of the vendor's quota is used up (a RateLimited)
         │       ├── CreateInFlight   an unknown record while a create there is in flight
-        │       └── CreateSettling   such a create may still commit; retry once
-        │                            ``OPPSYNC_CREATE_SETTLE_SECONDS`` have passed
+        │       ├── CreateSettling   such a create may still commit; retry once
+        │       │                    ``OPPSYNC_CREATE_SETTLE_SECONDS`` have passed
+        │       └── WriteSettling    a write to that vendor got no answer and may still
+        │                            commit: the next one waits as long (it must land last)
         └── Permanent            4xx, auth failure -> dead letter with the vendor's answer
 
 A duplicate delivery or an echo of our own write is an outcome, not an error. Outside the
@@ -159,6 +161,10 @@ class CreateInFlight(OurOwnWait):
 
 class CreateSettling(OurOwnWait):
     reason = "create_settling"
+
+
+class WriteSettling(OurOwnWait):
+    reason = "write_settling"
 
 
 class Permanent(VendorError):

@@ -67,10 +67,9 @@ def emptied(stack: Stack, variants_seed: int | None = None) -> Iterator[Stack]:
         if hasattr(sim, "auto_emit"):
             sim.auto_emit = False
         seed = None if variants_seed is None else variants_seed + zlib.crc32(name.encode())
-        # The late_commit kind is off here (late_commit_delay 0) until the failure it set off
-        # in test_conflicts' concurrent edits is understood (CHANGELOG "Known gaps"); the
-        # late_commit fault tests in test_faults.py cover late creates meanwhile.
-        sim.variants = None if seed is None else Variants(seed)
+        # A late write is held past the service's HTTP timeout, then committed.
+        late = float(stack.env["OPPSYNC_HTTP_TIMEOUT_SECONDS"]) + 1.5
+        sim.variants = None if seed is None else Variants(seed, late_commit_delay=late)
     yield stack
     wait_for(lambda: all(sim.held == 0 for sim in stack.sims.values()), 60, "a request is held")
     wait_idle(client)

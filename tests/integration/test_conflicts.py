@@ -120,10 +120,13 @@ def test_push_burst_of_ten_edits_coalesces(live: Stack, source: str) -> None:
     # after at most two writes each (docs/architecture.md: the first edit's at once, or none
     # when the deal had just changed; then one with the final values), plus one for each
     # pause of QUIET or more and each SETTLE_MAX the burst lasted as the worker applied it
-    # (a slow machine's)
+    # (a slow machine's), and one for each write the vendor held past our timeout (answer
+    # variants: its retry writes again once it has settled)
     sent = {v: upserts(live, v)[before[v] :] for v in others(source)}
     bound = 2 + burst_overruns(live, source, 10)
-    assert all(1 <= len(s) <= bound for s in sent.values()), {v: len(s) for v, s in sent.items()}
+    assert all(1 <= len(s) <= bound + sum(r.late for r in s) for s in sent.values()), {
+        v: len(s) for v, s in sent.items()
+    }
     assert {v: written_name(v, s[-1]) for v, s in sent.items()} == dict.fromkeys(
         others(source), "Edit 9"
     )

@@ -81,10 +81,12 @@ def test_echo_storm_ends_after_one_round(storm: Stack, source: str) -> None:
     # when a person renames it in the source (which announces it itself)
     person_edits(storm, source, vendor_id, name="Renamed in a storm")
     # then every vendor holds the new name, and the writes stop after one round:
-    # one update for each other vendor, none for the source
+    # one update for each other vendor, none for the source (and one more for a write the
+    # vendor held past our timeout: answer variants; it is written again once settled)
     wait_everywhere(storm, "Renamed in a storm")
     after = quiet(storm)
-    assert {v: after[v] - before[v] for v in VENDORS} == {
+    late = {v: sum(r.late for r in upserts(storm, v)[before[v] :]) for v in VENDORS}
+    assert {v: after[v] - before[v] - late[v] for v in VENDORS} == {
         v: 0 if v == source else 1 for v in VENDORS
     }
     # and the echoes that came back were recognised as ours

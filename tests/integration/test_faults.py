@@ -3,9 +3,10 @@
 For each vendor as the target of a sync, its simulator fails the first writes in one way —
 bursts of 5xx, 429 with Retry-After, a create held past our timeout and committed afterwards,
 a response lost after it committed — and afterwards every vendor must hold exactly one record
-with the deal's values. Records are counted only once every simulator has answered every
-request it held and the stack is idle (``wait_quiet``): a held create counted too early is
-the duplicate a test would miss.
+with the deal's values. An update held past our timeout and committed after a newer change
+must not leave its older values anywhere. Records are counted only once every simulator has
+answered every request it held and the stack is idle (``wait_quiet``): a held create counted
+too early is the duplicate a test would miss.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from tests.integration.drive import (
     expected,
     held,
     held_by_id,
+    names,
+    only_id,
     oppsync_show,
     others,
     person_creates,
+    person_edits,
     run_cli,
     synced,
+    synced_from,
     wait_converged,
     wait_quiet,
 )
@@ -124,6 +129,53 @@ def test_fault_create_committed_after_settle_is_reduced_to_the_linked_record(
     # and the deal's history says what was done with the other record
     assert f"duplicate {'marked lost' if target == 'ivvy' else 'deleted'}" in show, show
     assert "Second records of a deal (deleted or marked): 1" in answer.stdout
+
+
+def rename_twice_past_a_late_update(stack: Stack, target: str, delay: float) -> str:
+    """A deal synced from its source, renamed there twice: the target holds the write of
+    the first rename ``delay`` seconds, past our timeout, then commits it; the second
+    rename is made and announced while that write is held. Returns the source."""
+    source = source_for(target)
+    synced_from(stack, source)
+    source_id = only_id(stack, source)
+    aim(stack, target, "late_commit", delay=delay, times=1)
+    person_edits(stack, source, source_id, name="First rename")
+    assert announce(stack, source, source_id, created=False) == 202
+    wait_for(lambda: stack.sims[target].held > 0, 10, "the target never held the write")
+    person_edits(stack, source, source_id, name="Second rename")
+    assert announce(stack, source, source_id, created=False) == 202
+    return source
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_update_committed_after_our_timeout_does_not_undo_a_newer_change(
+    live: Stack, target: str
+) -> None:
+    # given the target holds the first rename's write past our timeout, then commits it
+    # (inside settle), while a second rename is made
+    rename_twice_past_a_late_update(live, target, HTTP_TIMEOUT + 1.5)
+    # then, once every held request is answered and the stack is quiet, every vendor holds
+    # the newer name: the late write did not land after it
+    wait_quiet(live)
+    assert live.sims[target].faults.fired, "the fault never fired"
+    assert names(live) == {v: ["Second rename"] for v in VENDORS}
+
+
+@pytest.mark.parametrize("target", VENDORS)
+def test_fault_update_committed_after_settle_is_written_over_again(
+    live: Stack, target: str
+) -> None:
+    # given the target commits the first rename's write later than any bound we wait,
+    # after our write of the second rename
+    rename_twice_past_a_late_update(live, target, SETTLE + 4.0)
+    wait_quiet(live)
+    assert names(live)[target] == ["First rename"], "the late write did not land last"
+    # when the target tells us about its record (the late write's echo)
+    assert announce(live, target, only_id(live, target), created=False) == 202
+    # then it is known as our own late write, not a person's change: every vendor ends
+    # with the newer name, the target written over again
+    wait_quiet(live)
+    assert names(live) == {v: ["Second rename"] for v in VENDORS}
 
 
 @pytest.mark.parametrize("target", VENDORS)

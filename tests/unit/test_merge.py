@@ -1,6 +1,7 @@
 """The pipeline's finer rules on a real Redis with in-memory vendors: ties, which rule decided
 a field, stages following statuses, echoes told from a person putting a value back, records
-our write may have replaced, deletes crossing our writes, coalesced pushes, provenance."""
+our write may have replaced, deletes crossing our writes, a push crossing its vendor's own
+change, coalesced pushes, provenance."""
 
 from __future__ import annotations
 
@@ -354,3 +355,24 @@ def test_push_provenance_names_the_event_behind_each_write(rt: Runtime) -> None:
     assert {(w["vendor"], w["delivery"], w["action"]) for w in writes} == {
         ("leadway", "wh-1", "created")
     }
+
+
+def test_push_that_crossed_a_change_made_in_its_vendor_writes_the_current_state(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a deal synced from leadway, renamed there (changes far enough apart to be no
+    # burst); the push of the rename to salescaling has read the deal (a fan-out's
+    # hand-over) and not written yet
+    monkeypatch.setattr(push, "BURST_GAP", timedelta(0))
+    key = deal(rt, "leadway")
+    deliver(rt, "leadway", {**held(rt, "leadway"), "name": "Leadway's name"}, now(-1))
+    taken = rt.store.lock_and_read(key, "salescaling", 60)
+    # when a person's newer rename in salescaling is applied meanwhile (its ingest writes
+    # every vendor but its source), then our push writes
+    person = {**held(rt, "salescaling"), "name": "Sc's name"}
+    changed = deliver(rt, "salescaling", person, now(CLOCK_SKEW.total_seconds() + 1))
+    assert "salescaling" not in changed.targets
+    push.push(rt, key, "salescaling", cause={"vendor": "test"}, taken=taken)
+    # then salescaling ends holding its own newer name, not the older one we carried over it
+    assert held(rt, "salescaling")["name"] == "Sc's name"
+    assert rt.store.load(key).state.name == "Sc's name"

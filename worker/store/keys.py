@@ -22,6 +22,8 @@ the push to that vendor; times are epoch milliseconds (integers: Redis stores th
     p:<v>   when a create in v was started           q:<v>  the name that create carried
     t:<v>   when our last write to v ended           g:<v>  a write sent to v, not yet answered
     u:<v>   when a create in v last went unanswered (a second record may appear)
+    s:<v>   "<sent> <fingerprint>" of the last write to v whose answer was lost (it may
+            commit late: the next write waits, its echo is ours)
     r:<v>   v deleted it while we wrote there: check it is still gone
     deleted "1" once deleted (tombstone)
 

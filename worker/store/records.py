@@ -44,6 +44,9 @@ class Record:
     last_change: dict[str, Any] | None = None
     writing: dict[str, float] = field(default_factory=dict)
     rechecks: set[str] = field(default_factory=set)
+    #: The last write to each vendor whose answer was lost: (when it was sent, its
+    #: fingerprint). It may commit late, after a newer write of ours.
+    unsettled: dict[str, tuple[float, str]] = field(default_factory=dict)
     #: Values the mapping could not read, by vendor: {vendor field: value} (``oppsync show``).
     unmapped: dict[str, dict[str, str]] = field(default_factory=dict)
     #: How many pieces the stored document was in (a shorter one deletes the rest).
@@ -104,6 +107,12 @@ def _per_vendor(raw: dict[str, str]) -> dict[str, dict[str, str]]:
     return found
 
 
+def _unsettled(raw: str) -> tuple[float, str]:
+    """``s:<v>``: when the unanswered write was sent (ms) and what it carried (digest)."""
+    sent, _, written = raw.partition(" ")
+    return from_millis(sent), full_digest(written)
+
+
 def record_from(key: str, raw: dict[str, str]) -> Record:
     """A ``Record`` from its hash's fields (none: not stored yet)."""
     if not raw:
@@ -138,6 +147,7 @@ def record_from(key: str, raw: dict[str, str]) -> Record:
         last_change=last_change,
         writing=times("g"),
         rechecks=set(per.get("r", {})),
+        unsettled={v: _unsettled(x) for v, x in per.get("s", {}).items()},
         unmapped=parts.get("unmapped", {}),
         pieces=count,
     )

@@ -11,7 +11,7 @@ from schemas.mapping import VENDORS
 from worker.store.history import History
 from worker.store.keys import HEARTBEAT, field, intents_key, opp_key, wrote_key
 from worker.store.links import link_bucket
-from worker.store.packing import millis, short_digest
+from worker.store.packing import full_digest, millis, short_digest
 from worker.store.records import HeldLock
 
 WROTE_TTL_SECONDS = 3600
@@ -52,11 +52,14 @@ class Writes(History):
         history: dict[str, Any] | None,
         new_link: bool,
         lock: HeldLock | None = None,
-    ) -> None:
+    ) -> str | None:
         """After a vendor acknowledged a write, in one round trip: link, fingerprint, when,
         the history entry (unless the fan-out keeps one for the event); intent and in-flight
-        mark done; ``lock`` freed."""
-        pipe = self.redis.pipeline(transaction=False)
+        mark done; ``lock`` freed. Returns what ``written:<v>`` said just before, read in
+        the same transaction: an ingest of the vendor's own change may have set it while
+        we wrote there."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(opp_key(key), field("w", vendor))
         values = {
             field("i", vendor): vendor_id,
             field("w", vendor): short_digest(fingerprint),
@@ -76,7 +79,8 @@ class Writes(History):
         if lock is not None and lock.held:
             self.unlock(lock, pipe)
             scripts[len(pipe.command_stack) - 1] = self._unlock_again(lock)
-        self.run(pipe, scripts)
+        before = self.run(pipe, scripts)[0]
+        return None if before is None else full_digest(before)
 
     def end_write(
         self,
@@ -85,13 +89,21 @@ class Writes(History):
         lock: HeldLock | None = None,
         *,
         not_created: bool = False,
+        unanswered: tuple[float, str] | None = None,
     ) -> None:
         """A write that failed is no longer in flight (``record_write`` ends the others).
         A create that surely made nothing (``not_created``: refused, never sent) leaves no
-        intent: the next attempt creates at once instead of waiting for it to settle."""
+        intent: the next attempt creates at once instead of waiting for it to settle. A
+        write whose answer was lost (``unanswered``: when it was sent, its fingerprint) is
+        remembered as unsettled: it may still commit."""
         pipe = self.redis.pipeline(transaction=False)
         intent = [field("p", vendor), field("q", vendor)] if not_created else []
         pipe.hdel(opp_key(key), field("g", vendor), *intent)
+        if unanswered is not None:
+            sent, fingerprint = unanswered
+            pipe.hset(
+                opp_key(key), field("s", vendor), f"{millis(sent)} {short_digest(fingerprint)}"
+            )
         if not_created:
             pipe.zrem(intents_key(vendor), key)
 
@@ -101,6 +113,14 @@ class Writes(History):
 
     def mark_written(self, key: str, vendor: str, fingerprint: str) -> None:
         self.redis.hset(opp_key(key), field("w", vendor), short_digest(fingerprint))
+
+    def late_commit_seen(self, key: str, vendor: str, fingerprint: str) -> None:
+        """``vendor`` committed our unanswered write late: it holds ``fingerprint``, and
+        that write can no longer commit."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(opp_key(key), field("w", vendor), short_digest(fingerprint))
+        pipe.hdel(opp_key(key), field("s", vendor))
+        pipe.execute()
 
     def mark_recheck(self, key: str, vendor: str) -> None:
         """The deal was deleted in ``vendor`` while we wrote there: look once more."""

@@ -5,7 +5,9 @@ earlier (fingerprints are kept before each write is sent) and the record is not 
 than our last write: fetched after it, or stamped by the vendor later than it plus
 ``CLOCK_SKEW``. iVvy names the API key behind a change: ours is dropped first. When a record
 might predate our last write to its vendor (a snapshot our write has since replaced), what that
-vendor holds is "unsure" and it gets the merged state again.
+vendor holds is "unsure" and it gets the merged state again. A write of ours whose answer was
+lost may be committed late, even after a newer write of ours: a record holding exactly it is
+ours whatever its time, and that vendor is written again (``late_commit``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from worker.store.records import Record
+from worker.store.writes import WROTE_TTL_SECONDS
 
 #: Retries an unknown record waits for a create in flight in its vendor (our own echo).
 ECHO_PATIENCE = 5
@@ -56,3 +59,15 @@ def _writing(record: Record, vendor: str) -> bool:
     """A write to ``vendor`` started and not yet acknowledged (a dead worker's is old)."""
     started = record.writing.get(vendor)
     return started is not None and time.time() - started < WRITE_IN_FLIGHT.total_seconds()
+
+
+def late_commit(record: Record, vendor: str, holds: str) -> bool:
+    """Whether ``vendor``, holding ``holds``, committed our write whose answer was lost
+    (``s:<v>``) rather than what we wrote there since: that write's echo (not a
+    person's change, however late its time), and the vendor needs the merged state again.
+    Recognised for as long as its fingerprint is remembered as ours."""
+    unsettled = record.unsettled.get(vendor)
+    if unsettled is None or holds == record.written.get(vendor):
+        return False
+    sent, wrote = unsettled
+    return holds == wrote and time.time() - sent < WROTE_TTL_SECONDS

@@ -35,7 +35,7 @@ from worker.store import metrics
 from worker.store.records import HeldLock, Record, new_key
 from worker.sync import duplicates
 from worker.sync.deletes import apply_delete
-from worker.sync.echoes import Sighting
+from worker.sync.echoes import Sighting, late_commit
 from worker.sync.merge import GONE, UNSURE, as_lost, event_summary, merge, plan
 from worker.sync.outcomes import IngestOutcome, Outcome
 from worker.vendors.base import VendorAdapter
@@ -219,6 +219,17 @@ def _apply(
     if record.exists:  # what the record did not carry, it holds as far as we know
         incoming = incoming.completed(adapter.project(record.state))
     holds = fingerprint(incoming, adapter.synced_fields)
+    if late_commit(record, vendor, holds):
+        # Our write whose answer was lost, committed late (maybe after a newer one of ours):
+        # nothing to merge, but the vendor holds it now, so it is written again (the plan).
+        record.written[vendor] = holds
+        rt.store.late_commit_seen(key, vendor, holds)
+        return Outcome(
+            key,
+            IngestOutcome.ECHO,
+            plan(rt, record),
+            detail=f"{vendor} committed a write of ours late",
+        )
     after = sighting.after_our_write(record, vendor)
     if record.written.get(vendor) == holds or (
         # We wrote exactly this there once: our echo, unless the vendor's record changed

@@ -7,9 +7,12 @@ waits for its turn, later ones for that vendor are dropped ("coalesced"), and du
 of edits it waits for the deal to go quiet, so a burst ends in a few writes carrying the
 final state. Creates leave an intent first; a create left without an answer is neither
 repeated nor looked for until it can no longer commit (``OPPSYNC_CREATE_SETTLE_SECONDS``
-after it was sent), then looked up before creating again. A write's fingerprint is
-remembered before it is sent, so the vendor's echo is recognised even when it beats the
-answer.
+after it was sent), then looked up before creating again. Any write left without an answer
+(a create or an update) may still commit: the next write to that vendor waits as long, then
+sends the current state, so the last write the vendor commits is ours and current. A change
+made in a vendor while we wrote there is followed by another write of the current state.
+A write's fingerprint is remembered before it is sent, so the vendor's echo is recognised
+even when it beats the answer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.opportunity import fingerprint
-from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError
+from worker.errors import CreateSettling, OutcomeUnknown, Permanent, VendorError, WriteSettling
 from worker.quotaline import plan
 from worker.runtime import Runtime
 from worker.store.locks import LOCK_TIMEOUT_SECONDS
@@ -141,8 +144,9 @@ def _push_now(
         return _push_delete(rt, record, vendor, cause)
     target = adapter.project(record.state)
     wanted = fingerprint(target, adapter.synced_fields)
-    if record.written.get(vendor) == wanted:
+    if record.written.get(vendor) == wanted and not _unanswered_since_written(record, vendor):
         return PushOutcome.UNCHANGED
+    _wait_for_unanswered(rt, record, vendor)
     known_id = record.ids.get(vendor)
     vendor_id = known_id
     if vendor_id is None and vendor in record.intents:
@@ -164,12 +168,14 @@ def _push_now(
             return PushOutcome.VANISHED
         raise
     except BaseException as exc:
-        # A create that may have committed keeps its intent, and is retried once it has
-        # settled (no sooner: the retry would only wait again).
-        uncertain = create and isinstance(exc, OutcomeUnknown) and not adapter.upserts_by_key
-        not_created = create and isinstance(exc, VendorError) and not uncertain
-        rt.store.end_write(key, vendor, lock, not_created=not_created)
-        if uncertain and isinstance(exc, OutcomeUnknown):
+        # A write that may have committed is remembered as unsettled (and a create keeps its
+        # intent); it is retried once it has settled (no sooner: the retry would only wait).
+        lost = isinstance(exc, OutcomeUnknown)
+        uncertain_create = create and lost and not adapter.upserts_by_key
+        not_created = create and isinstance(exc, VendorError) and not uncertain_create
+        unanswered = (sent, wanted) if lost else None
+        rt.store.end_write(key, vendor, lock, not_created=not_created, unanswered=unanswered)
+        if isinstance(exc, OutcomeUnknown):
             settled_in = sent + rt.settings.create_settle_seconds - time.time()
             exc.retry_after = max(exc.retry_after or 0.0, settled_in)
         raise
@@ -177,7 +183,7 @@ def _push_now(
     note = _write_note(record, cause, vendor, outcome, result.vendor_id)
     if journal is not None:
         journal.append(note)
-    rt.store.record_write(
+    before = rt.store.record_write(
         key,
         vendor,
         vendor_id=result.vendor_id,
@@ -187,7 +193,37 @@ def _push_now(
         new_link=result.vendor_id != known_id,
         lock=lock,
     )
+    if before not in (record.written.get(vendor), GONE):
+        # A change made in this vendor was applied while we wrote there (read before it, our
+        # write may carry older values over it), and its ingest does not write back to its
+        # source: write the current state now.
+        push(rt, key, vendor, cause=cause, journal=journal)
     return outcome
+
+
+def _unanswered_since_written(record: Record, vendor: str) -> bool:
+    """Whether a write to ``vendor`` lost its answer after our last acknowledged one: what
+    the vendor holds is then unknown (that write may yet commit), whatever ``written`` says."""
+    unsettled = record.unsettled.get(vendor)
+    return unsettled is not None and unsettled[0] > record.wrote_at.get(vendor, 0.0)
+
+
+def _wait_for_unanswered(rt: Runtime, record: Record, vendor: str) -> None:
+    """Wait (``WriteSettling``: a scheduled retry, no worker sleeps, no request is spent)
+    until the last write to ``vendor`` whose answer was lost can no longer commit
+    (``OPPSYNC_CREATE_SETTLE_SECONDS`` after it was sent): sent sooner, a newer write could
+    land before it, and the vendor would be left holding the older values."""
+    unsettled = record.unsettled.get(vendor)
+    if unsettled is None or (vendor not in record.ids and vendor in record.intents):
+        return  # a create's intent: its look-up waits as long (``CreateSettling``)
+    sent = unsettled[0]
+    if (wait := sent + rt.settings.create_settle_seconds - time.time()) > 0:
+        raise WriteSettling(
+            f"{vendor}: a write sent {time.time() - sent:.1f} s ago got no answer and may "
+            "still commit",
+            vendor=vendor,
+            retry_after=wait,
+        )
 
 
 def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | None:

@@ -48,6 +48,9 @@ class LoggedRequest:
     body: Any
     status: int
     at: float
+    #: Held past the client's timeout before it was handled (a late commit): the client saw
+    #: no answer, and writes again once that write can no longer commit.
+    late: bool = False
 
 
 class SlidingWindow:
@@ -341,6 +344,7 @@ class Simulator:
         fault = self.faults.take(request.method, request.full_path)
         if fault is None:
             if self._late_variant():
+                request.environ["sim.late"] = True
                 time.sleep(self.variants.late_commit_delay)  # type: ignore[union-attr]
             return None
         request.environ["sim.fault"] = fault
@@ -352,6 +356,7 @@ class Simulator:
                 {"message": f"simulated {fault.status}"}, fault.status, headers
             )
         if fault.kind in ("timeout", "late_commit"):
+            request.environ["sim.late"] = fault.kind == "late_commit"
             time.sleep(fault.delay)
         if fault.kind == "reset":
             _drop_connection()
@@ -359,18 +364,13 @@ class Simulator:
         return None
 
     def _late_variant(self) -> bool:
-        """Whether this create (a write naming no record) is held past the client's timeout.
-        Not updates yet: see CHANGELOG "Known gaps". SIRO upserts by our key: no create."""
+        """Whether this write (a create or an update; SIRO's upsert by our key too) is held
+        past the client's timeout, then committed: a vendor may always be that slow."""
         path, methods = self.writes
-        if self.variants is None or self.name == "siro" or request.method not in methods:
-            return False
-        body = request.get_json(silent=True)
-        names_a_record = any(part in self.records for part in request.path.split("/")) or (
-            isinstance(body, dict) and bool(body.get("id"))
-        )
         return (
-            path in request.full_path
-            and not names_a_record
+            self.variants is not None
+            and request.method in methods
+            and path in request.full_path
             and self.variants.chance("late_commit", self.variants.late_commit_share)
         )
 
@@ -385,6 +385,7 @@ class Simulator:
                 body,
                 response.status_code,
                 time.time(),
+                late=bool(request.environ.get("sim.late")),
             )
         )
         if fault is not None and fault.kind == "lost_response":

@@ -22,7 +22,7 @@ class Variants:
     omitted, an enum value the mapping does not know) are applied only to keys whose value
     is still what oppsync wrote (``Simulator.as_written``): a vendor may always answer that
     way, and a test expecting a person's change to arrive is not made impossible by it.
-    ``late_commit``: a create (``Simulator._late_variant``) is held longer than the client's
+    ``late_commit``: a write (``Simulator._late_variant``) is held longer than the client's
     timeout (``late_commit_delay``) and then committed, as the fault of that name does: a
     vendor may always be that slow, and no record may be made twice for it.
     """
