@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -337,6 +338,7 @@ def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(
     ((late_id, late),) = salescaling.records.items()
     del salescaling.records[late_id]  # not visible yet when we looked again
     monkeypatch.setattr(salescaling, "upsert", real_upsert)
+    time.sleep(0.002)  # the intent's time is kept to the millisecond, rounded up
     push.push(rt, key, "salescaling", cause={"vendor": "test"})
     ((kept, _),) = salescaling.records.items()
     # when the late record shows up (an event, a poll)
