@@ -17,7 +17,7 @@ import redis
 
 from schemas.envelope import InboundEvent
 from schemas.mapping import Mapping
-from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, load
+from schemas.opportunity import SYNCED_FIELDS, Opportunity, Status, dump, fingerprint, load
 from tests.strategies import envelope
 from worker.errors import CreateSettling, InvalidPayload, OutcomeUnknown
 from worker.runtime import Runtime
@@ -313,6 +313,43 @@ def test_unanswered_create_is_found_by_the_name_it_carried_after_a_rename(
     # then the record it made is found by the name it carried and updated, not made again
     assert salescaling.creates == 1
     assert [r["name"] for r in salescaling.records.values()] == ["Renamed"]
+
+
+def test_create_in_a_vendor_that_upserts_by_key_is_repeated_without_a_look_up(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given siro, which upserts by our key (a repeated create updates the same record)
+    siro: Any = rt.adapters["siro"]
+    siro.upserts_by_key = True
+    by_key: dict[str, str] = {}
+    looked: list[str] = []
+
+    def upsert_by_key(opp: Opportunity, *, key: str, **_: Any) -> UpsertResult:
+        created = key not in by_key
+        vendor_id = by_key.setdefault(key, f"siro-{len(by_key) + 1}")
+        siro.records[vendor_id] = {"id": vendor_id, "name": opp.name}
+        return UpsertResult(vendor_id, created)
+
+    def find_existing(*args: Any, **kwargs: Any) -> str | None:
+        looked.append("look")
+        return None
+
+    monkeypatch.setattr(siro, "upsert", upsert_by_key)
+    monkeypatch.setattr(siro, "find_existing", find_existing)
+    outcome = deliver(
+        rt, "leadway", {"id": "L1", "name": "Deal", "status": "open", "updated_at": T0}
+    )
+    key = str(outcome.key)
+    # and a worker that died after sending its create there (the intent stays behind)
+    wanted = fingerprint(siro.project(rt.store.load(key).state), siro.synced_fields)
+    rt.store.before_write(key, "siro", wanted, create=True, name="Deal")
+    upsert_by_key(rt.store.load(key).state, key=key)
+    # when the redelivered job writes siro again
+    push.push(rt, key, "siro", cause={"vendor": "test"})
+    # then the write is simply repeated: no look-up (a list call the vendor counts), one record
+    assert looked == []
+    assert list(siro.records) == ["siro-1"]
+    assert rt.store.key_for("siro", "siro-1") == key
 
 
 def test_second_record_of_a_deal_is_deleted_and_the_linked_one_kept(

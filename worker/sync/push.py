@@ -149,7 +149,8 @@ def _push_now(
     _wait_for_unanswered(rt, record, vendor)
     known_id = record.ids.get(vendor)
     vendor_id = known_id
-    if vendor_id is None and vendor in record.intents:
+    if vendor_id is None and vendor in record.intents and not adapter.upserts_by_key:
+        # (A vendor that upserts by our key needs no look-up: the create is just repeated.)
         vendor_id = _find_unanswered_create(rt, record, vendor)
     create = vendor_id is None
     sent = time.time()
@@ -236,7 +237,7 @@ def _find_unanswered_create(rt: Runtime, record: Record, vendor: str) -> str | N
     sent = record.intents[vendor]
     adapter = rt.adapters[vendor]
     settled_at = sent + rt.settings.create_settle_seconds
-    if not adapter.upserts_by_key and (wait := settled_at - time.time()) > 0:
+    if (wait := settled_at - time.time()) > 0:
         raise CreateSettling(
             f"{vendor}: a create sent {time.time() - sent:.1f} s ago may still commit",
             vendor=vendor,
