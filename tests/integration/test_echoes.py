@@ -81,14 +81,15 @@ def test_echo_storm_ends_after_one_round(storm: Stack, source: str) -> None:
     # when a person renames it in the source (which announces it itself)
     person_edits(storm, source, vendor_id, name="Renamed in a storm")
     # then every vendor holds the new name, and the writes stop after one round:
-    # one update for each other vendor, none for the source (and one more for a write the
-    # vendor held past our timeout: answer variants; it is written again once settled)
+    # one update for each other vendor, none for the source. A write the vendor held past
+    # our timeout (answer variants) may be written once more after the settle time, unless
+    # its late commit was seen first (then that vendor holds it and needs nothing more).
     wait_everywhere(storm, "Renamed in a storm")
     after = quiet(storm)
     late = {v: sum(r.late for r in upserts(storm, v)[before[v] :]) for v in VENDORS}
-    assert {v: after[v] - before[v] - late[v] for v in VENDORS} == {
-        v: 0 if v == source else 1 for v in VENDORS
-    }
+    writes = {v: after[v] - before[v] for v in VENDORS}
+    assert writes[source] == 0, writes
+    assert all(1 <= writes[v] <= 1 + late[v] for v in VENDORS if v != source), (writes, late)
     # and the echoes that came back were recognised as ours
     outcomes = {(e["vendor"], e["outcome"]) for e in events(storm) if e["vendor"] != source}
     assert ("leadway", "echo") in outcomes or source == "leadway"
