@@ -146,7 +146,7 @@ class LeanServer:
     def __init__(self, vendor: LeanVendor, *, latency: float, keep_seconds: float = 20.0) -> None:
         self.vendor = vendor
         self.latency = latency
-        self.keep_seconds = keep_seconds
+        self.keep_seconds = self.started_keep_seconds = keep_seconds
         self.keep_requests = False
         self.quota: list[SlidingWindow] = []
         self.faults = Faults()
@@ -157,12 +157,20 @@ class LeanServer:
         self._runner: web.AppRunner | None = None
 
     def configure(
-        self, *, quota: str | None = None, faults: Faults | None = None, keep_requests: bool = False
+        self,
+        *,
+        quota: str | None = None,
+        faults: Faults | None = None,
+        keep_requests: bool = False,
+        keep_seconds: float | None = None,
     ) -> None:
+        """A phase's quota, faults, whether request times are kept, and how long a deal's
+        records stay before they are counted and taken out (None: as the server started)."""
         self.quota = quota_windows(quota)
         self.faults = faults or Faults()
         self.rng = random.Random(f"{self.faults.seed}:{self.vendor.name}")
         self.keep_requests = keep_requests
+        self.keep_seconds = self.started_keep_seconds if keep_seconds is None else keep_seconds
 
     async def start(self) -> None:
         app = web.Application(client_max_size=4 * 1024 * 1024)

@@ -116,13 +116,19 @@ class RemoteSimulator:
             self._conn.recv()
 
     def configure(
-        self, *, quota: str | None = None, faults: Faults | None = None, keep_requests: bool = False
+        self,
+        *,
+        quota: str | None = None,
+        faults: Faults | None = None,
+        keep_requests: bool = False,
+        keep_seconds: float | None = None,
     ) -> None:
-        """The vendor's quota (``100/10 seconds``; None: none), seeded faults, and whether
-        each request's time is kept."""
+        """The vendor's quota (``100/10 seconds``; None: none), seeded faults, whether each
+        request's time is kept, and how long records stay (``LeanServer.configure``)."""
+        settings = {"quota": quota, "faults": faults, "keep_requests": keep_requests,
+                    "keep_seconds": keep_seconds}  # fmt: skip
         with self._lock:
-            self._conn.send(("configure", {"quota": quota, "faults": faults,
-                                           "keep_requests": keep_requests}))  # fmt: skip
+            self._conn.send(("configure", settings))
             self._conn.recv()
 
     def stop(self) -> None:
