@@ -240,10 +240,35 @@ def test_a_place_is_spent_only_while_the_requests_sent_leave_room(
     with no_waiting(), in_line(kept):
         quota.acquire()
     assert time.time() - kept.at >= 0.9
-    # and a place kept too long ago (its job woke far too late) is not spent at all
-    late = Reservation("unit-line-c", time.time() - 2 * HOLD_SECONDS, "late", 1)
-    assert late.next_member("unit-line-c") is None
+    # and a place is another vendor's to spend, or not yet to spend when its job woke far
+    # too early
     assert Reservation("unit-line-c", time.time(), "x", 1).next_member("another") is None
+    early = Reservation("unit-line-c", time.time() + 2 * HOLD_SECONDS, "early", 1)
+    assert early.next_member("unit-line-c") is None
+
+
+def test_places_whose_jobs_woke_late_are_spent_not_queued_again(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a 3/3 s quota used up, and three pushes keeping places in line for one moment
+    # (a sliding window frees a burst one window after it was sent)
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-g", "3/3 seconds", margin=0.05)
+    for _ in range(3):
+        quota.acquire()
+    kept = [Reservation.from_job(_refused_in_line(quota).reserved) for _ in range(3)]
+    assert all(k is not None for k in kept)
+    # when their jobs wake seconds late (a busy pool starts the last of a burst late), while
+    # their own places still fill the window
+    time.sleep(max(0.0, max(k.at for k in kept if k) - time.time()) + HOLD_SECONDS + 0.3)
+    sent = []
+    for place in kept:
+        with no_waiting(), in_line(place):
+            quota.acquire()  # raises OwnQuota if the push had to queue again
+        sent.append(time.time())
+    # then each sends on its place at once, and the window counts them as sent now
+    assert sent[-1] - sent[0] < 0.5
+    assert quota.try_acquire() > 2.0
 
 
 def test_a_line_of_pushes_never_exceeds_the_limit(redis_server: EmbeddedRedis) -> None:
