@@ -329,3 +329,46 @@ def test_a_write_is_never_cut_in_two_by_the_quota(redis_server: EmbeddedRedis) -
         roomy.acquire()
         roomy.acquire()
     assert _script_calls(client) - before == 2  # both taken, then the second one spent
+
+
+def test_a_dense_line_is_spent_at_its_times_without_queueing_again(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a 40/3 s quota used up by requests sent over 2.8 s, and 40 pushes keeping places
+    # in line: one window on, the places come due as densely as those requests were sent,
+    # for longer than a place may wait to be spent
+    client = redis.Redis.from_url(redis_server.url)
+    spec = "40/3 seconds"
+    quota = VendorQuota(client, "unit-line-h", spec, margin=0.05)
+    sent: list[float] = []
+    for _ in range(40):
+        quota.acquire()
+        sent.append(time.time())
+        time.sleep(0.07)
+    kept = [Reservation.from_job(_refused_in_line(quota).reserved) for _ in range(40)]
+    assert all(k is not None for k in kept)
+    requeued: list[int] = []
+    lock = threading.Lock()
+
+    def woken(place: Reservation) -> None:
+        time.sleep(max(0.0, place.at - time.time()))
+        try:
+            with no_waiting(), in_line(place):
+                VendorQuota(client, "unit-line-h", spec, margin=0.05).acquire()
+        except OwnQuota:
+            with lock:
+                requeued.append(1)
+            return
+        with lock:
+            sent.append(time.time())
+
+    threads = [threading.Thread(target=woken, args=(k,)) for k in kept if k]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then every push sends on the place it kept (none queues again), and no three-second
+    # window ever held more than 40 requests
+    assert len(requeued) == 0
+    sent.sort()
+    assert all(sent[i + 40] - sent[i] >= 3.0 for i in range(len(sent) - 40))
