@@ -15,9 +15,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-#: How late after its time a kept place may still be used: a woken job starts a little late
-#: (broker timers, a busy pool), and a write's next request waits for its first one's answer
-#: (Leadway's contact). Later, the job queues again (its place is wasted).
+#: How early a woken job may be and still wait for its place (longer waits are a long
+#: retry's intermediate hop), and how long spending a place may wait for the requests sent
+#: to leave room. A job woken late still spends its place: the check at send time keeps the
+#: window (``worker/ratelimit.py`` SPEND), and a place given up would hold its slot until it
+#: left the window. A burst of places comes due together (a sliding window frees a burst
+#: one window after it was sent), and a busy pool starts the last of them seconds late.
 HOLD_SECONDS = 2.0
 #: How far ahead a push keeps its place (its retry is scheduled for then): any distance.
 IN_LINE_MS = 10**12
@@ -26,8 +29,8 @@ IN_LINE_MS = 10**12
 @dataclass
 class Reservation:
     """Places kept in one vendor's line (members ``<name>:1`` … ``<name>:<count>``), usable
-    from ``at`` (our clock) for ``HOLD_SECONDS``; ``used`` of them are spent. Travels with a
-    push's retry (``as_job``) so the woken push sends on them."""
+    from ``at`` (our clock); ``used`` of them are spent. Travels with a push's retry
+    (``as_job``) so the woken push sends on them."""
 
     vendor: str
     at: float
@@ -52,12 +55,13 @@ class Reservation:
 
     def next_member(self, vendor: str) -> str | None:
         """The place to spend next, once its time has come (a job woken a little early
-        waits); ``None`` when none is kept for ``vendor`` or the hold has passed."""
+        waits; a late one spends it at once); ``None`` when none is kept for ``vendor`` or
+        the job woke far too early."""
         if vendor != self.vendor or self.slots <= 0:
             return None
         early = self.at - time.time()
-        if early < -HOLD_SECONDS or early > HOLD_SECONDS:
-            self.used = self.count  # far too late (the line moved on) or far too early
+        if early > HOLD_SECONDS:
+            self.used = self.count  # far too early: the job asks again
             return None
         if early > 0:
             time.sleep(early)

@@ -240,10 +240,35 @@ def test_a_place_is_spent_only_while_the_requests_sent_leave_room(
     with no_waiting(), in_line(kept):
         quota.acquire()
     assert time.time() - kept.at >= 0.9
-    # and a place kept too long ago (its job woke far too late) is not spent at all
-    late = Reservation("unit-line-c", time.time() - 2 * HOLD_SECONDS, "late", 1)
-    assert late.next_member("unit-line-c") is None
+    # and a place is another vendor's to spend, or not yet to spend when its job woke far
+    # too early
     assert Reservation("unit-line-c", time.time(), "x", 1).next_member("another") is None
+    early = Reservation("unit-line-c", time.time() + 2 * HOLD_SECONDS, "early", 1)
+    assert early.next_member("unit-line-c") is None
+
+
+def test_places_whose_jobs_woke_late_are_spent_not_queued_again(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a 3/3 s quota used up, and three pushes keeping places in line for one moment
+    # (a sliding window frees a burst one window after it was sent)
+    client = redis.Redis.from_url(redis_server.url)
+    quota = VendorQuota(client, "unit-line-g", "3/3 seconds", margin=0.05)
+    for _ in range(3):
+        quota.acquire()
+    kept = [Reservation.from_job(_refused_in_line(quota).reserved) for _ in range(3)]
+    assert all(k is not None for k in kept)
+    # when their jobs wake seconds late (a busy pool starts the last of a burst late), while
+    # their own places still fill the window
+    time.sleep(max(0.0, max(k.at for k in kept if k) - time.time()) + HOLD_SECONDS + 0.3)
+    sent = []
+    for place in kept:
+        with no_waiting(), in_line(place):
+            quota.acquire()  # raises OwnQuota if the push had to queue again
+        sent.append(time.time())
+    # then each sends on its place at once, and the window counts them as sent now
+    assert sent[-1] - sent[0] < 0.5
+    assert quota.try_acquire() > 2.0
 
 
 def test_a_line_of_pushes_never_exceeds_the_limit(redis_server: EmbeddedRedis) -> None:
@@ -304,3 +329,46 @@ def test_a_write_is_never_cut_in_two_by_the_quota(redis_server: EmbeddedRedis) -
         roomy.acquire()
         roomy.acquire()
     assert _script_calls(client) - before == 2  # both taken, then the second one spent
+
+
+def test_a_dense_line_is_spent_at_its_times_without_queueing_again(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # given a 40/3 s quota used up by requests sent over 2.8 s, and 40 pushes keeping places
+    # in line: one window on, the places come due as densely as those requests were sent,
+    # for longer than a place may wait to be spent
+    client = redis.Redis.from_url(redis_server.url)
+    spec = "40/3 seconds"
+    quota = VendorQuota(client, "unit-line-h", spec, margin=0.05)
+    sent: list[float] = []
+    for _ in range(40):
+        quota.acquire()
+        sent.append(time.time())
+        time.sleep(0.07)
+    kept = [Reservation.from_job(_refused_in_line(quota).reserved) for _ in range(40)]
+    assert all(k is not None for k in kept)
+    requeued: list[int] = []
+    lock = threading.Lock()
+
+    def woken(place: Reservation) -> None:
+        time.sleep(max(0.0, place.at - time.time()))
+        try:
+            with no_waiting(), in_line(place):
+                VendorQuota(client, "unit-line-h", spec, margin=0.05).acquire()
+        except OwnQuota:
+            with lock:
+                requeued.append(1)
+            return
+        with lock:
+            sent.append(time.time())
+
+    threads = [threading.Thread(target=woken, args=(k,)) for k in kept if k]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then every push sends on the place it kept (none queues again), and no three-second
+    # window ever held more than 40 requests
+    assert len(requeued) == 0
+    sent.sort()
+    assert all(sent[i + 40] - sent[i] >= 3.0 for i in range(len(sent) - 40))
