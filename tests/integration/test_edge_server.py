@@ -20,9 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.sandbox.embedded_redis import start_redis
 from worker.sandbox.simulators.base import sign_standard_webhook
-from worker.sandbox.stack import ADMIN_PASSWORD, Stack, stack_env, start_simulators, wait_for
+from worker.sandbox.stack import ADMIN_PASSWORD, Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +34,7 @@ TRICKLE_EVERY = 0.5
 @pytest.fixture(scope="module")
 def procfile_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = Path(tmp_path_factory.mktemp("edge"))
-    redis_server = start_redis(directory=log_dir / "redis")
-    sims = start_simulators()
-    stack = Stack(redis_server, sims, stack_env(redis_server.url, sims), log_dir)
-    try:
-        stack.start_procfile_web()
-    except Exception:
-        stack.stop()
-        raise
+    stack = start_stack(log_dir, worker=False)
     yield stack
     stack.stop()
 

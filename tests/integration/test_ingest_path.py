@@ -22,9 +22,8 @@ import redis
 
 from tests.integration.conftest import wait_idle
 from tests.integration.drive import DEAL, held, person_creates
-from worker.sandbox.embedded_redis import start_redis
 from worker.sandbox.simulators.base import sign_standard_webhook
-from worker.sandbox.stack import Stack, stack_env, start_simulators, wait_for
+from worker.sandbox.stack import Stack, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +32,7 @@ TARGETS = ("leadway", "ivvy", "salescaling", "icloudready")
 
 @pytest.fixture
 def web_only(tmp_path: Path) -> Iterator[Stack]:
-    redis_server = start_redis(directory=tmp_path / "redis", appendonly=True)
-    sims = start_simulators()
-    stack = Stack(redis_server, sims, stack_env(redis_server.url, sims), tmp_path)
-    try:
-        stack.start_procfile_web()
-    except Exception:
-        stack.stop()
-        raise
+    stack = start_stack(tmp_path, worker=False, appendonly=True)
     yield stack
     stack.stop()
 
