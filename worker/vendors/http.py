@@ -1,4 +1,5 @@
-"""One pooled httpx client per vendor per process, and the mapping of HTTP failures to errors.
+"""One pooled httpx client per vendor per process (sent on one event loop:
+``looptransport``), and the mapping of HTTP failures to errors.
 
 Explicit timeouts, no redirects (a vendor host comes only from configuration), no retries
 inside the client: the worker owns retries. ``VendorHTTP.request`` returns parsed JSON or
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 
 from worker.errors import InvalidPayload, OutcomeUnknown, Permanent, RateLimited, Transient
+from worker.vendors.looptransport import LoopTransport
 
 #: Longest vendor answer kept on an error (and so in a dead letter).
 ANSWER_LIMIT = 2000
@@ -90,9 +92,12 @@ class VendorHTTP:
             auth=auth,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
+            # Sent on the process's event loop (aiohttp), not by blocking sockets in threads.
             # As many kept-alive connections as pushes can run at once (OPPSYNC_PUSH_THREADS'
             # default): more in flight than are kept means connections closed and reopened.
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            transport=LoopTransport(
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            ),
         )
 
     def close(self) -> None:

@@ -1,0 +1,108 @@
+"""Vendor HTTP on one event loop per process: httpx's API, aiohttp's sockets and C parser.
+
+The worker writes vendors from many threads at once (``OPPSYNC_PUSH_THREADS``). Each blocking
+httpx request in a thread parses its answer in pure Python (h11) and hands the interpreter
+lock back and forth on every socket read: under load that cost about 2.6 ms of CPU per
+request, most of the worker's time (docs/performance.md). ``LoopTransport`` keeps
+``httpx.Client`` where it is (the adapters' auth flows, locks and quota waits still run in
+the calling thread) and sends the request itself on a single asyncio loop in a daemon thread,
+through ``httpx-aiohttp``'s transport: one wake-up per request, about 0.5 ms.
+
+Errors keep the meaning ``worker/vendors/http.py`` relies on, which is the one that decides
+whether a create may be repeated: ``httpx.ConnectError``/``ConnectTimeout`` only when
+nothing was sent (the connection was never made, or no pooled one came free in time);
+``ReadTimeout`` when the answer did not come in time; ``ReadError`` for a connection cut or an
+answer that is not HTTP after the request went out. (httpx-aiohttp's own table maps every
+``aiohttp.ClientConnectionError``, a reset after sending included, to ``ConnectTimeout``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+T = TypeVar("T")
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid: int | None = None
+_loop_made = threading.Lock()
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """This process's vendor I/O loop, started in a daemon thread on first use (and again
+    in a forked child, which inherits the loop but not its thread)."""
+    global _loop, _loop_pid
+    with _loop_made:
+        if _loop is None or _loop_pid != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="oppsync-http", daemon=True).start()
+            _loop, _loop_pid = loop, os.getpid()
+        return _loop
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the loop and wait for it in this thread."""
+    return asyncio.run_coroutine_threadsafe(coroutine, event_loop()).result()
+
+
+def _nothing_sent(error: BaseException) -> bool:
+    """Whether aiohttp failed before the request left: no connection was made, or none came
+    free from the pool in time (``ConnectionTimeoutError``)."""
+    return isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+
+
+def classified(error: BaseException) -> httpx.TransportError:
+    """The httpx error that says what an aiohttp failure means for the request."""
+    cause = error.__cause__ if isinstance(error, httpx.TransportError) else error
+    cause = cause or error
+    message = f"{type(cause).__name__}: {cause}"
+    if _nothing_sent(cause):
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            return httpx.ConnectTimeout(message)
+        return httpx.ConnectError(message)
+    if isinstance(cause, TimeoutError | httpx.TimeoutException):
+        return httpx.ReadTimeout(message)
+    return httpx.ReadError(message)
+
+
+class LoopTransport(httpx.BaseTransport):
+    """A synchronous httpx transport that sends each request on ``event_loop()``."""
+
+    def __init__(self, *, limits: httpx.Limits, verify: bool | str = True) -> None:
+        self._inner = AiohttpTransport(
+            verify=verify,
+            limits=limits,
+            # Proxies from the environment stay httpx's own (its mounts, not this transport).
+            trust_env=False,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        status, headers, body, extensions = run(self._send(request))
+        return httpx.Response(
+            status, headers=headers, content=body, request=request, extensions=extensions
+        )
+
+    async def _send(
+        self, request: httpx.Request
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, dict[str, Any]]:
+        try:
+            response = await self._inner.handle_async_request(request)
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+        except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as error:
+            raise classified(error) from error
+        return response.status_code, response.headers.raw, body, dict(response.extensions)
+
+    def close(self) -> None:
+        loop = _loop
+        if loop is not None and _loop_pid == os.getpid() and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._inner.aclose(), loop).result(timeout=5)
