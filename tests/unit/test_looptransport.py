@@ -127,6 +127,32 @@ def test_connection_cut_after_the_request_was_sent_is_outcome_unknown(server: Ra
         http.close()
 
 
+_answered: set[int] = set()
+
+
+def answer_once_then_hang_up(conn: socket.socket, data: bytes) -> None:
+    """The first request on a connection is answered; the next one is taken, then cut."""
+    if conn.fileno() in _answered:
+        _answered.discard(conn.fileno())
+        conn.close()
+        return
+    answer(conn, data)
+    _answered.add(conn.fileno())
+
+
+@pytest.mark.parametrize("server", [answer_once_then_hang_up], indirect=True)
+def test_a_put_cut_on_a_kept_alive_connection_is_not_sent_again(server: RawServer) -> None:
+    # (aiohttp resends an idempotent request by itself when its pooled connection drops.)
+    http = client(server.port)
+    try:
+        http.request("PUT", "/v1/opportunities/r1", json_body={"name": "Gala"})
+        with pytest.raises(OutcomeUnknown):
+            http.request("PUT", "/v1/opportunities/r1", json_body={"name": "Gala Dinner"})
+        assert sum(b"Gala Dinner" in r for r in server.received) == 1
+    finally:
+        http.close()
+
+
 @pytest.mark.parametrize("server", [stall], indirect=True)
 def test_no_answer_within_the_timeout_is_outcome_unknown(server: RawServer) -> None:
     http = client(server.port, timeout=0.3)

@@ -93,11 +93,7 @@ class VendorHTTP:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
             # Sent on the process's event loop (aiohttp), not by blocking sockets in threads.
-            # As many kept-alive connections as pushes can run at once (OPPSYNC_PUSH_THREADS'
-            # default): more in flight than are kept means connections closed and reopened.
-            transport=LoopTransport(
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            ),
+            transport=LoopTransport(),
         )
 
     def close(self) -> None:
