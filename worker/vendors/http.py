@@ -1,7 +1,8 @@
 """One pooled httpx client per vendor per process, and the mapping of HTTP failures to errors.
 
-Requests go out on the process's event loop (``looptransport``). Explicit timeouts, no redirects (a vendor host comes only from configuration), no retries
-inside the client: the worker owns retries. ``VendorHTTP.request`` returns parsed JSON or
+Requests go out on the process's event loop (``looptransport``). Explicit timeouts, no
+redirects (a vendor host comes only from configuration), no retries inside the client: the
+worker owns retries. ``VendorHTTP.request`` returns parsed JSON or
 raises from ``worker.errors``:
 
 * connect failure / connect timeout (nothing was sent)       -> ``Transient``
