@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -191,3 +193,23 @@ def test_nothing_listening_is_transient_since_nothing_was_sent() -> None:
 def test_one_loop_serves_every_client_in_the_process() -> None:
     assert event_loop() is event_loop()
     assert event_loop().is_running()
+
+
+@pytest.mark.parametrize("server", [answer], indirect=True)
+def test_a_process_that_called_a_vendor_exits_without_unclosed_session_lines(
+    server: RawServer,
+) -> None:
+    # given a process (a CLI command, a worker) that sent a vendor request
+    program = (
+        "from worker.vendors.http import VendorHTTP\n"
+        f"http = VendorHTTP('siro', 'http://127.0.0.1:{server.port}', timeout=3)\n"
+        "print(http.request('PUT', '/v1/opportunities/r1', json_body={})['line'])\n"
+    )
+    # when it exits
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", program], capture_output=True, text=True, timeout=30
+    )
+    # then it said what it did, and nothing about sessions left open
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "PUT /v1/opportunities/r1 HTTP/1.1"
+    assert "Unclosed" not in done.stderr, done.stderr

@@ -20,6 +20,7 @@ that is not HTTP, after the request went out. (httpx-aiohttp's own table maps ev
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import Coroutine
@@ -53,6 +54,7 @@ def event_loop() -> asyncio.AbstractEventLoop:
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="oppsync-http", daemon=True).start()
             _loop, _loop_pid = loop, os.getpid()
+            atexit.register(_close_session)
         return _loop
 
 
@@ -82,6 +84,18 @@ def shared_session() -> aiohttp.ClientSession:
         # must stay "no answer"). No public switch; aiohttp's own test client sets this one.
         _session._retry_connection = False
     return _session
+
+
+def _close_session() -> None:
+    """At exit, while the loop's thread still runs: close the session, so the process ends
+    without aiohttp's "Unclosed client session" lines."""
+    loop, session = _loop, _session
+    if loop is None or session is None or _loop_pid != os.getpid() or not loop.is_running():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=2)
+    except Exception:  # noqa: BLE001 - exiting anyway; the lines are only noise
+        pass
 
 
 def _nothing_sent(error: BaseException) -> bool:
