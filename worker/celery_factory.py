@@ -8,7 +8,6 @@ nothing; the broker's visibility timeout is kept longer than any retry countdown
 
 from __future__ import annotations
 
-import sys
 import threading
 
 from celery import Celery
@@ -17,12 +16,6 @@ from celery.signals import worker_init, worker_ready, worker_shutting_down
 from worker.settings import POLLED_VENDORS, Settings
 
 HEARTBEAT_SECONDS = 5.0
-#: How soon a thread that wants the interpreter gets it from one that runs on (Python's
-#: default is 5 ms). Each vendor request is handed to the event loop's thread and its answer
-#: back (``worker/vendors/looptransport.py``): with a hundred busy threads, 5 ms per hand-over
-#: made a woken Leadway write start seconds late, so its place in the quota line went unused
-#: (the backlog phase used 60-66 % of Leadway's quota, 83 % with 1 ms; no cost in events/s).
-SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -63,7 +56,6 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
     )
     app.conf.beat_schedule = beat_schedule(settings)
-    worker_init.connect(hand_over_quickly, dispatch_uid="oppsync-switch-interval")
     worker_init.connect(_upgrade_store, dispatch_uid="oppsync-upgrade-store")
     worker_ready.connect(_start_heartbeat, dispatch_uid="oppsync-heartbeat-start")
     worker_shutting_down.connect(_stop_heartbeat, dispatch_uid="oppsync-heartbeat-stop")
@@ -103,11 +95,6 @@ def _beat_forever() -> None:
         except Exception:  # noqa: BLE001 - Redis down: readiness will say so
             pass
         _stop_beating.wait(HEARTBEAT_SECONDS)
-
-
-def hand_over_quickly(**_: object) -> None:
-    """At worker start: threads hand the interpreter over within ``SWITCH_INTERVAL_SECONDS``."""
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 def _upgrade_store(**_: object) -> None:

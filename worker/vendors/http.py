@@ -1,8 +1,7 @@
 """One pooled httpx client per vendor per process, and the mapping of HTTP failures to errors.
 
-Requests go out on the process's event loop (``looptransport``). Explicit timeouts, no
-redirects (a vendor host comes only from configuration), no retries inside the client: the
-worker owns retries. ``VendorHTTP.request`` returns parsed JSON or
+Explicit timeouts, no redirects (a vendor host comes only from configuration), no retries
+inside the client: the worker owns retries. ``VendorHTTP.request`` returns parsed JSON or
 raises from ``worker.errors``:
 
 * connect failure / connect timeout (nothing was sent)       -> ``Transient``
@@ -26,7 +25,6 @@ from typing import Any
 import httpx
 
 from worker.errors import InvalidPayload, OutcomeUnknown, Permanent, RateLimited, Transient
-from worker.vendors.looptransport import LoopTransport
 
 #: Longest vendor answer kept on an error (and so in a dead letter).
 ANSWER_LIMIT = 2000
@@ -92,8 +90,9 @@ class VendorHTTP:
             auth=auth,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             follow_redirects=False,
-            # Sent on the process's event loop (aiohttp), not by blocking sockets in threads.
-            transport=LoopTransport(),
+            # As many kept-alive connections as pushes can run at once (OPPSYNC_PUSH_THREADS'
+            # default): more in flight than are kept means connections closed and reopened.
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
         )
 
     def close(self) -> None:
