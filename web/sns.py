@@ -23,7 +23,6 @@ import base64
 import binascii
 import functools
 import ssl
-import time
 from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from worker.errors import Rejected
+from worker.vendors.deadline import DeadlineTransport, within_deadline
 from worker.vendors.sns import (
     CONFIRMATION_KEYS,
     CONFIRMATIONS,
@@ -114,7 +114,9 @@ class SnsVerifier:
             ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
         )
         self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, verify=verify
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            transport=DeadlineTransport(verify=verify),
         )
         #: URL -> public key; failures are not cached (a later delivery fetches again).
         self._key = functools.lru_cache(maxsize=CERT_CACHE_SIZE)(self._fetch_key)
@@ -167,7 +169,7 @@ class SnsVerifier:
             raise _refused(f"SubscribeURL host not allowed: {url!r}")
         try:
             status, _ = self._get(url)
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except httpx.HTTPError as exc:
             raise Rejected(
                 f"SubscribeURL unreachable ({type(exc).__name__})", status=503, reason="sns_confirm"
             ) from None
@@ -177,21 +179,18 @@ class SnsVerifier:
     def _get(self, url: str) -> tuple[int, bytes]:
         """Status and body (at most ``CERT_MAX_BYTES`` of it) of a ``GET``, all of it within
         ``timeout`` seconds: httpx's timeouts bound each read, not a host trickling bytes."""
-        deadline = time.monotonic() + self.timeout
         body = bytearray()
-        with self._client.stream("GET", url) as answer:
+        with within_deadline(self.timeout), self._client.stream("GET", url) as answer:
             for chunk in answer.iter_bytes():
                 body += chunk
                 if len(body) > CERT_MAX_BYTES:
                     break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the answer took longer than the timeout")
             return answer.status_code, bytes(body[:CERT_MAX_BYTES])
 
     def _fetch_key(self, url: str) -> rsa.RSAPublicKey:
         try:
             status, content = self._get(url)
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except httpx.HTTPError as exc:
             # Our fetch failed, not the sender: 503 lets SNS deliver again later.
             raise Rejected(
                 f"signing certificate unreachable ({type(exc).__name__})",

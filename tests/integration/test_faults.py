@@ -214,3 +214,31 @@ def test_fault_vendor_down_delays_no_other_vendor(live: Stack) -> None:
         90,
         "iCloudReady did not catch up",
     )
+
+
+def test_fault_vendor_trickling_its_answers_delays_no_other_vendor(live: Stack) -> None:
+    # given iCloudReady commits every write, then sends its answer a byte every 0.5 s: no
+    # read ever times out, each answer takes minutes
+    aim(live, "icloudready", "trickle", delay=0.5, times=10_000)
+    # when more deals arrive than the worker has threads (16)
+    names = [f"Trickle Deal {n}" for n in range(20)]
+    for name in names:
+        vendor_id = person_creates(live, "siro", DEAL.replace(name=name))
+        assert announce(live, "siro", vendor_id) == 202
+    # then the other vendors get every deal meanwhile (each call ends at its deadline)
+    for vendor in ("leadway", "ivvy", "salescaling"):
+        wait_for(
+            partial(lambda v: sorted(str(o.name) for o in held(live, v)) == sorted(names), vendor),
+            60,
+            f"{vendor} waited for the vendor that trickles",
+        )
+    # and once iCloudReady answers promptly again, it holds each deal exactly once (its
+    # trickled creates were committed: they are found, not made again)
+    live.sims["icloudready"].faults.clear()
+    wait_for(
+        lambda: sorted(str(o.name) for o in held(live, "icloudready")) == sorted(names),
+        90,
+        "iCloudReady did not catch up",
+    )
+    wait_quiet(live)
+    assert sorted(str(o.name) for o in held(live, "icloudready")) == sorted(names)

@@ -1,8 +1,9 @@
 """One pooled httpx client per vendor per process, and the mapping of HTTP failures to errors.
 
-Explicit timeouts, no redirects (a vendor host comes only from configuration), no retries
-inside the client: the worker owns retries. ``VendorHTTP.request`` returns parsed JSON or
-raises from ``worker.errors``:
+Explicit timeouts, and a deadline for the whole call (``worker/vendors/deadline.py``: a vendor
+trickling its answer cannot hold a thread past it), no redirects (a vendor host comes only
+from configuration), no retries inside the client: the worker owns retries.
+``VendorHTTP.request`` returns parsed JSON or raises from ``worker.errors``:
 
 * connect failure / connect timeout (nothing was sent)       -> ``Transient``
 * read timeout, reset, protocol error (request was sent)    -> ``OutcomeUnknown``
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 
 from worker.errors import InvalidPayload, OutcomeUnknown, Permanent, RateLimited, Transient
+from worker.vendors.deadline import DeadlineTransport, within_deadline
 
 #: Longest vendor answer kept on an error (and so in a dead letter).
 ANSWER_LIMIT = 2000
@@ -84,15 +86,20 @@ class VendorHTTP:
         self.vendor = vendor
         self.before_request = before_request
         self.body_fields = body_fields
+        connect = min(timeout, 5.0)
+        #: The longest one call may take, connecting included (its auth flow's sign-in too).
+        self.call_seconds = connect + timeout
         self.client = httpx.Client(
             base_url=base_url,
             headers=headers or {},
             auth=auth,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            timeout=httpx.Timeout(timeout, connect=connect),
             follow_redirects=False,
             # As many kept-alive connections as pushes can run at once (OPPSYNC_PUSH_THREADS'
             # default): more in flight than are kept means connections closed and reopened.
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            transport=DeadlineTransport(
+                httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            ),
         )
 
     def close(self) -> None:
@@ -130,7 +137,8 @@ class VendorHTTP:
             kwargs["content"] = json.dumps(json_body, separators=(",", ":")).encode()
             kwargs["headers"] = {"Content-Type": "application/json"}
         try:
-            response = self.client.request(method, path, **kwargs)
+            with within_deadline(self.call_seconds):
+                response = self.client.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise Transient(
                 f"{self.vendor}: could not connect ({type(exc).__name__})",

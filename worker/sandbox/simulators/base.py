@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -83,6 +83,14 @@ def _drop_connection() -> None:
         except OSError:
             pass
         sock.close()
+
+
+def _trickled(body: bytes, every: float) -> Iterator[bytes]:
+    """``body`` a byte at a time, ``every`` seconds apart (the ``trickle`` fault)."""
+    for at in range(len(body)):
+        if at:
+            time.sleep(every)
+        yield body[at : at + 1]
 
 
 class KeepAliveServer:
@@ -390,6 +398,8 @@ class Simulator:
         )
         if fault is not None and fault.kind == "lost_response":
             _drop_connection()
+        if fault is not None and fault.kind == "trickle":
+            response.response = _trickled(response.get_data(), fault.delay)
         return response
 
     def _done(self, _error: BaseException | None) -> None:

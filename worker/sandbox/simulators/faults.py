@@ -12,6 +12,9 @@ Fault kinds (``Fault.kind``):
 * ``"lost_response"``  handle the request (state committed), then drop the connection
                        without an answer: the client sees a reset.
 * ``"reset"``          drop the connection before handling (nothing committed).
+* ``"trickle"``        handle the request (state committed), then send the answer's body a
+                       byte every ``delay`` seconds (set it under the client's read timeout:
+                       no read ever times out, the answer just never seems to end).
 """
 
 from __future__ import annotations
