@@ -23,11 +23,10 @@ import copy
 import itertools
 import json
 import logging
-import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -36,7 +35,7 @@ from flask import Flask, Response, request
 from standardwebhooks import Webhook
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from worker.sandbox.simulators.faults import FaultPlan
+from worker.sandbox.simulators.faults import FaultPlan, drop_connection, trickled
 from worker.sandbox.simulators.variants import Variants
 
 
@@ -72,25 +71,6 @@ class SlidingWindow:
                 return False, 0, self.window - (now - self._hits[0])
             self._hits.append(now)
             return True, self.limit - len(self._hits), 0.0
-
-
-def _drop_connection() -> None:
-    """Close the client's socket without an answer (werkzeug exposes it in the environ)."""
-    sock = request.environ.get("werkzeug.socket")
-    if isinstance(sock, socket.socket):
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-
-
-def _trickled(body: bytes, every: float) -> Iterator[bytes]:
-    """``body`` a byte at a time, ``every`` seconds apart (the ``trickle`` fault)."""
-    for at in range(len(body)):
-        if at:
-            time.sleep(every)
-        yield body[at : at + 1]
 
 
 class KeepAliveServer:
@@ -367,7 +347,7 @@ class Simulator:
             request.environ["sim.late"] = fault.kind == "late_commit"
             time.sleep(fault.delay)
         if fault.kind == "reset":
-            _drop_connection()
+            drop_connection()
             return Response(status=599)
         return None
 
@@ -397,9 +377,9 @@ class Simulator:
             )
         )
         if fault is not None and fault.kind == "lost_response":
-            _drop_connection()
+            drop_connection()
         if fault is not None and fault.kind == "trickle":
-            response.response = _trickled(response.get_data(), fault.delay)
+            response.response = trickled(response.get_data(), fault.delay)
         return response
 
     def _done(self, _error: BaseException | None) -> None:

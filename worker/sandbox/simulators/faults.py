@@ -1,5 +1,7 @@
 """Faults a simulator injects on request, each firing a set number of times.
 
+``drop_connection`` and ``trickled`` are how the faults acting on the connection act.
+
 Fault kinds (``Fault.kind``):
 
 * ``"error"``          answer ``status`` (e.g. 500, 503, 429 with ``retry_after``) without
@@ -19,9 +21,14 @@ Fault kinds (``Fault.kind``):
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from flask import request
 
 
 @dataclass
@@ -69,3 +76,22 @@ class FaultPlan:
                     self.fired.append((fault.kind, method, path))
                     return fault
         return None
+
+
+def drop_connection() -> None:
+    """Close the client's socket without an answer (werkzeug exposes it in the environ)."""
+    sock = request.environ.get("werkzeug.socket")
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
+def trickled(body: bytes, every: float) -> Iterator[bytes]:
+    """``body`` a byte at a time, ``every`` seconds apart (the ``trickle`` fault)."""
+    for at in range(len(body)):
+        if at:
+            time.sleep(every)
+        yield body[at : at + 1]
