@@ -78,6 +78,7 @@ def schedule_push_retry(
     attempt: int,
     delay: float,
     reserved: dict[str, Any] | None = None,
+    handover: str | None = None,
 ) -> None:
     wait, not_before = countdown(delay)
     push_to_vendor.apply_async(
@@ -89,6 +90,7 @@ def schedule_push_retry(
             "attempt": attempt,
             **({"not_before": not_before} if not_before is not None else {}),
             **({"reserved": reserved} if reserved else {}),
+            **({"handover": handover} if handover else {}),
         },
         queue=queue_for(vendor),
         countdown=wait,
@@ -195,7 +197,8 @@ def _fan_out(rt: Runtime, env: Envelope, outcome: Outcome) -> str:
         schedule_retry=schedule_push_retry,
         handed=outcome.handed,
     )
-    if all(r.outcome not in (PushOutcome.RETRYING, PushOutcome.DEAD_LETTER) for r in results):
+    unfinished = (PushOutcome.RETRYING, PushOutcome.DEAD_LETTER, PushOutcome.HANDED_OVER)
+    if all(r.outcome not in unfinished for r in results):
         metrics.observe_latency(rt.redis, time.time() - env.received_at)
     if failed := [r for r in results if r.outcome is PushOutcome.DEAD_LETTER]:
         # Recorded as dead letters already; the task ends FAILED so Flower shows it too
@@ -216,8 +219,10 @@ def push_to_vendor(
     attempt: int,
     not_before: float | None = None,
     reserved: dict[str, Any] | None = None,
+    handover: str | None = None,
 ) -> str:
-    """Make one vendor hold the current state of one opportunity (a retry of a failed push).
+    """Make one vendor hold the current state of one opportunity (a retry of a failed push,
+    or, with ``handover``, a check on a push its event's task handed over).
 
     Idempotent: reads the state at run time and writes only if the vendor's record differs;
     a create whose answer was lost is looked up before creating again. Before
@@ -225,7 +230,7 @@ def push_to_vendor(
     ``reserved``: the places kept for it in the vendor's quota line (``worker/ratelimit``).
     """
     if not_before is not None and (left := not_before - time.time()) > 0:
-        schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left, reserved)
+        schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left, reserved, handover)
         return IngestOutcome.WAITING
     with requeued_while_redis_is_unreachable():
         result = _push_once(
@@ -235,6 +240,7 @@ def push_to_vendor(
             attempt=attempt,
             first_attempt_at=first_attempt_at,
             reserved=reserved,
+            handover=handover,
         )
         if result.outcome in WRITES and cause.get("received_at"):
             metrics.observe_latency(get_runtime().redis, time.time() - float(cause["received_at"]))
@@ -251,6 +257,7 @@ def _push_once(
     attempt: int,
     first_attempt_at: float,
     reserved: dict[str, Any] | None = None,
+    handover: str | None = None,
 ) -> fanout.PushResult:
     """One attempt at one vendor in this process; a failure is retried on its queue."""
     return fanout.push_once(
@@ -262,6 +269,7 @@ def _push_once(
         first_attempt_at=first_attempt_at,
         schedule_retry=schedule_push_retry,
         reserved=reserved,
+        handover=handover,
     )
 
 

@@ -36,6 +36,7 @@ from tests.integration.drive import (
     wait_quiet,
 )
 from worker.sandbox.stack import VENDORS, Stack, wait_for
+from worker.vendors.http import call_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -216,29 +217,43 @@ def test_fault_vendor_down_delays_no_other_vendor(live: Stack) -> None:
     )
 
 
+def write_times(stack: Stack, vendor: str) -> list[float]:
+    """When each write the vendor handled was logged, in order."""
+    path, methods = stack.sims[vendor].writes
+    log = stack.sims[vendor].log
+    return sorted(r.at for r in log if path in f"{r.path}?{r.query}" and r.method in methods)
+
+
 def test_fault_vendor_trickling_its_answers_delays_no_other_vendor(live: Stack) -> None:
     # given iCloudReady commits every write, then sends its answer a byte every 0.5 s: no
-    # read ever times out, each answer takes minutes
+    # read ever times out, each call lasts until its deadline (connect + timeout: 6 s here)
     aim(live, "icloudready", "trickle", delay=0.5, times=10_000)
-    # when more deals arrive than the worker has threads (16)
-    names = [f"Trickle Deal {n}" for n in range(20)]
+    deadline = call_seconds(float(live.env["OPPSYNC_HTTP_TIMEOUT_SECONDS"]))
+    # when twice as many deals arrive as the worker has threads (16)
+    names = sorted(f"Trickle Deal {n:02}" for n in range(32))
     for name in names:
         vendor_id = person_creates(live, "siro", DEAL.replace(name=name))
         assert announce(live, "siro", vendor_id) == 202
-    # then the other vendors get every deal meanwhile (each call ends at its deadline)
+    # then the other vendors get every deal meanwhile
     for vendor in ("leadway", "ivvy", "salescaling"):
         wait_for(
-            partial(lambda v: sorted(str(o.name) for o in held(live, v)) == sorted(names), vendor),
+            partial(lambda v: sorted(str(o.name) for o in held(live, v)) == names, vendor),
             60,
             f"{vendor} waited for the vendor that trickles",
         )
+    # before the first call to iCloudReady had ended: no event's task waited for it (the
+    # writes still under way were handed over), so no deal waited for a task to be free
+    first_trickle = write_times(live, "icloudready")[0]
+    for vendor in ("ivvy", "salescaling"):
+        last = write_times(live, vendor)[-1]
+        assert last - first_trickle < deadline, f"{vendor} waited {last - first_trickle:.1f} s"
     # and once iCloudReady answers promptly again, it holds each deal exactly once (its
     # trickled creates were committed: they are found, not made again)
     live.sims["icloudready"].faults.clear()
     wait_for(
-        lambda: sorted(str(o.name) for o in held(live, "icloudready")) == sorted(names),
+        lambda: sorted(str(o.name) for o in held(live, "icloudready")) == names,
         90,
         "iCloudReady did not catch up",
     )
     wait_quiet(live)
-    assert sorted(str(o.name) for o in held(live, "icloudready")) == sorted(names)
+    assert sorted(str(o.name) for o in held(live, "icloudready")) == names

@@ -36,6 +36,8 @@ delivery ids ``oppsync:delivery:<v>:<id>`` (72 h).
 one entry per event's fan-out (its cause once, then each write; compressed too), oldest first,
 capped by count and bytes (``worker/store/history.py``);
 ``oppsync:pushing:k:<v>`` marks a push waiting for its turn (newer changes ride along).
+``oppsync:handover:<token>`` -> outcome: a write handed over by its event's task has ended
+(the job that makes sure of it has nothing to do; ``worker/sync/fanout.py``).
 ``oppsync:intents:<v>`` (sorted set of keys by start time) holds the creates in flight in v
 (members older than ``INTENT_FRESH_SECONDS`` are swept by the workers' heartbeat).
 ``oppsync:duplicate:<v>:<vendor id>`` -> ``k``: a second record of k in v, deleted or marked
@@ -112,6 +114,10 @@ def writes_key(key: str) -> str:
 
 def pushing_key(key: str, vendor: str) -> str:
     return f"{PREFIX}:pushing:{key}:{vendor}"
+
+
+def handover_key(token: str) -> str:
+    return f"{PREFIX}:handover:{token}"
 
 
 def lock_name(key: str, vendor: str | None = None) -> str:

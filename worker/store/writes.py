@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from schemas.mapping import VENDORS
 from worker.store.history import History
-from worker.store.keys import HEARTBEAT, field, intents_key, opp_key, wrote_key
+from worker.store.keys import HEARTBEAT, field, handover_key, intents_key, opp_key, wrote_key
 from worker.store.links import link_bucket
 from worker.store.packing import full_digest, millis, short_digest
 from worker.store.records import HeldLock
@@ -22,6 +22,14 @@ INTENT_FRESH_SECONDS = 120
 
 class Writes(History):
     """Marks before and after each vendor write, creates in flight, the worker heartbeat."""
+
+    def end_handover(self, token: str, outcome: str, keep_seconds: float) -> None:
+        """A write handed over by its event's task ended with ``outcome``."""
+        self.redis.set(handover_key(token), outcome, ex=max(1, int(keep_seconds)))
+
+    def handover_ended(self, token: str) -> str | None:
+        """How the write handed over as ``token`` ended, if it has (and was told here)."""
+        return self.redis.get(handover_key(token))  # type: ignore[return-value]
 
     def before_write(
         self, key: str, vendor: str, fingerprint: str, *, create: bool, name: str | None = None

@@ -1,21 +1,25 @@
 """Writing one change to its target vendors concurrently, and what happens to each failure.
 
-The fast path: the ingest task pushes to every target at once over the pooled clients (the
-four upserts overlap instead of queuing behind each other). A target that fails with a
-transient error gets its own retry task on its vendor's queue; a permanent failure becomes a
-dead letter. Nothing here blocks one vendor on another.
+The fast path: the ingest task pushes to every target at once, each on its vendor's lane of
+threads (``worker/sync/lanes.py``), over the pooled clients (the four upserts overlap instead
+of queuing behind each other). A target that fails with a transient error gets its own retry
+task on its vendor's queue; a permanent failure becomes a dead letter. Nothing here blocks
+one vendor on another: a write still under way after ``HANDOVER_SECONDS`` (its vendor is
+slow) is handed over, and the task moves on to the next event.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from concurrent.futures import Future, wait
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
+from redis.exceptions import RedisError
 
 from worker import breaker, vendorhealth
 from worker.errors import REDIS_UNREACHABLE, OurOwnWait, OwnQuota, Transient
@@ -24,33 +28,28 @@ from worker.quotaline import Reservation, in_line
 from worker.ratelimit import no_waiting
 from worker.retry import decide
 from worker.runtime import Runtime
-from worker.settings import Settings
 from worker.store import metrics
 from worker.store.deadletters import DeadLetters
 from worker.store.records import HandedOver, HeldLock, Record
 from worker.sync import push as pushing
-from worker.sync.outcomes import PushOutcome
+from worker.sync.lanes import lanes
+from worker.sync.outcomes import WRITES, PushOutcome
+from worker.vendors.http import call_seconds
 
-#: Threads writing vendors for the fast path, shared by every task in the process: about
-#: four per concurrent ingest, since each event writes four vendors at once
-#: (``OPPSYNC_PUSH_THREADS``). Made with the first fan-out, from its settings.
-_pool: ThreadPoolExecutor | None = None
-_pool_made = threading.Lock()
-
-
-def _executor(settings: Settings) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_made:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=settings.push_threads, thread_name_prefix="oppsync-push"
-            )
-        return _pool
+#: How long an event's task waits for its writes. A write still under way by then (its
+#: vendor is slow) goes on in its lane, and finishes on its own; a job on its vendor's
+#: queue, due once that write's calls must be over, makes sure it was made should this
+#: process die meanwhile (it finds the write made, and sends nothing). The task is free for
+#: the next event: a slow vendor delays no other vendor's writes.
+HANDOVER_SECONDS = 1.0
+#: When a vendor's lane is full, how soon its push is tried again (on its own queue).
+LANE_FULL_RETRY_SECONDS = 1.0
 
 
 class RetryScheduler(Protocol):
     """Queues the next attempt ``delay`` seconds away; ``reserved``: the places the push
-    keeps in its vendor's line for then (``worker/ratelimit.Reservation``)."""
+    keeps in its vendor's line for then (``worker/ratelimit.Reservation``); ``handover``:
+    the job makes sure of a write handed over (``push_all``), if that write has not."""
 
     def __call__(
         self,
@@ -61,6 +60,7 @@ class RetryScheduler(Protocol):
         attempt: int,
         delay: float,
         reserved: dict[str, Any] | None = None,
+        handover: str | None = None,
     ) -> None: ...
 
 
@@ -83,10 +83,14 @@ def push_once(
     journal: list[dict[str, Any]] | None = None,
     taken: tuple[HeldLock, Record] | None = None,
     reserved: dict[str, Any] | None = None,
+    handover: str | None = None,
 ) -> PushResult:
     """One attempt at one vendor; failures are routed to a retry or a dead letter. With
     ``taken``, the push starts with its lock held and the record read under it;
-    ``reserved``: the places its previous attempt kept in the vendor's line."""
+    ``reserved``: the places its previous attempt kept in the vendor's line; ``handover``:
+    this attempt only makes sure of a write handed over, which may have ended already."""
+    if handover is not None and (ended := rt.store.handover_ended(handover)) is not None:
+        return PushResult(vendor, PushOutcome.HANDED_OVER, f"it ended: {ended}")
     with structlog.contextvars.bound_contextvars(correlation_id=cause.get("correlation_id")):
         return _attempt(
             rt,
@@ -199,14 +203,19 @@ def push_all(
     handed: HandedOver | None = None,
 ) -> list[PushResult]:
     """Push to every target concurrently; returns one result per target. The writes made
-    are kept as one history entry for the event. ``handed``: the locks the ingest took for
-    its targets, and the record read under them (a target without one takes its own); the
-    caller frees those left held (a push that never started: circuit open)."""
+    are kept as one history entry for the event (a write handed over adds its own when it
+    ends). ``handed``: the locks the ingest took for its targets, and the record read under
+    them (a target without one takes its own); the caller frees those left in it (a push
+    that never started: circuit open, or its vendor's lane full)."""
     started = time.time()
-    journal: list[dict[str, Any]] = []
     locks = handed.locks if handed is not None else {}
-    futures = [
-        _executor(rt.settings).submit(
+    journals: dict[str, list[dict[str, Any]]] = {}
+    running: dict[str, Future[PushResult]] = {}
+    results: list[PushResult] = []
+    for vendor in targets:
+        journals[vendor] = []
+        future = lanes(rt.settings.push_threads).submit(
+            vendor,
             push_once,
             rt,
             key,
@@ -215,12 +224,51 @@ def push_all(
             attempt=1,
             first_attempt_at=started,
             schedule_retry=schedule_retry,
-            journal=journal,
+            journal=journals[vendor],
             taken=(locks[vendor], handed.record) if handed and vendor in locks else None,
         )
-        for vendor in targets
-    ]
-    results = [f.result() for f in futures]
-    if journal:
-        rt.store.add_history(key, pushing.history_entry(cause, journal))
+        if future is None:  # every thread of its lane is busy: its vendor's queue takes it
+            schedule_retry(key, vendor, cause, started, 2, LANE_FULL_RETRY_SECONDS)
+            results.append(PushResult(vendor, PushOutcome.RETRYING, "lane full"))
+        else:
+            running[vendor] = future
+    wait(running.values(), timeout=HANDOVER_SECONDS)
+    notes: list[dict[str, Any]] = []
+    for vendor, future in running.items():
+        if future.done():
+            results.append(future.result())
+            notes += journals[vendor]
+            continue
+        # Still writing: the push frees the lock it was handed when it ends.
+        locks.pop(vendor, None)
+        token = uuid.uuid4().hex
+        due = call_seconds(rt.settings.http_timeout_seconds)
+        schedule_retry(key, vendor, cause, started, 2, due, handover=token)
+        future.add_done_callback(partial(_ended_late, rt, key, cause, journals[vendor], token))
+        results.append(PushResult(vendor, PushOutcome.HANDED_OVER, "still writing"))
+    if notes:
+        rt.store.add_history(key, pushing.history_entry(cause, notes))
     return results
+
+
+def _ended_late(
+    rt: Runtime,
+    key: str,
+    cause: dict[str, Any],
+    journal: list[dict[str, Any]],
+    token: str,
+    done: Future[PushResult],
+) -> None:
+    """A write handed over has ended: say so to the job that makes sure of it, keep its
+    history entry, and time it."""
+    try:
+        result = done.result()
+        # Kept until the job has surely run: it may wait out a visibility timeout.
+        keep = 2 * rt.settings.visibility_timeout_seconds
+        rt.store.end_handover(token, result.outcome, keep)
+        if journal:
+            rt.store.add_history(key, pushing.history_entry(cause, journal))
+        if result.outcome in WRITES and cause.get("received_at"):
+            metrics.observe_latency(rt.redis, time.time() - float(cause["received_at"]))
+    except (RedisError, OSError) as error:  # the job handed over makes sure of the write
+        log.warning("push.late_note_failed", key=key, error=str(error))

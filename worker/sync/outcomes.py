@@ -40,6 +40,8 @@ class PushOutcome(StrEnum):
     WAITING = "waiting"
     RETRYING = "retrying"
     DEAD_LETTER = "dead_letter"
+    # Still writing when its event's task moved on: it ends on its own (counted then).
+    HANDED_OVER = "handed_over"
 
 
 #: Outcomes in which the vendor accepted a write.

@@ -36,6 +36,16 @@ ANSWER_LIMIT = 2000
 SAFE_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 
 
+def connect_seconds(timeout: float) -> float:
+    """How long a vendor call may take to connect: the timeout, at most 5 s."""
+    return min(timeout, 5.0)
+
+
+def call_seconds(timeout: float) -> float:
+    """The longest one vendor call may take, connecting included: its deadline."""
+    return connect_seconds(timeout) + timeout
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """Seconds the vendor asks us to wait: ``Retry-After`` (seconds or date), else the
     HighLevel rate-limit window (VENDORS.md §2.6: no Retry-After is documented there)."""
@@ -86,14 +96,13 @@ class VendorHTTP:
         self.vendor = vendor
         self.before_request = before_request
         self.body_fields = body_fields
-        connect = min(timeout, 5.0)
         #: The longest one call may take, connecting included (its auth flow's sign-in too).
-        self.call_seconds = connect + timeout
+        self.call_seconds = call_seconds(timeout)
         self.client = httpx.Client(
             base_url=base_url,
             headers=headers or {},
             auth=auth,
-            timeout=httpx.Timeout(timeout, connect=connect),
+            timeout=httpx.Timeout(timeout, connect=connect_seconds(timeout)),
             follow_redirects=False,
             # As many kept-alive connections as pushes can run at once (OPPSYNC_PUSH_THREADS'
             # default): more in flight than are kept means connections closed and reopened.
