@@ -193,20 +193,30 @@ def test_fault_reset_before_commit_is_retried(live: Stack, target: str) -> None:
     sync_through_fault(live, target)
 
 
+def deals_arrive(stack: Stack, names: list[str]) -> None:
+    """Each deal created in SIRO and announced to oppsync."""
+    for name in names:
+        vendor_id = person_creates(stack, "siro", DEAL.replace(name=name))
+        assert announce(stack, "siro", vendor_id) == 202
+
+
+def wait_others_hold(stack: Stack, names: list[str], why: str) -> None:
+    """Until every vendor but the source and iCloudReady holds exactly these deals."""
+    for vendor in ("leadway", "ivvy", "salescaling"):
+        wait_for(
+            partial(lambda v: sorted(str(o.name) for o in held(stack, v)) == names, vendor),
+            60,
+            f"{vendor} waited for {why}",
+        )
+
+
 def test_fault_vendor_down_delays_no_other_vendor(live: Stack) -> None:
     # given iCloudReady refuses every write for now
     aim(live, "icloudready", "error", status=503, times=10_000)
     names = [f"Outage Deal {n}" for n in range(8)]
-    for name in names:
-        vendor_id = person_creates(live, "siro", DEAL.replace(name=name))
-        assert announce(live, "siro", vendor_id) == 202
+    deals_arrive(live, names)
     # then the other vendors get every deal while it is down
-    for vendor in ("leadway", "ivvy", "salescaling"):
-        wait_for(
-            partial(lambda v: sorted(str(o.name) for o in held(live, v)) == names, vendor),
-            60,
-            f"{vendor} waited for the vendor that is down",
-        )
+    wait_others_hold(live, names, "the vendor that is down")
     assert held(live, "icloudready") == []
     # and when it comes back, it gets each deal exactly once
     live.sims["icloudready"].faults.clear()
@@ -231,16 +241,9 @@ def test_fault_vendor_trickling_its_answers_delays_no_other_vendor(live: Stack) 
     deadline = call_seconds(float(live.env["OPPSYNC_HTTP_TIMEOUT_SECONDS"]))
     # when twice as many deals arrive as the worker has threads (16)
     names = sorted(f"Trickle Deal {n:02}" for n in range(32))
-    for name in names:
-        vendor_id = person_creates(live, "siro", DEAL.replace(name=name))
-        assert announce(live, "siro", vendor_id) == 202
+    deals_arrive(live, names)
     # then the other vendors get every deal meanwhile
-    for vendor in ("leadway", "ivvy", "salescaling"):
-        wait_for(
-            partial(lambda v: sorted(str(o.name) for o in held(live, v)) == names, vendor),
-            60,
-            f"{vendor} waited for the vendor that trickles",
-        )
+    wait_others_hold(live, names, "the vendor that trickles")
     # before the first call to iCloudReady had ended: no event's task waited for it (the
     # writes still under way were handed over), so no deal waited for a task to be free
     first_trickle = write_times(live, "icloudready")[0]
