@@ -212,9 +212,10 @@ def push_all(
     journals: dict[str, list[dict[str, Any]]] = {}
     running: dict[str, Future[PushResult]] = {}
     results: list[PushResult] = []
+    vendor_lanes = lanes(rt.settings.push_threads)
     for vendor in targets:
         journals[vendor] = []
-        future = lanes(rt.settings.push_threads).submit(
+        future = vendor_lanes.submit(
             vendor,
             push_once,
             rt,

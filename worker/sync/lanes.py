@@ -26,6 +26,8 @@ class Lanes:
         self._made = threading.Lock()
 
     def _lane(self, vendor: str) -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
+        if (lane := self._pools.get(vendor)) is not None:
+            return lane  # made already: no lock on the fast path
         with self._made:
             if vendor not in self._pools:
                 pool = ThreadPoolExecutor(
@@ -62,6 +64,8 @@ _lanes_made = threading.Lock()
 def lanes(threads: int) -> Lanes:
     """This process's lanes (made with the first fan-out, ``threads`` per vendor)."""
     global _lanes
+    if _lanes is not None:
+        return _lanes
     with _lanes_made:
         if _lanes is None:
             _lanes = Lanes(threads)

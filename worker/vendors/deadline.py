@@ -117,12 +117,14 @@ class DeadlineTransport(httpx.HTTPTransport):
     def __init__(
         self, limits: httpx.Limits = DEFAULT_LIMITS, verify: ssl.SSLContext | bool = True
     ) -> None:
-        super().__init__(limits=limits, verify=verify)
+        # One TLS context (loading the CA bundle takes about 20 ms), from the environment as
+        # httpx makes it (SSL_CERT_FILE), for both pools below.
+        ssl_context = httpx.create_ssl_context(verify=verify)
+        super().__init__(limits=limits, verify=ssl_context)
         # httpx builds its pool without a way to name the network backend; the pool is
-        # httpcore's public class, built here as httpx builds it (TLS from the environment
-        # as well: SSL_CERT_FILE), with the backend named.
+        # httpcore's public class, built here as httpx builds it, with the backend named.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
