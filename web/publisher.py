@@ -31,6 +31,7 @@ import socket
 import uuid
 
 from schemas.envelope import Envelope
+from worker.jobview import event_shown, shown
 
 #: The task and its queue (worker/tasks.py, worker/queues.py); named here so the web
 #: process does not build the Celery app to publish.
@@ -93,11 +94,12 @@ class Publisher:
 
     def message(self, envelope: Envelope) -> str:
         """The message as the queue's list holds it (kombu's JSON)."""
-        body = json.dumps([[], {"envelope": envelope.to_dict()}, EMBED]).encode()
+        data = envelope.to_dict()
+        body = json.dumps([[], {"envelope": data}, EMBED]).encode()
         # What Flower and task events show instead of the arguments: Celery's saferepr of a
         # 2 KB payload cost more than the rest of the message, and the payload is a vendor's
         # record (names, emails) that has no business in task metadata.
-        kwargsrepr = f"{{'envelope': '{envelope.vendor} {envelope.delivery_id}'}}"
+        kwargsrepr = shown(envelope=event_shown(data))["kwargsrepr"]
         return self._template % {
             "id": f'"{uuid.uuid4()}"',  # uuids, base64: nothing JSON escapes
             "tag": f'"{uuid.uuid4()}"',

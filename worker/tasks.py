@@ -20,6 +20,7 @@ from redis.exceptions import LockError
 from schemas.envelope import Envelope
 from worker.celery_app import app, queue_for
 from worker.errors import REDIS_UNREACHABLE, DeadLettered, InvalidPayload, VendorError
+from worker.jobview import event_shown, shown
 from worker.logs import log
 from worker.retry import decide
 from worker.runtime import Runtime, get_runtime
@@ -94,6 +95,7 @@ def schedule_push_retry(
         },
         queue=queue_for(vendor),
         countdown=wait,
+        **shown(key=key, vendor=vendor, attempt=attempt, handover=handover),
     )
 
 
@@ -110,6 +112,7 @@ def schedule_ingest_retry(
         },
         queue="ingest",
         countdown=wait,
+        **shown(envelope=event_shown(envelope), attempt=attempt),
     )
 
 
@@ -233,15 +236,7 @@ def push_to_vendor(
         schedule_push_retry(key, vendor, cause, first_attempt_at, attempt, left, reserved, handover)
         return IngestOutcome.WAITING
     with requeued_while_redis_is_unreachable():
-        result = _push_once(
-            key,
-            vendor,
-            cause,
-            attempt=attempt,
-            first_attempt_at=first_attempt_at,
-            reserved=reserved,
-            handover=handover,
-        )
+        result = _push_once(key, vendor, cause, attempt, first_attempt_at, reserved, handover)
         if result.outcome in WRITES and cause.get("received_at"):
             metrics.observe_latency(get_runtime().redis, time.time() - float(cause["received_at"]))
     if result.outcome is PushOutcome.DEAD_LETTER:
@@ -253,7 +248,6 @@ def _push_once(
     key: str,
     vendor: str,
     cause: dict[str, Any],
-    *,
     attempt: int,
     first_attempt_at: float,
     reserved: dict[str, Any] | None = None,
@@ -300,9 +294,7 @@ def replay_dead_letter(letter_id: str) -> DeadLetter | None:
         return None
     now = time.time()
     if letter.kind == "ingest":
-        ingest_change.apply_async(
-            kwargs={"envelope": letter.job, "first_attempt_at": now}, queue="ingest"
-        )
+        enqueue_ingest(letter.job, first_attempt_at=now)
     else:
         schedule_push_retry(
             letter.job["key"], letter.vendor, letter.job.get("cause", {}), now, 1, 0
@@ -314,9 +306,12 @@ def replay_dead_letter(letter_id: str) -> DeadLetter | None:
 POLL_LOCK_SECONDS = 600
 
 
-def enqueue_ingest(envelope: Envelope) -> None:
+def enqueue_ingest(envelope: Envelope | dict[str, Any], **more: Any) -> None:
     """Queue one envelope for ``ingest_change``, as the receiver does for a webhook."""
-    ingest_change.apply_async(kwargs={"envelope": envelope.to_dict()}, queue="ingest")
+    data = envelope if isinstance(envelope, dict) else envelope.to_dict()
+    ingest_change.apply_async(
+        kwargs={"envelope": data, **more}, queue="ingest", **shown(envelope=event_shown(data))
+    )
 
 
 def ingest_now(envelope: Envelope) -> str:
@@ -332,7 +327,7 @@ def ingest_now(envelope: Envelope) -> str:
 
 def push_now(key: str, vendor: str, cause: dict[str, Any]) -> str:
     """One push in this process; a failure is retried on the vendor's queue as usual."""
-    return _push_once(key, vendor, cause, attempt=1, first_attempt_at=time.time()).outcome
+    return _push_once(key, vendor, cause, 1, time.time()).outcome
 
 
 @app.task(name="oppsync.poll_vendor")

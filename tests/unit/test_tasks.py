@@ -6,6 +6,8 @@ test's own, which is stopped at the moment under test, and at real simulators.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,3 +238,42 @@ def test_an_ingest_whose_fan_out_dead_letters_a_push_is_a_failed_task(
     assert [(letter.kind, letter.vendor) for letter in letters] == [("push", "ivvy")]
     for vendor in ("siro", "leadway", "icloudready"):
         assert sims[vendor].records, vendor
+
+
+def test_a_retried_job_shows_its_name_in_flower_not_its_payload(
+    tasks: Any, own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu import Connection
+
+    from worker import broker
+    from worker.celery_app import app as celery
+
+    broker.install()
+    with Connection(own_redis.url) as connection:
+        for task in (tasks.push_to_vendor, tasks.ingest_change):
+            real = task.apply_async
+
+            def publish(real: Any = real, **job: Any) -> Any:
+                return real(**job, producer=celery.amqp.Producer(connection), declare=[])
+
+            monkeypatch.setattr(task, "apply_async", publish)
+        cause = {"vendor": "salescaling", "delivery": "msg_1", "fields": ["name", "amount"]}
+        event = envelope("salescaling", {**DEAL, "contact": "dana@harbour.example"})
+        # when a push and an ingest are retried
+        tasks.schedule_push_retry("opp_1", "ivvy", cause, time.time(), 3, 0.0)
+        tasks.schedule_ingest_retry(event.to_dict(), time.time(), 2, 0.0)
+    client = redis.Redis.from_url(own_redis.url)
+    push = json.loads(client.lrange("push.ivvy", 0, -1)[0])  # type: ignore[index]
+    ingest = json.loads(client.lrange("ingest", 0, -1)[0])  # type: ignore[index]
+    # then Flower names each job by what identifies it ...
+    assert push["headers"]["kwargsrepr"] == "{'key': 'opp_1', 'vendor': 'ivvy', 'attempt': 3}"
+    assert ingest["headers"]["kwargsrepr"] == (
+        f"{{'envelope': 'salescaling {event.delivery_id}', 'attempt': 2}}"
+    )
+    # ... and shows none of the record or the cause, which travel in the body only
+    for message in (push, ingest):
+        assert message["headers"]["argsrepr"] == "()"
+        assert "dana@harbour.example" not in message["headers"]["kwargsrepr"]
+        assert "fields" not in message["headers"]["kwargsrepr"]
+    body = json.loads(base64.b64decode(ingest["body"]))
+    assert body[1]["envelope"]["payload"]["contact"] == "dana@harbour.example"
