@@ -5,7 +5,8 @@ threads (``worker/sync/lanes.py``), over the pooled clients (the four upserts ov
 of queuing behind each other). A target that fails with a transient error gets its own retry
 task on its vendor's queue; a permanent failure becomes a dead letter. Nothing here blocks
 one vendor on another: a write still under way after ``HANDOVER_SECONDS`` (its vendor is
-slow) is handed over, and the task moves on to the next event.
+slow) is handed over, and the task moves on to the next event; while that vendor stays slow,
+the next events' writes to it are handed over as soon as their other writes end.
 """
 
 from __future__ import annotations
@@ -44,6 +45,34 @@ from worker.vendors.http import call_seconds
 HANDOVER_SECONDS = 1.0
 #: When a vendor's lane is full, how soon its push is tried again (on its own queue).
 LANE_FULL_RETRY_SECONDS = 1.0
+#: How long a vendor whose write was handed over counts as slow (``SlowVendors``), unless one
+#: of its writes ends within ``HANDOVER_SECONDS`` first.
+SLOW_MEMORY_SECONDS = 30.0
+
+
+class SlowVendors:
+    """The vendors this process saw slow lately: a write to them was handed over.
+
+    An event's task waits for them no longer than for its other writes, and hands theirs
+    over at once: otherwise every event would wait the whole ``HANDOVER_SECONDS`` for a slow
+    vendor, and a worker's tasks would carry one event a second each while it is slow. The
+    first write to end within ``HANDOVER_SECONDS`` (its late end is timed too) makes the
+    vendor waited for again."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def saw_slow(self, vendor: str) -> None:
+        self._until[vendor] = time.monotonic() + SLOW_MEMORY_SECONDS
+
+    def saw_prompt(self, vendor: str) -> None:
+        self._until.pop(vendor, None)
+
+    def is_slow(self, vendor: str) -> bool:
+        return self._until.get(vendor, 0.0) > time.monotonic()
+
+
+slow_vendors = SlowVendors()
 
 
 class RetryScheduler(Protocol):
@@ -233,19 +262,25 @@ def push_all(
             results.append(PushResult(vendor, PushOutcome.RETRYING, "lane full"))
         else:
             running[vendor] = future
-    wait(running.values(), timeout=HANDOVER_SECONDS)
+    wait(
+        [f for vendor, f in running.items() if not slow_vendors.is_slow(vendor)],
+        timeout=HANDOVER_SECONDS,
+    )
     notes: list[dict[str, Any]] = []
     for vendor, future in running.items():
-        if future.done():
+        if future.done():  # within HANDOVER_SECONDS
+            slow_vendors.saw_prompt(vendor)
             results.append(future.result())
             notes += journals[vendor]
             continue
+        slow_vendors.saw_slow(vendor)
         # Still writing: the push frees the lock it was handed when it ends.
         locks.pop(vendor, None)
         token = uuid.uuid4().hex
         due = call_seconds(rt.settings.http_timeout_seconds)
         schedule_retry(key, vendor, cause, started, 2, due, handover=token)
-        future.add_done_callback(partial(_ended_late, rt, key, cause, journals[vendor], token))
+        ended = partial(_ended_late, rt, key, cause, journals[vendor], token, started)
+        future.add_done_callback(ended)
         results.append(PushResult(vendor, PushOutcome.HANDED_OVER, "still writing"))
     if notes:
         rt.store.add_history(key, pushing.history_entry(cause, notes))
@@ -258,12 +293,15 @@ def _ended_late(
     cause: dict[str, Any],
     journal: list[dict[str, Any]],
     token: str,
+    started: float,
     done: Future[PushResult],
 ) -> None:
     """A write handed over has ended: say so to the job that makes sure of it, keep its
     history entry, and time it."""
     try:
         result = done.result()
+        if time.time() - started < HANDOVER_SECONDS:  # handed over, but it was prompt
+            slow_vendors.saw_prompt(result.vendor)
         # Kept until the job has surely run: it may wait out a visibility timeout.
         keep = 2 * rt.settings.visibility_timeout_seconds
         rt.store.end_handover(token, result.outcome, keep)
