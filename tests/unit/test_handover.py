@@ -67,7 +67,7 @@ def _event(rt: Any, key: str, handed: list[str]) -> tuple[float, dict[str, PushO
 def test_a_vendor_seen_slow_is_handed_over_without_waiting_until_it_is_prompt_again(
     vendors: Vendors,
 ) -> None:
-    rt, handed = _runtime(), []
+    rt, handed = _runtime(), list[str]()
     # given a vendor that has not answered: the first event waits for it, then hands it over
     waited, outcomes = _event(rt, "opp_1", handed)
     assert waited >= HANDOVER
