@@ -50,7 +50,8 @@ def aim(stack: Stack, target: str, kind: str, **options: object) -> None:
     stack.sims[target].faults.add(kind, path_contains=path, methods=methods, **options)
 
 
-def sync_through_fault(stack: Stack, target: str) -> None:
+def sync_through_fault(stack: Stack, target: str) -> str:
+    """Syncs a new deal from the target's source through the fault; returns its key."""
     source = source_for(target)
     vendor_id = person_creates(stack, source)
     assert announce(stack, source, vendor_id) == 202
@@ -59,6 +60,7 @@ def sync_through_fault(stack: Stack, target: str) -> None:
     # counted again once nothing is held and nothing runs: exactly one record each
     wait_quiet(stack)
     wait_converged(stack, others(source), as_held_by(source, DEAL))
+    return f"{source}:{vendor_id}"
 
 
 @pytest.mark.parametrize("target", VENDORS)
@@ -94,7 +96,11 @@ def test_fault_create_committed_after_our_timeout_is_not_made_twice(
     # given the target holds the create past our timeout, then commits it (inside settle)
     aim(live, target, "late_commit", delay=HTTP_TIMEOUT + 1.5, times=1)
     # then the retry waits for it and finds it instead of creating another
-    sync_through_fault(live, target)
+    key = sync_through_fault(live, target)
+    # and the deal's history calls the write that completed it there the deal's create
+    writes = oppsync_show(live, key).split("writes (newest first):", 1)[1]
+    (line,) = [ln for ln in writes.splitlines() if ln.split()[1:2] == [target]]
+    assert f" {target} " in line and " created " in line, writes
 
 
 @pytest.mark.parametrize("target", ["leadway", "ivvy", "salescaling", "icloudready"])

@@ -180,7 +180,11 @@ def _push_now(
             settled_in = sent + rt.settings.create_settle_seconds - time.time()
             exc.retry_after = max(exc.retry_after or 0.0, settled_in)
         raise
-    outcome = PushOutcome.CREATED if result.created else PushOutcome.UPDATED
+    # The write that first links the deal there is its create, also when it completes a
+    # create whose answer was lost (found by look-up, or repeated by our key): the vendor
+    # then says "updated", but the record is the one this deal's create made.
+    created = result.created or known_id is None
+    outcome = PushOutcome.CREATED if created else PushOutcome.UPDATED
     note = _write_note(record, cause, vendor, outcome, result.vendor_id)
     if journal is not None:
         journal.append(note)
