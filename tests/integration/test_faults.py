@@ -11,6 +11,7 @@ too early is the duplicate a test would miss.
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 
 import pytest
@@ -19,6 +20,7 @@ from schemas.opportunity import Status
 from tests.integration.drive import (
     DEAL,
     announce,
+    everywhere,
     as_held_by,
     expected,
     held,
@@ -101,6 +103,30 @@ def test_fault_create_committed_after_our_timeout_is_not_made_twice(
     writes = oppsync_show(live, key).split("writes (newest first):", 1)[1]
     (line,) = [ln for ln in writes.splitlines() if ln.split()[1:2] == [target]]
     assert f" {target} " in line and " created " in line, writes
+
+
+@pytest.mark.parametrize("target", ["leadway", "ivvy", "salescaling", "icloudready"])
+def test_fault_a_person_putting_back_what_a_late_create_wrote_is_a_change(
+    live: Stack, target: str
+) -> None:
+    # given the target's create was held past our timeout, committed, and found by look-up
+    aim(live, target, "late_commit", delay=HTTP_TIMEOUT + 1.5, times=1)
+    sync_through_fault(live, target)
+    original = names(live)[target][0]
+    vendor_id = only_id(live, target)
+    # when a person there renames the deal, it goes everywhere
+    person_edits(live, target, vendor_id, name="Renamed after a late create")
+    assert announce(live, target, vendor_id, created=False) == 202
+    wait_for(lambda: everywhere(names(live), "Renamed after a late create"), 30, "no rename")
+    wait_quiet(live)
+    threading.Event().wait(2.1)  # beyond the clock skew oppsync allows between vendors
+    # and when the person puts the first name back (what that create wrote there)
+    person_edits(live, target, vendor_id, name=str(original))
+    assert announce(live, target, vendor_id, created=False) == 202
+    # then it is the person's change, not our late commit: it goes everywhere and stays
+    wait_for(lambda: everywhere(names(live), original), 30, "the name put back did not go")
+    wait_quiet(live)
+    assert everywhere(names(live), original), names(live)
 
 
 @pytest.mark.parametrize("target", ["leadway", "ivvy", "salescaling", "icloudready"])

@@ -60,12 +60,14 @@ class Writes(History):
         history: dict[str, Any] | None,
         new_link: bool,
         lock: HeldLock | None = None,
+        settled: bool = False,
     ) -> str | None:
         """After a vendor acknowledged a write, in one round trip: link, fingerprint, when,
         the history entry (unless the fan-out keeps one for the event); intent and in-flight
-        mark done; ``lock`` freed. Returns what ``written:<v>`` said just before, read in
-        the same transaction: an ingest of the vendor's own change may have set it while
-        we wrote there."""
+        mark done; ``lock`` freed; with ``settled``, the unanswered write is known to have
+        committed (a look-up found the create), so it is no longer awaited as a late commit.
+        Returns what ``written:<v>`` said just before, read in the same transaction: an
+        ingest of the vendor's own change may have set it while we wrote there."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hget(opp_key(key), field("w", vendor))
         values = {
@@ -76,7 +78,8 @@ class Writes(History):
         if extra:
             values[field("x", vendor)] = urlencode(extra)
         pipe.hset(opp_key(key), mapping=values)
-        pipe.hdel(opp_key(key), field("p", vendor), field("q", vendor), field("g", vendor))
+        done = [field("p", vendor), field("q", vendor), field("g", vendor)]
+        pipe.hdel(opp_key(key), *done, *([field("s", vendor)] if settled else []))
         if new_link:
             pipe.hset(link_bucket(vendor, vendor_id), vendor_id, key)
             pipe.zrem(intents_key(vendor), key)

@@ -197,6 +197,9 @@ def _push_now(
         history=None if journal is not None else history_entry(cause, [note]),
         new_link=result.vendor_id != known_id,
         lock=lock,
+        # A create found by look-up has committed: a record there holding what it wrote is
+        # no longer our late commit (a person may put those values back).
+        settled=known_id is None and vendor_id is not None,
     )
     if before not in (record.written.get(vendor), GONE):
         # A change made in this vendor was applied while we wrote there (read before it, our
