@@ -20,8 +20,8 @@ from schemas.opportunity import Status
 from tests.integration.drive import (
     DEAL,
     announce,
-    everywhere,
     as_held_by,
+    everywhere,
     expected,
     held,
     held_by_id,
