@@ -18,6 +18,14 @@ two commands loses no more than a crash before them; ``restore_visible`` only lo
 older than the visibility timeout, never one still being written; and restoring an entry
 (``restore_by_tag``) watches the hash, so an ack landing meanwhile aborts it as before.
 
+A killed worker's jobs come back about a minute after it died, not after the visibility
+timeout (an hour, kept longer than any retry's countdown): each consuming process says it
+lives every ``unacked_sweep_seconds`` and records itself as the owner of each job it takes,
+inside the job's kept copy (no command more per job). A process that has not said so for
+``DEAD_AFTER_SWEEPS`` sweeps is dead, and another gives its jobs back to their queues. kombu
+5.6 reads no option for how often it sweeps (it tries every 10 s and restores every tenth
+time), so the sweep is timed here.
+
 It is installed under kombu's own names for Redis URLs (``install``), not named in
 ``broker_transport``: broker URLs keep their ``redis://`` scheme, which Flower reads to
 show the queues.
@@ -25,6 +33,10 @@ show the queues.
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +44,10 @@ from typing import Any
 import redis
 from kombu import transport as kombu_transports
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import loads
+
+from worker.logs import log
+from worker.store.keys import CONSUMERS_ALIVE
 
 #: Where kombu finds this transport.
 TRANSPORT = "worker.broker:Transport"
@@ -39,8 +55,92 @@ TRANSPORT = "worker.broker:Transport"
 SCHEMES = ("redis", "rediss")
 
 
+#: The message property naming the process that took a job (in the unacked hash's copy).
+OWNER_PROPERTY = "x-oppsync-owner"
+#: Sweeps a consuming process may miss before its jobs are given back.
+DEAD_AFTER_SWEEPS = 6
+#: How often a consumer sweeps when the broker options do not say (seconds).
+DEFAULT_SWEEP_SECONDS = 10.0
+
+_owner: tuple[int, str] | None = None
+
+
+def consumer_id() -> str:
+    """This process's name as the owner of the jobs it takes (host, pid, and a nonce, since
+    a pid is reused)."""
+    global _owner
+    if _owner is None or _owner[0] != os.getpid():
+        _owner = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    return _owner[1]
+
+
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
-    """kombu's acknowledgement emulation, its bookkeeping pairs pipelined without MULTI."""
+    """kombu's acknowledgement emulation, its bookkeeping pairs pipelined without MULTI; each
+    job kept with its owner, and the jobs of a consumer that died given back."""
+
+    _last_sweep = 0.0
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        # The kept copy (``[payload, exchange, routing key]``, which kombu restores) names
+        # its owner; the next process to take it after a restore writes its own name.
+        properties = message._raw.get("properties")
+        if isinstance(properties, dict):
+            properties[OWNER_PROPERTY] = consumer_id()
+        super().append(message, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int | None = 10, interval: int = 10) -> None:
+        """kombu calls this every 10 s and after each empty poll: once per sweep, say this
+        consumer lives, give back a dead one's jobs, and restore what outlived the
+        visibility timeout (kombu's own sweep, which otherwise runs every tenth call)."""
+        sweep = float(getattr(self.channel, "unacked_sweep_seconds", DEFAULT_SWEEP_SECONDS))
+        if time.monotonic() - self._last_sweep < 0.9 * sweep:
+            return
+        self._last_sweep = time.monotonic()
+        with self.channel.conn_or_acquire() as client:
+            dead = self._say_alive(client, DEAD_AFTER_SWEEPS * sweep)
+            if dead:
+                self._give_back(client, dead)
+        super().restore_visible(start, num, interval=1)
+
+    def _say_alive(self, client: redis.Redis, dead_after: float) -> set[str]:
+        """Say this consumer lives; the consumers silent longer than ``dead_after``."""
+        now = time.time()
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(CONSUMERS_ALIVE, consumer_id(), repr(now))
+        pipe.hgetall(CONSUMERS_ALIVE)
+        seen: dict[Any, Any] = pipe.execute()[1]
+        return {_text(owner) for owner, at in seen.items() if float(_text(at)) < now - dead_after}
+
+    def _give_back(self, client: redis.Redis, dead: set[str]) -> None:
+        """Put every job a dead consumer held back on its queue, then forget that consumer."""
+        given = 0
+        for tag, kept in client.hscan_iter(self.unacked_key, count=500):
+            # a cheap look first (each name has a nonce); the transaction reads it properly
+            if any(owner in _text(kept) for owner in dead):
+                given += self._give_back_one(client, _text(tag), dead)
+        client.hdel(CONSUMERS_ALIVE, *dead)
+        log.warning("broker.dead_consumer_jobs_given_back", consumers=sorted(dead), jobs=given)
+
+    def _give_back_one(self, client: redis.Redis, tag: str, dead: set[str]) -> int:
+        """kombu's ``restore_by_tag``, done only while the job is still a dead one's: a job
+        given back meanwhile may already be a live consumer's."""
+        given = 0
+
+        def restore(pipe: redis.client.Pipeline) -> None:
+            nonlocal given
+            kept: str | bytes | None = pipe.hget(self.unacked_key, tag)  # type: ignore[assignment]
+            if kept is None:
+                return
+            payload, exchange, routing_key = loads(_text(kept))
+            if payload.get("properties", {}).get(OWNER_PROPERTY) not in dead:
+                return
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            self.channel._do_restore_message(payload, exchange, routing_key, pipe)
+            given = 1
+
+        client.transaction(restore, self.unacked_key)
+        return given
 
     @contextmanager
     def pipe_or_acquire(
@@ -56,6 +156,9 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
     _shared: tuple[Any, redis.Redis] | None = None
+    #: How often a consumer sweeps for jobs to give back (``QoS.restore_visible``).
+    unacked_sweep_seconds = DEFAULT_SWEEP_SECONDS
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "unacked_sweep_seconds")
 
     def _create_client(self, asynchronous: bool = False) -> redis.Redis:
         if asynchronous:
@@ -70,6 +173,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        # kombu's own timer fires every 10 s; a shorter sweep needs its own
+        sweep = connection.client.transport_options.get("unacked_sweep_seconds")
+        if sweep and float(sweep) < DEFAULT_SWEEP_SECONDS:
+            loop.call_repeatedly(float(sweep), self.cycle.maybe_restore_messages)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def install() -> None:

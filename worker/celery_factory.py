@@ -39,13 +39,12 @@ def make_celery(settings: Settings) -> Celery:
         worker_redirect_stdouts=False,
         worker_soft_shutdown_timeout=settings.soft_shutdown_seconds,
         broker_connection_retry_on_startup=True,
-        # A killed worker's unacked jobs come back once older than the visibility timeout; the
-        # sweep that looks for them runs every OPPSYNC_UNACKED_SWEEP_SECONDS (kombu's default
-        # is about 100 s).
+        # A killed worker's unacked jobs come back once it has missed six sweeps (a sweep
+        # every OPPSYNC_UNACKED_SWEEP_SECONDS, worker/broker.py), and any job once older than
+        # the visibility timeout.
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_seconds,
-            "unacked_restore_interval": settings.unacked_sweep_seconds,
-            "unacked_restore_throttle": 1,
+            "unacked_sweep_seconds": settings.unacked_sweep_seconds,
         },
         task_publish_retry_policy={
             "max_retries": 2,

@@ -3,6 +3,8 @@ acknowledgement bookkeeping without transactions."""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import redis
@@ -10,6 +12,7 @@ from kombu import Connection, Exchange, Queue
 
 from worker import broker
 from worker.sandbox.embedded_redis import EmbeddedRedis
+from worker.store.keys import CONSUMERS_ALIVE
 
 
 def test_messages_go_through_and_every_publish_reuses_one_client(
@@ -82,6 +85,55 @@ def test_an_unacked_message_is_restored_to_its_queue(redis_server: EmbeddedRedis
         assert not redis.Redis.from_url(redis_server.url).hexists(
             channel.unacked_key, taken[0].delivery_tag
         )
+
+
+def test_a_dead_consumers_jobs_are_given_back_and_a_live_ones_kept(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.delete(CONSUMERS_ALIVE)
+    with Connection(redis_server.url, transport=broker.TRANSPORT) as conn:
+        channel = conn.default_channel
+        dead_queue, live_queue = _publish_one(conn, "unit-dead"), _publish_one(conn, "unit-live")
+        taken: list[Any] = []
+        with conn.Consumer([dead_queue, live_queue], callbacks=[lambda b, m: taken.append(m)]):
+            while len(taken) < 2:
+                conn.drain_events(timeout=5)
+        # given each job's kept copy names its owner: one a consumer that stopped saying it
+        # lives two minutes ago, the other this live one
+        kept = {m.delivery_info["routing_key"]: m.delivery_tag for m in taken}
+        dead_tag = kept["unit-dead"]
+        copy = json.loads(client.hget(channel.unacked_key, dead_tag) or b"")  # type: ignore[arg-type]
+        assert copy[0]["properties"][broker.OWNER_PROPERTY] == broker.consumer_id()
+        copy[0]["properties"][broker.OWNER_PROPERTY] = "gone-host:1:deadbeef"
+        client.hset(channel.unacked_key, dead_tag, json.dumps(copy))
+        client.hset(CONSUMERS_ALIVE, "gone-host:1:deadbeef", repr(time.time() - 120))
+        # when the live consumer sweeps
+        channel.qos._last_sweep = 0.0
+        channel.qos.restore_visible()
+        # then the dead one's job is back on its queue, the live one's still kept as taken
+        assert client.llen("unit-dead") == 1
+        assert not client.hexists(channel.unacked_key, dead_tag)
+        assert client.llen("unit-live") == 0
+        assert client.hexists(channel.unacked_key, kept["unit-live"])
+        alive: list[bytes] = client.hkeys(CONSUMERS_ALIVE)  # type: ignore[assignment]
+        assert alive == [broker.consumer_id().encode()]
+
+
+def test_a_job_retaken_by_a_live_consumer_is_not_given_back(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    with Connection(redis_server.url, transport=broker.TRANSPORT) as conn:
+        channel = conn.default_channel
+        taken: list[Any] = []
+        with conn.Consumer(
+            _publish_one(conn, "unit-retaken"), callbacks=[lambda b, m: taken.append(m)]
+        ):
+            _drain_until_taken(conn, taken)
+        # a sweep that saw the job as a dead consumer's finds it taken again since: kept
+        tag = taken[0].delivery_tag
+        assert channel.qos._give_back_one(client, tag, {"gone-host:1:deadbeef"}) == 0
+        assert client.hexists(channel.unacked_key, tag)
+        assert client.llen("unit-retaken") == 0
 
 
 def _publish_one(conn: Connection, name: str) -> Queue:

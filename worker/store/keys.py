@@ -130,6 +130,10 @@ EVENTS = f"{PREFIX}:events"  # list of recent event outcomes (status page)
 HEARTBEAT = f"{PREFIX}:worker:heartbeat"
 
 
+#: hash: each consuming worker process (``worker/broker.py``) -> when it last said it lives
+CONSUMERS_ALIVE = f"{PREFIX}:worker:consumers"
+
+
 OPPS_INDEX = f"{PREFIX}:opps"  # set of every canonical key (reconciliation)
 
 
