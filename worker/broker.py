@@ -103,8 +103,10 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         super().restore_visible(start, num, interval=1)
 
     def _say_alive(self, client: redis.Redis, dead_after: float) -> set[str]:
-        """Say this consumer lives; the consumers silent longer than ``dead_after``."""
-        now = time.time()
+        """Say this consumer lives; the consumers silent longer than ``dead_after``. Times
+        are Redis's clock: the workers' hosts may disagree by more than a sweep."""
+        seconds, micros = client.time()  # type: ignore[misc]
+        now = seconds + micros / 1e6
         pipe = client.pipeline(transaction=False)
         pipe.hset(CONSUMERS_ALIVE, consumer_id(), repr(now))
         pipe.hgetall(CONSUMERS_ALIVE)
