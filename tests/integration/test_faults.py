@@ -12,6 +12,7 @@ too early is the duplicate a test would miss.
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from functools import partial
 
 import pytest
@@ -209,6 +210,39 @@ def test_fault_update_committed_after_settle_is_written_over_again(
     # with the newer name, the target written over again
     wait_quiet(live)
     assert names(live) == {v: ["Second rename"] for v in VENDORS}
+
+
+def test_fault_a_write_committed_late_does_not_bring_back_a_deal_deleted_meanwhile(
+    live: Stack,
+) -> None:
+    # given a deal synced from Leadway, and SIRO holding our next write past our timeout
+    # before it commits it (SIRO's upsert revives a record deleted there)
+    synced_from(live, "leadway")
+    lid, siro_id = only_id(live, "leadway"), only_id(live, "siro")
+    aim(live, "siro", "late_commit", delay=HTTP_TIMEOUT + 1.5, times=1)
+    person_edits(live, "leadway", lid, name="Renamed before the delete")
+    assert announce(live, "leadway", lid, created=False) == 202
+    wait_for(lambda: live.sims["siro"].held > 0, 10, "SIRO never held the write")
+    # when, once that write went unanswered and while SIRO still holds it, a person deletes
+    # the deal in SIRO and SIRO's automation says so
+    threading.Event().wait(HTTP_TIMEOUT + 0.3)
+    live.sims["siro"].edit(siro_id, deletedAt=datetime.now(UTC).isoformat())
+    assert live.sims["siro"].emit_standard(siro_id) == 202
+    # then, the late write committed and everything settled, SIRO holds the deal no more
+    wait_quiet(live)
+    wait_for(
+        lambda: live_in(live, "siro") == [],
+        2 * SETTLE,
+        "the write that committed after the delete left the deal back in SIRO",
+    )
+    wait_quiet(live)
+    assert live_in(live, "siro") == []
+    assert live.sims["siro"].faults.fired, "the fault never fired"
+
+
+def live_in(stack: Stack, vendor: str) -> list[str]:
+    """Ids of the vendor's records not deleted (SIRO keeps soft-deleted ones)."""
+    return [i for i, opp in held_by_id(stack, vendor).items() if not opp.deleted]
 
 
 @pytest.mark.parametrize("target", VENDORS)

@@ -52,6 +52,13 @@ class Record:
     #: How many pieces the stored document was in (a shorter one deletes the rest).
     pieces: int = 0
 
+    def unanswered_since_written(self, vendor: str) -> bool:
+        """Whether a write to ``vendor`` lost its answer after our last acknowledged one: what
+        the vendor holds is then unknown (that write may yet commit), whatever ``written``
+        says."""
+        unsettled = self.unsettled.get(vendor)
+        return unsettled is not None and unsettled[0] > self.wrote_at.get(vendor, 0.0)
+
     def rule(self, name: str) -> str:
         """The rule that decided field ``name``: a stored one, else the default."""
         if name in self.rules:

@@ -42,8 +42,10 @@ class Sighting:
 
     def after_our_write(self, record: Record, vendor: str) -> bool | None:
         """Whether the record is surely newer than our last write to ``vendor`` (True), may
-        be older than it or than a write still in flight (False), or cannot say (None)."""
-        if _writing(record, vendor):
+        be older than it or than a write still in flight (False), or cannot say (None). A
+        write whose answer was lost counts as in flight until a later one is acknowledged:
+        it may still commit."""
+        if _writing(record, vendor) or record.unanswered_since_written(vendor):
             return False
         last = record.wrote_at.get(vendor)
         if last is None:

@@ -135,16 +135,17 @@ def _push_now(
     key = record.key
     adapter = rt.adapters[vendor]
     if record.written.get(vendor) == GONE:
-        return (
-            _recheck(rt, record, vendor, cause)
-            if vendor in record.rechecks
-            else PushOutcome.SKIPPED
-        )
+        if vendor not in record.rechecks:
+            return PushOutcome.SKIPPED
+        # A write of ours that lost its answer may still commit and bring the record back:
+        # look once it can no longer commit.
+        _wait_for_unanswered(rt, record, vendor)
+        return _recheck(rt, record, vendor, cause)
     if record.deleted:
         return _push_delete(rt, record, vendor, cause)
     target = adapter.project(record.state)
     wanted = fingerprint(target, adapter.synced_fields)
-    if record.written.get(vendor) == wanted and not _unanswered_since_written(record, vendor):
+    if record.written.get(vendor) == wanted and not record.unanswered_since_written(vendor):
         return PushOutcome.UNCHANGED
     _wait_for_unanswered(rt, record, vendor)
     known_id = record.ids.get(vendor)
@@ -207,13 +208,6 @@ def _push_now(
         # source: write the current state now.
         push(rt, key, vendor, cause=cause, journal=journal)
     return outcome
-
-
-def _unanswered_since_written(record: Record, vendor: str) -> bool:
-    """Whether a write to ``vendor`` lost its answer after our last acknowledged one: what
-    the vendor holds is then unknown (that write may yet commit), whatever ``written`` says."""
-    unsettled = record.unsettled.get(vendor)
-    return unsettled is not None and unsettled[0] > record.wrote_at.get(vendor, 0.0)
 
 
 def _wait_for_unanswered(rt: Runtime, record: Record, vendor: str) -> None:
